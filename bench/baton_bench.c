@@ -1,0 +1,543 @@
+/* baton-bench: compare pipeline schedules.
+ *
+ * The sim backend plans each schedule, validates it and runs the
+ * discrete-event simulator on a cost model; it prints a table (or one JSON
+ * object per schedule), and can write the plans as CSV, a Chrome trace and
+ * an SVG timeline.  Runtime backends arrive with the runtime. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "baton/baton.h"
+
+#define MAX_SCHEDULES 32
+
+struct options {
+  const char *schedules;
+  int devices, virtual_stages, microbatches; /* 0 = not given */
+  double cost[3];                            /* F, B, W per device chunk */
+  double mem[2];                             /* B, W per device chunk */
+  const char *stage_costs;
+  const char *placement;
+  double comm, mem_limit;
+  const char *backend;
+  int json;
+  const char *dump_plan, *trace, *svg;
+};
+
+struct result {
+  char name[128];
+  int p, v, S, m;
+  bt_plan_t *plan;
+  bt_graph_t *graph;
+  bt_sim_t *sim;
+  double *arrays; /* cost f, b, w, mem b, w: 5 * S */
+  int32_t *placement;
+  bt_slice_t *slices;
+  char subtitle[256];
+};
+
+static void
+usage(FILE *f)
+{
+  fputs(
+      "usage: baton-bench [options]\n"
+      "  --schedule LIST     comma-separated NAME | PATH.so | PATH.csv\n"
+      "                      (default 1f1b; --list shows the names)\n"
+      "  --devices P         pipeline devices (default 4, or the CSV's)\n"
+      "  --virtual V         stages per device (default: the schedule's)\n"
+      "  --microbatches M    microbatches per step (default 8, or the CSV's)\n"
+      "  --cost F=1,B=1,W=1  cost of one device's share of the model per\n"
+      "                      microbatch: forward, input grad, weight grad\n"
+      "                      (a full backward costs B+W); with V stages per\n"
+      "                      device each stage costs a V-th of it\n"
+      "  --stage-costs FILE  per-stage costs, CSV lines 'stage,F,B,W'\n"
+      "  --mem B=1,W=0       activation memory per microbatch of one\n"
+      "                      device's share: held from F to B (or I), and\n"
+      "                      from I to W\n"
+      "  --comm LATENCY      latency of every cross-device edge (default 0)\n"
+      "  --mem-limit X       per-device activation memory cap (for 'auto')\n"
+      "  --placement loop|LIST  stage -> device ('loop': s %% P)\n"
+      "  --backend sim       only the simulator so far\n"
+      "  --json              one JSON object per schedule on stdout\n"
+      "  --dump-plan F.csv   write the plan (F.NAME.csv for several)\n"
+      "  --trace F.json      Chrome trace (open in Perfetto)\n"
+      "  --svg F.svg         timeline picture, one panel per schedule\n"
+      "  --list              list the built-in schedules\n",
+      f);
+}
+
+static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Prints "baton-bench: <message>" on stderr; returns -1 for `return fail()`. */
+static int
+fail(const char *fmt, ...)
+{
+  va_list ap;
+
+  fputs("baton-bench: ", stderr);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  return -1;
+}
+
+static int
+parse_int(const char *opt, const char *s, int *out)
+{
+  char *end;
+  long v;
+
+  errno = 0;
+  v = strtol(s, &end, 10);
+  if (errno != 0 || end == s || *end != '\0' || v < 1 || v > 1000000)
+    return fail("%s needs a whole number >= 1 (got '%s')", opt, s);
+  *out = (int)v;
+  return 0;
+}
+
+static int
+parse_double(const char *opt, const char *s, double *out)
+{
+  char *end;
+  double v;
+
+  errno = 0;
+  v = strtod(s, &end);
+  if (errno != 0 || end == s || *end != '\0' || !isfinite(v) || v < 0.0)
+    return fail("%s needs a number >= 0 (got '%s')", opt, s);
+  *out = v;
+  return 0;
+}
+
+/* "F=1,B=2,W=0.5" into vals by letter; letters not given keep their value. */
+static int
+parse_kv(const char *opt, const char *s, const char *letters, double *vals)
+{
+  char buf[256], *save = NULL, *tok;
+
+  if (strlen(s) >= sizeof buf)
+    return fail("%s: value too long ('%s')", opt, s);
+  strcpy(buf, s);
+  for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    const char *at = strchr(letters, tok[0]);
+    if (at == NULL || tok[0] == '\0' || tok[1] != '=')
+      return fail("%s: '%s' is not KEY=VALUE with a known key", opt, tok);
+    if (parse_double(opt, tok + 2, &vals[at - letters]) != 0)
+      return -1;
+  }
+  return 0;
+}
+
+static int
+parse_args(int argc, char **argv, struct options *o)
+{
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    int rc = 0, takes = 1;
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      usage(stdout);
+      exit(0);
+    } else if (strcmp(a, "--list") == 0) {
+      for (size_t k = 0; k < bt_schedule_builtin_count(); k++) {
+        bt_schedule_t *s;
+        if (bt_schedule_builtin(bt_schedule_builtin_name(k), &s, NULL) != 0)
+          continue;
+        printf("%-12s %s\n", bt_schedule_name(s), bt_schedule_summary(s));
+        bt_schedule_destroy(s);
+      }
+      exit(0);
+    } else if (strcmp(a, "--json") == 0) {
+      o->json = 1;
+      takes = 0;
+    } else if (v == NULL) {
+      return fail("%s needs a value (see --help)", a);
+    } else if (strcmp(a, "--schedule") == 0) {
+      o->schedules = v;
+    } else if (strcmp(a, "--devices") == 0) {
+      rc = parse_int(a, v, &o->devices);
+    } else if (strcmp(a, "--virtual") == 0) {
+      rc = parse_int(a, v, &o->virtual_stages);
+    } else if (strcmp(a, "--microbatches") == 0) {
+      rc = parse_int(a, v, &o->microbatches);
+    } else if (strcmp(a, "--cost") == 0) {
+      rc = parse_kv(a, v, "FBW", o->cost);
+    } else if (strcmp(a, "--mem") == 0) {
+      rc = parse_kv(a, v, "BW", o->mem);
+    } else if (strcmp(a, "--stage-costs") == 0) {
+      o->stage_costs = v;
+    } else if (strcmp(a, "--placement") == 0) {
+      o->placement = v;
+    } else if (strcmp(a, "--comm") == 0) {
+      rc = parse_double(a, v, &o->comm);
+    } else if (strcmp(a, "--mem-limit") == 0) {
+      rc = parse_double(a, v, &o->mem_limit);
+    } else if (strcmp(a, "--backend") == 0) {
+      o->backend = v;
+    } else if (strcmp(a, "--dump-plan") == 0) {
+      o->dump_plan = v;
+    } else if (strcmp(a, "--trace") == 0) {
+      o->trace = v;
+    } else if (strcmp(a, "--svg") == 0) {
+      o->svg = v;
+    } else {
+      return fail("unknown option '%s'; see --help", a);
+    }
+    if (rc != 0)
+      return -1;
+    i += takes;
+  }
+  if (strcmp(o->backend, "sim") != 0)
+    return fail("backend '%s' is not available yet; use --backend sim",
+                o->backend);
+  return 0;
+}
+
+/* Reads "stage,F,B,W" lines into f/b/w (S entries each). */
+static int
+load_stage_costs(const char *path, int S, double *f, double *b, double *w)
+{
+  char line[512];
+  int lineno = 0, *seen = calloc((size_t)S, sizeof *seen), rc = 0;
+  FILE *fp = fopen(path, "r");
+
+  if (fp == NULL || seen == NULL) {
+    free(seen);
+    if (fp)
+      fclose(fp);
+    return fail("cannot read stage costs '%s': %s", path, strerror(errno));
+  }
+  while (rc == 0 && fgets(line, sizeof line, fp) != NULL) {
+    int s;
+    double x, y, z;
+    char extra;
+    lineno++;
+    if (line[strspn(line, " \t\r\n")] == '\0' || line[0] == '#')
+      continue;
+    if (sscanf(line, " %d , %lf , %lf , %lf %c", &s, &x, &y, &z, &extra) != 4 &&
+        !(sscanf(line, " %d , %lf , %lf , %lf %c", &s, &x, &y, &z, &extra) == 5 &&
+          (extra == '\r' || extra == '\n'))) {
+      fprintf(stderr, "baton-bench: %s line %d: write 'stage,F,B,W', e.g. "
+              "'0,1.5,1.5,1'\n", path, lineno);
+      rc = -1;
+    } else if (s < 0 || s >= S || x < 0 || y < 0 || z < 0 || seen[s]) {
+      fprintf(stderr, "baton-bench: %s line %d: stage %d is %s (the pipeline "
+              "has stages 0..%d; costs must be >= 0)\n", path, lineno, s,
+              s >= 0 && s < S && seen[s] ? "listed twice" : "invalid", S - 1);
+      rc = -1;
+    } else {
+      seen[s] = 1;
+      f[s] = x;
+      b[s] = y;
+      w[s] = z;
+    }
+  }
+  for (int s = 0; rc == 0 && s < S; s++)
+    if (!seen[s]) {
+      fprintf(stderr, "baton-bench: %s has no line for stage %d; list all %d "
+              "stages\n", path, s, S);
+      rc = -1;
+    }
+  fclose(fp);
+  free(seen);
+  return rc;
+}
+
+static int
+parse_placement(const char *spec, int S, int P, int32_t *out)
+{
+  char buf[4096], *save = NULL, *tok;
+  int s = 0;
+
+  if (spec == NULL || strcmp(spec, "loop") == 0) {
+    for (int i = 0; i < S; i++)
+      out[i] = i % P;
+    return 0;
+  }
+  if (strlen(spec) >= sizeof buf)
+    return fail("--placement list too long");
+  strcpy(buf, spec);
+  for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    char *end;
+    long d = strtol(tok, &end, 10);
+    if (s >= S || end == tok || *end != '\0' || d < 0 || d >= P) {
+      fprintf(stderr, "baton-bench: --placement needs %d device numbers "
+              "(0..%d), one per stage\n", S, P - 1);
+      return -1;
+    }
+    out[s++] = (int32_t)d;
+  }
+  if (s != S) {
+    fprintf(stderr, "baton-bench: --placement lists %d stages, the "
+            "pipeline has %d\n", s, S);
+    return -1;
+  }
+  return 0;
+}
+
+static void
+result_free(struct result *r)
+{
+  bt_sim_destroy(r->sim);
+  bt_graph_destroy(r->graph);
+  bt_plan_destroy(r->plan);
+  free(r->arrays);
+  free(r->placement);
+  free(r->slices);
+}
+
+/* Fills the shape of a run from options, the schedule's preference and, for
+ * a fixed plan, the plan itself. */
+static void
+run_shape(const struct options *o, const bt_schedule_t *s, struct result *r)
+{
+  const bt_plan_t *fixed = bt_schedule_fixed_plan(s);
+
+  r->p = o->devices ? o->devices : (fixed ? bt_plan_devices(fixed) : 4);
+  r->m = o->microbatches ? o->microbatches
+                         : (fixed ? bt_plan_microbatches(fixed) : 8);
+  if (fixed && !o->virtual_stages)
+    r->v = bt_plan_stages(fixed) / r->p > 0 ? bt_plan_stages(fixed) / r->p : 1;
+  else
+    r->v = o->virtual_stages ? o->virtual_stages
+                             : bt_schedule_default_virtual(s);
+  r->S = r->p * r->v;
+}
+
+static int
+plan_and_simulate(const struct options *o, const bt_schedule_t *s,
+                  struct result *r)
+{
+  bt_schedule_params_t params = BT_SCHEDULE_PARAMS_INIT;
+  bt_graph_config_t gc = BT_GRAPH_CONFIG_INIT;
+  bt_sim_config_t sc = BT_SIM_CONFIG_INIT;
+  double *a;
+  bt_error_t err;
+  int S;
+
+  run_shape(o, s, r);
+  S = r->S;
+  r->arrays = malloc(5 * (size_t)S * sizeof *r->arrays);
+  r->placement = malloc((size_t)S * sizeof *r->placement);
+  if (r->arrays == NULL || r->placement == NULL)
+    return fail("out of memory");
+  a = r->arrays;
+  for (int i = 0; i < S; i++) {
+    a[i] = o->cost[0] / r->v;
+    a[S + i] = o->cost[1] / r->v;
+    a[2 * S + i] = o->cost[2] / r->v;
+    a[3 * S + i] = o->mem[0] / r->v;
+    a[4 * S + i] = o->mem[1] / r->v;
+  }
+  if (o->stage_costs &&
+      load_stage_costs(o->stage_costs, S, a, a + S, a + 2 * S) != 0)
+    return -1;
+  if (parse_placement(o->placement, S, r->p, r->placement) != 0)
+    return -1;
+  params.devices = r->p;
+  params.virtual_stages = r->v;
+  params.stages = S;
+  params.microbatches = r->m;
+  params.stage_device = r->placement;
+  params.cost_f = sc.cost_f = a;
+  params.cost_b = sc.cost_b = a + S;
+  params.cost_w = sc.cost_w = a + 2 * S;
+  params.mem_b = sc.mem_b = a + 3 * S;
+  params.mem_w = sc.mem_w = a + 4 * S;
+  params.comm_latency = sc.comm_latency = o->comm;
+  params.mem_limit = o->mem_limit;
+  if (bt_schedule_make_plan(s, &params, &r->plan, &err) != BT_OK)
+    return fail("%s", err.message);
+  gc.plan = r->plan;
+  gc.stage_device = r->placement;
+  if (bt_graph_create(&gc, &r->graph, &err) != BT_OK ||
+      bt_sim_run(r->graph, &sc, &r->sim, &err) != BT_OK)
+    return fail("%s", err.message);
+  return 0;
+}
+
+static double
+peak_max(const struct result *r)
+{
+  double x = 0.0;
+
+  for (int d = 0; d < r->p; d++)
+    if (bt_sim_peak_mem(r->sim, d) > x)
+      x = bt_sim_peak_mem(r->sim, d);
+  return x;
+}
+
+static void
+print_json(const struct options *o, const struct result *r)
+{
+  printf("{\"schedule\":\"%s\",\"backend\":\"sim\",\"devices\":%d,"
+         "\"virtual\":%d,\"stages\":%d,\"microbatches\":%d,\"tasks\":%d,"
+         "\"makespan\":%.17g,\"lower_bound\":%.17g,\"bubble\":%.17g,",
+         r->name, r->p, r->v, r->S, r->m, (int)bt_graph_task_count(r->graph),
+         bt_sim_makespan(r->sim), bt_sim_lower_bound(r->sim),
+         bt_sim_bubble(r->sim));
+  printf("\"busy\":[");
+  for (int d = 0; d < r->p; d++)
+    printf("%s%.17g", d ? "," : "", bt_sim_busy(r->sim, d));
+  printf("],\"peak_mem\":[");
+  for (int d = 0; d < r->p; d++)
+    printf("%s%.17g", d ? "," : "", bt_sim_peak_mem(r->sim, d));
+  printf("],\"cost\":{\"F\":%.17g,\"B\":%.17g,\"W\":%.17g},"
+         "\"mem\":{\"B\":%.17g,\"W\":%.17g},\"comm\":%.17g,"
+         "\"mem_limit\":%.17g}\n",
+         o->cost[0], o->cost[1], o->cost[2], o->mem[0], o->mem[1], o->comm,
+         o->mem_limit);
+}
+
+static void
+print_table(struct result *rs, int n)
+{
+  printf("%-14s %3s %2s %4s %6s %10s %10s %8s %7s %9s  %s\n", "schedule", "p",
+         "v", "m", "tasks", "makespan", "bound", "/bound", "bubble",
+         "peak mem", "peak per device");
+  for (int i = 0; i < n; i++) {
+    struct result *r = &rs[i];
+    if (r->sim == NULL)
+      continue;
+    printf("%-14s %3d %2d %4d %6d %10.4g %10.4g %8.3f %6.1f%% %9.4g  ",
+           r->name, r->p, r->v, r->m, (int)bt_graph_task_count(r->graph),
+           bt_sim_makespan(r->sim), bt_sim_lower_bound(r->sim),
+           bt_sim_makespan(r->sim) / bt_sim_lower_bound(r->sim),
+           100.0 * bt_sim_bubble(r->sim), peak_max(r));
+    for (int d = 0; d < r->p; d++)
+      printf("%s%.3g", d ? " " : "", bt_sim_peak_mem(r->sim, d));
+    putchar('\n');
+  }
+}
+
+/* out.csv -> out.NAME.csv when several schedules share one --dump-plan. */
+static void
+plan_path(const char *base, const char *name, int several, char *out,
+          size_t n)
+{
+  const char *dot = strrchr(base, '.');
+
+  if (!several)
+    snprintf(out, n, "%s", base);
+  else if (dot && !strchr(dot, '/'))
+    snprintf(out, n, "%.*s.%s%s", (int)(dot - base), base, name, dot);
+  else
+    snprintf(out, n, "%s.%s", base, name);
+}
+
+static int
+write_pictures(const struct options *o, struct result *rs, int n)
+{
+  bt_timeline_t tl[MAX_SCHEDULES];
+  int k = 0, rc = 0;
+  bt_error_t err;
+
+  for (int i = 0; i < n; i++) {
+    bt_timeline_t t = BT_TIMELINE_INIT;
+    struct result *r = &rs[i];
+    if (r->sim == NULL)
+      continue;
+    r->slices = malloc((size_t)bt_graph_task_count(r->graph) *
+                       sizeof *r->slices + 1);
+    if (r->slices == NULL)
+      return fail("out of memory");
+    bt_sim_slices(r->sim, r->slices);
+    snprintf(r->subtitle, sizeof r->subtitle,
+             "p=%d v=%d m=%d: makespan %.4g (bound %.4g), bubble %.1f%%, "
+             "peak mem %.3g",
+             r->p, r->v, r->m, bt_sim_makespan(r->sim),
+             bt_sim_lower_bound(r->sim), 100.0 * bt_sim_bubble(r->sim),
+             peak_max(r));
+    t.title = r->name;
+    t.subtitle = r->subtitle;
+    t.devices = r->p;
+    t.stages = r->S;
+    t.slices = r->slices;
+    t.count = (size_t)bt_graph_task_count(r->graph);
+    tl[k++] = t;
+  }
+  for (int pass = 0; pass < 2 && k > 0; pass++) {
+    const char *path = pass == 0 ? o->trace : o->svg;
+    FILE *f;
+    bt_status st;
+    if (path == NULL)
+      continue;
+    f = fopen(path, "w");
+    if (f == NULL) {
+      rc = fail("cannot write '%s': %s", path, strerror(errno));
+      continue;
+    }
+    st = pass == 0 ? bt_timeline_write_chrome(f, tl, (size_t)k, &err)
+                   : bt_timeline_write_svg(f, tl, (size_t)k, &err);
+    if (fclose(f) != 0 && st == BT_OK)
+      st = BT_EIO;
+    if (st != BT_OK)
+      rc = fail("writing '%s' failed: %s", path,
+                st == BT_EIO ? strerror(errno) : err.message);
+  }
+  return rc;
+}
+
+int
+main(int argc, char **argv)
+{
+  struct options o = {"1f1b", 0, 0, 0, {1, 1, 1}, {1, 0}, NULL, NULL, 0, 0,
+                      "sim", 0, NULL, NULL, NULL};
+  struct result rs[MAX_SCHEDULES];
+  char names[4096], *save = NULL, *tok;
+  int n = 0, failed = 0;
+
+  memset(rs, 0, sizeof rs);
+  if (parse_args(argc, argv, &o) != 0)
+    return 2;
+  if (strlen(o.schedules) >= sizeof names) {
+    fail("--schedule list too long");
+    return 2;
+  }
+  strcpy(names, o.schedules);
+  for (tok = strtok_r(names, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    struct result *r = &rs[n];
+    bt_schedule_t *s;
+    bt_error_t err;
+    if (n == MAX_SCHEDULES) {
+      fprintf(stderr, "baton-bench: at most %d schedules at once\n",
+              MAX_SCHEDULES);
+      failed = 1;
+      break;
+    }
+    n++;
+    if (bt_schedule_open(tok, &s, &err) != BT_OK) {
+      fail("%s", err.message);
+      failed = 1;
+      continue;
+    }
+    snprintf(r->name, sizeof r->name, "%s", bt_schedule_name(s));
+    if (plan_and_simulate(&o, s, r) != 0) {
+      failed = 1;
+      bt_sim_destroy(r->sim);
+      r->sim = NULL;
+    } else if (o.dump_plan) {
+      char path[1024];
+      plan_path(o.dump_plan, r->name, strchr(o.schedules, ',') != NULL, path,
+                sizeof path);
+      if (bt_plan_save_csv(r->plan, path, &err) != BT_OK) {
+        fail("%s", err.message);
+        failed = 1;
+      }
+    }
+    bt_schedule_destroy(s);
+    if (o.json && r->sim != NULL)
+      print_json(&o, r);
+  }
+  if (!o.json)
+    print_table(rs, n);
+  if (write_pictures(&o, rs, n) != 0)
+    failed = 1;
+  for (int i = 0; i < n; i++)
+    result_free(&rs[i]);
+  return failed ? 1 : 0;
+}

@@ -1,0 +1,145 @@
+/* Built-in schedules against the known results, over a grid of p, m, v and
+ * costs; every plan through CSV and back simulates the same. */
+#include "sched_util.h"
+#include "test.h"
+
+static const int ps[] = {1, 2, 3, 4, 6, 8};
+static const int ms[] = {1, 2, 3, 4, 5, 7, 8, 12, 16, 24};
+static const struct run_costs costs[] = {
+    {1, 1, 1, 1, 0, 0},   {1, 2, 1, 1, 0, 0}, {2, 1, 1, 1, 0, 0},
+    {1, 1, 0.5, 1, 0, 0}, {3, 2, 1, 1, 0, 0}, {1, 3, 2, 1, 0, 0},
+};
+#define N(a) (int)(sizeof(a) / sizeof((a)[0]))
+
+#define RUN_OR_FAIL(name, p, v, m, c, r)                                      \
+  do {                                                                        \
+    bt_status rc_ = run_schedule((name), (p), (v), (m), (c), (r));            \
+    if (rc_ != BT_OK)                                                         \
+      test_fail(__FILE__, __LINE__, "%s p=%d v=%d m=%d: %s", (name), (p),    \
+                (v), (m), (r)->err.message);                                  \
+  } while (0)
+
+TEST(gpipe_makespan_and_memory)
+{
+  for (int i = 0; i < N(ps); i++)
+    for (int j = 0; j < N(ms); j++)
+      for (int k = 0; k < N(costs); k++) {
+        const struct run_costs *c = &costs[k];
+        int p = ps[i], m = ms[j];
+        struct run r;
+        RUN_OR_FAIL("gpipe", p, 1, m, c, &r);
+        if (r.sim != NULL) {
+          EXPECT_NEAR(bt_sim_makespan(r.sim), (m + p - 1) * (c->f + c->b + c->w),
+                      1e-12);
+          EXPECT_NEAR(r.peak_max, m * c->mem_b, 1e-12);
+          EXPECT_NEAR(bt_sim_peak_mem(r.sim, 0), m * c->mem_b, 1e-12);
+          EXPECT_TRUE(bt_sim_lower_bound(r.sim) <= bt_sim_makespan(r.sim) + 1e-9);
+        }
+        run_free(&r);
+      }
+}
+
+TEST(f1b1_makespan_and_memory)
+{
+  for (int i = 0; i < N(ps); i++)
+    for (int j = 0; j < N(ms); j++)
+      for (int k = 0; k < N(costs); k++) {
+        const struct run_costs *c = &costs[k];
+        int p = ps[i], m = ms[j];
+        struct run r;
+        RUN_OR_FAIL("1f1b", p, 1, m, c, &r);
+        if (r.sim != NULL) {
+          double want = (m + p - 1) * (c->f + c->b + c->w);
+          EXPECT_NEAR(bt_sim_makespan(r.sim), want, 1e-12);
+          EXPECT_NEAR(bt_sim_peak_mem(r.sim, 0), (m < p ? m : p) * c->mem_b,
+                      1e-12);
+          EXPECT_NEAR(r.peak_max, (m < p ? m : p) * c->mem_b, 1e-12);
+          /* Full backwards chain back through every stage: the bound is
+           * tight for 1F1B. */
+          EXPECT_NEAR(bt_sim_lower_bound(r.sim), want, 1e-12);
+        }
+        run_free(&r);
+      }
+}
+
+TEST(interleaved_makespan)
+{
+  static const int vs[] = {2, 3, 4};
+  for (int i = 0; i < N(ps); i++)
+    for (int vi = 0; vi < N(vs); vi++)
+      for (int mult = 1; mult <= 4; mult++)
+        for (int k = 0; k < N(costs); k++) {
+          const struct run_costs *c = &costs[k];
+          int p = ps[i], v = vs[vi], m = p * mult;
+          double f = c->f, b = c->b + c->w;
+          struct run r;
+          RUN_OR_FAIL("interleaved", p, v, m, c, &r);
+          if (r.sim != NULL) {
+            EXPECT_NEAR(bt_sim_makespan(r.sim),
+                        m * v * (f + b) + (p - 1) * (f + b), 1e-12);
+            EXPECT_TRUE(bt_sim_lower_bound(r.sim) <=
+                        bt_sim_makespan(r.sim) + 1e-9);
+          }
+          run_free(&r);
+        }
+}
+
+TEST(zb_h1_bounds)
+{
+  for (int i = 0; i < N(ps); i++)
+    for (int j = 0; j < N(ms); j++)
+      for (int k = 0; k < N(costs); k++) {
+        const struct run_costs *c = &costs[k];
+        int p = ps[i], m = ms[j];
+        struct run r, base;
+        RUN_OR_FAIL("zb-h1", p, 1, m, c, &r);
+        RUN_OR_FAIL("1f1b", p, 1, m, c, &base);
+        if (r.sim != NULL && base.sim != NULL &&
+            bt_sim_makespan(r.sim) > bt_sim_makespan(base.sim) + 1e-9)
+          test_fail(__FILE__, __LINE__, "zb-h1 slower than 1f1b: p=%d m=%d",
+                    p, m);
+        run_free(&base);
+        if (r.sim != NULL) {
+          double bound = m * (c->f + c->b + c->w) + (p - 1) * (c->f + c->b - c->w);
+          EXPECT_TRUE(r.peak_max <= p * c->mem_b + 1e-12);
+          /* The paper's bound assumes m >= p: below that one microbatch's
+           * own chain, p(F+B)+W, is already longer. */
+          if (m >= p && c->w <= c->f && c->w <= c->b &&
+              !(bt_sim_makespan(r.sim) <= bound + 1e-9)) {
+            test_fail(__FILE__, __LINE__, "zb-h1 p=%d m=%d F=%g B=%g W=%g: makespan %g > %g",
+                      p, m, c->f, c->b, c->w, bt_sim_makespan(r.sim), bound);
+          }
+          EXPECT_TRUE(bt_sim_lower_bound(r.sim) <= bt_sim_makespan(r.sim) + 1e-9);
+        }
+        run_free(&r);
+      }
+}
+
+TEST(zb_h2_bounds)
+{
+  for (int i = 0; i < N(ps); i++)
+    for (int j = 0; j < N(ms); j++)
+      for (int k = 0; k < N(costs); k++) {
+        const struct run_costs *c = &costs[k];
+        int p = ps[i], m = ms[j];
+        struct run r, h1;
+        RUN_OR_FAIL("zb-h2", p, 1, m, c, &r);
+        RUN_OR_FAIL("zb-h1", p, 1, m, c, &h1);
+        if (r.sim != NULL && h1.sim != NULL) {
+          EXPECT_TRUE(r.peak_max <= (2 * p - 1) * c->mem_b + 1e-12);
+          if (c->f == c->b && c->b == c->w && m >= 2 * p) {
+            double lb = m * (c->f + c->b + c->w) + (p - 1) * c->f;
+            if (fabs(bt_sim_makespan(r.sim) - lb) > 1e-9)
+              test_fail(__FILE__, __LINE__, "zb-h2 p=%d m=%d: makespan %g != %g", p, m,
+                        bt_sim_makespan(r.sim), lb);
+            EXPECT_NEAR(bt_sim_lower_bound(r.sim), lb, 1e-12);
+          }
+          if (bt_sim_makespan(r.sim) > bt_sim_makespan(h1.sim) + 1e-9)
+            test_fail(__FILE__, __LINE__, "zb-h2 slower than zb-h1: p=%d m=%d F=%g B=%g W=%g: %g > %g",
+                      p, m, c->f, c->b, c->w, bt_sim_makespan(r.sim), bt_sim_makespan(h1.sim));
+        }
+        run_free(&r);
+        run_free(&h1);
+      }
+}
+
