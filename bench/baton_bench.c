@@ -133,6 +133,20 @@ parse_kv(const char *opt, const char *s, const char *letters, double *vals)
   return 0;
 }
 
+static const char value_options[] =
+    " --schedule --devices --virtual --microbatches --cost --mem "
+    "--stage-costs --placement --comm --mem-limit --backend --dump-plan "
+    "--trace --svg ";
+
+static int
+takes_value(const char *opt)
+{
+  char key[64];
+
+  snprintf(key, sizeof key, " %s ", opt);
+  return strstr(value_options, key) != NULL;
+}
+
 static int
 parse_args(int argc, char **argv, struct options *o)
 {
@@ -154,8 +168,10 @@ parse_args(int argc, char **argv, struct options *o)
     } else if (strcmp(a, "--json") == 0) {
       o->json = 1;
       takes = 0;
-    } else if (v == NULL) {
+    } else if (v == NULL && takes_value(a)) {
       return fail("%s needs a value (see --help)", a);
+    } else if (v == NULL) {
+      return fail("unknown option '%s'; see --help", a);
     } else if (strcmp(a, "--schedule") == 0) {
       o->schedules = v;
     } else if (strcmp(a, "--devices") == 0) {
