@@ -412,6 +412,12 @@ print_json(const struct options *o, const struct result *r)
 static void
 print_table(struct result *rs, int n)
 {
+  int any = 0;
+
+  for (int i = 0; i < n; i++)
+    any |= rs[i].sim != NULL;
+  if (!any)
+    return;
   printf("%-14s %3s %2s %4s %6s %10s %10s %8s %7s %9s  %s\n", "schedule", "p",
          "v", "m", "tasks", "makespan", "bound", "/bound", "bubble",
          "peak mem", "peak per device");

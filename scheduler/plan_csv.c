@@ -212,7 +212,8 @@ check_cells(const struct cells *cells, const bt_plan_shape_t *shape,
     if (c->action.stage >= shape->stages) {
       rc = bt__errorf(err, BT_EPARSE,
                       "line %d, cell %d: %s names stage %d, but the plan has "
-                      "%d stages (0..%d)",
+                      "%d stages; use a stage in 0..%d or declare more "
+                      "stages",
                       (int)c->line, (int)c->column, txt, (int)c->action.stage,
                       (int)shape->stages, (int)shape->stages - 1);
       goto out_free_seen;
@@ -220,7 +221,8 @@ check_cells(const struct cells *cells, const bt_plan_shape_t *shape,
     if (c->action.microbatch >= shape->microbatches) {
       rc = bt__errorf(err, BT_EPARSE,
                       "line %d, cell %d: %s names microbatch %d, but the plan "
-                      "has %d microbatches (0..%d)",
+                      "has %d microbatches; use a microbatch in 0..%d or "
+                      "declare more microbatches",
                       (int)c->line, (int)c->column, txt,
                       (int)c->action.microbatch, (int)shape->microbatches,
                       (int)shape->microbatches - 1);
