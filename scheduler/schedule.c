@@ -208,8 +208,9 @@ bt_schedule_load(const char *path, bt_schedule_t **out, bt_error_t *err)
   desc = entry();
   if (desc == NULL) {
     rc = bt__errorf(err, BT_EPLUGIN_SYMBOL,
-                    "%s: %s() returned NULL instead of its descriptor", what,
-                    BT_SCHEDULE_ENTRY_SYMBOL);
+                    "%s: %s() returned NULL instead of its descriptor; "
+                    "return the address of a static bt_schedule_desc_t",
+                    what, BT_SCHEDULE_ENTRY_SYMBOL);
     goto out_close;
   }
   rc = check_desc(desc, what, err);
@@ -458,9 +459,12 @@ call_policy(const bt_schedule_t *s, const bt_schedule_params_t *p,
       return bt__errorf(err, BT_ENOMEM, "out of memory planning");
     return bt__errorf(err, s->origin == ORIGIN_BUILTIN ? BT_EPLAN
                                                        : BT_EPLUGIN_PLAN,
-                      "schedule '%s' emitted %s for device %d, outside the "
-                      "plan's p=%d devices, S=%d stages, m=%d microbatches",
-                      s->name, txt, (int)ctx.bad_device, (int)p->devices,
+                      "schedule '%s'%s%s emitted %s for device %d, outside "
+                      "the plan's p=%d devices, S=%d stages, m=%d "
+                      "microbatches; emit only devices 0..p-1, stages "
+                      "0..S-1 and microbatches 0..m-1",
+                      s->name, s->path ? " from " : "", s->path ? s->path : "",
+                      txt, (int)ctx.bad_device, (int)p->devices,
                       (int)p->stages, (int)p->microbatches);
   }
   if (ret != 0) {
@@ -503,10 +507,11 @@ bt_schedule_make_plan(const bt_schedule_t *s,
   gc.stage_device = fp.placement;
   rc = bt_graph_create(&gc, &graph, err);
   if (rc != BT_OK) {
+    int plugin = s->origin == ORIGIN_PLUGIN || s->origin == ORIGIN_DESC;
     if (err != NULL) {
       char detail[BT_ERROR_MESSAGE_MAX];
       memcpy(detail, err->message, sizeof detail);
-      if (s->origin == ORIGIN_PLUGIN || s->origin == ORIGIN_DESC) {
+      if (plugin && rc != BT_ENOMEM) {
         rc = BT_EPLUGIN_PLAN;
         bt__errorf(err, rc, "schedule '%s'%s%s returned an invalid plan: %s",
                    s->name, s->path ? " from " : "", s->path ? s->path : "",
@@ -514,7 +519,7 @@ bt_schedule_make_plan(const bt_schedule_t *s,
       } else {
         bt__errorf(err, rc, "plan '%s' cannot run: %s", s->name, detail);
       }
-    } else if (s->origin == ORIGIN_PLUGIN || s->origin == ORIGIN_DESC) {
+    } else if (plugin && rc != BT_ENOMEM) {
       rc = BT_EPLUGIN_PLAN;
     }
     bt_plan_destroy(plan);

@@ -582,6 +582,9 @@ TEST(write_csv_format)
   bt_plan_append(p, 0, act(0, BT_ACT_B, 0));
   bt_plan_append(p, 1, act(1, BT_ACT_F, 0));
   bt_plan_append(p, 1, act(1, BT_ACT_B, 0));
+  /* Trailing idles order nothing and are not written. */
+  bt_plan_append(p, 1, act(-1, BT_ACT_IDLE, -1));
+  bt_plan_append(p, 1, act(-1, BT_ACT_IDLE, -1));
   text = to_csv(p, &len);
   ASSERT_TRUE(text != NULL);
   EXPECT_TRUE(strcmp(text, "# baton plan v1: devices=2 stages=2 "

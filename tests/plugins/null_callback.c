@@ -1,0 +1,21 @@
+/* Fault plugin "null_callback": a descriptor without a plan callback. */
+#include <baton/schedule.h>
+
+static const bt_schedule_desc_t desc = {
+    BT_SCHEDULE_ABI_VERSION,
+    sizeof(bt_schedule_desc_t),
+    "fault-null-callback",
+    "test plugin: plan is NULL",
+    NULL,
+    1,
+    NULL,
+};
+
+__attribute__((visibility("default"))) const bt_schedule_desc_t *
+baton_schedule_entry(void);
+
+__attribute__((visibility("default"))) const bt_schedule_desc_t *
+baton_schedule_entry(void)
+{
+  return &desc;
+}
