@@ -1,7 +1,7 @@
 /* The `auto` schedule: the fastest list-scheduled plan whose simulated peak
  * activation memory fits the memory limit.  It searches families of
- * in-flight caps (a(p-s)-b per stage, and uniform caps) with both
- * priorities, simulates each candidate with the caller's cost model and
+ * in-flight caps (a(p-s)-b per stage, and uniform caps) with every list
+ * scheduler option (I or F first; in flight until I or until W), simulates each candidate with the caller's cost model and
  * keeps the best. */
 #include <math.h>
 #include <stdio.h>
@@ -19,7 +19,7 @@ struct candidate {
 /* Plans one cap vector and measures it; a candidate that cannot be planned
  * or simulated is dropped (makespan stays INFINITY). */
 static int
-try_caps(const bt_schedule_params_t *p, const int32_t *cap, int ff,
+try_caps(const bt_schedule_params_t *p, const int32_t *cap, int flags,
          struct candidate *c)
 {
   bt_sim_config_t sc = BT_SIM_CONFIG_INIT;
@@ -36,7 +36,7 @@ try_caps(const bt_schedule_params_t *p, const int32_t *cap, int ff,
       BT_OK)
     return BT_ENOMEM;
   bt__plan_sink_init(&ctx, c->plan, &sink);
-  rc = bt__list_schedule(p, cap, ff, &sink);
+  rc = bt__list_schedule(p, cap, flags, &sink);
   if (rc == 0) {
     gc.plan = c->plan;
     gc.stage_device = p->stage_device;
@@ -114,19 +114,19 @@ plan_auto(const bt_schedule_params_t *p, const bt_plan_sink_t *sink,
   }
   for (int32_t a = 1; a <= 3 && rc == 0; a++)
     for (int32_t b = 0; b <= 2 && rc == 0; b++)
-      for (int ff = 0; ff <= 1 && rc == 0; ff++) {
+      for (int flags = 0; flags < 4 && rc == 0; flags++) {
         for (int32_t s = 0; s < S; s++) {
           int32_t x = a * (S - s) - b;
           cap[s] = x < 1 ? 1 : (x > m ? m : x);
         }
-        rc = try_caps(p, cap, ff, &c);
+        rc = try_caps(p, cap, flags, &c);
         keep_better(&best, &c, p->mem_limit, &leanest);
       }
   for (int32_t u = 1; u <= m && u <= 2 * S && rc == 0; u++)
-    for (int ff = 0; ff <= 1 && rc == 0; ff++) {
+    for (int flags = 0; flags < 4 && rc == 0; flags++) {
       for (int32_t s = 0; s < S; s++)
         cap[s] = u;
-      rc = try_caps(p, cap, ff, &c);
+      rc = try_caps(p, cap, flags, &c);
       keep_better(&best, &c, p->mem_limit, &leanest);
     }
   free(cap);

@@ -188,6 +188,7 @@ plan_zb(const bt_schedule_params_t *p, const bt_plan_sink_t *sink,
 {
   int32_t *stage_of, *cap;
   int rc = stages_of_devices(p, name, &stage_of, errbuf, errlen);
+  int flags = 0;
 
   if (rc != 0)
     return rc;
@@ -195,9 +196,15 @@ plan_zb(const bt_schedule_params_t *p, const bt_plan_sink_t *sink,
   cap = malloc((size_t)p->stages * sizeof *cap);
   if (cap == NULL)
     return BT_ENOMEM;
-  for (int32_t s = 0; s < p->stages; s++)
+  for (int32_t s = 0; s < p->stages; s++) {
     cap[s] = h2 ? 2 * (p->stages - s) - 1 : p->stages - s;
-  rc = bt__list_schedule(p, cap, 0, sink);
+    /* H1 promises 1F1B's memory: with weight-grad memory a microbatch
+     * counts until its W, so the promise holds for M_W <= M_B too.  H2
+     * trades memory for speed and keeps counting until I. */
+    if (!h2 && p->mem_w[s] > 0.0)
+      flags = BT__LS_CAP_UNTIL_W;
+  }
+  rc = bt__list_schedule(p, cap, flags, sink);
   free(cap);
   return rc;
 }

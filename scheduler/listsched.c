@@ -43,14 +43,15 @@ i_ready(const struct state *st, int32_t s, int32_t k)
  * candidate does not exist (yet). */
 static void
 candidates(const struct state *st, const struct lane *l, int32_t cap,
-           double *ti, double *tf, double *tw)
+           int flags, double *ti, double *tf, double *tw)
 {
   int32_t m = st->m;
+  int32_t done = flags & BT__LS_CAP_UNTIL_W ? l->nw : l->ni;
 
   *ti = *tf = *tw = INFINITY;
   if (l->ni < l->nf)
     *ti = i_ready(st, l->stage, l->ni);
-  if (l->nf < m && l->nf - l->ni < cap)
+  if (l->nf < m && l->nf - done < cap)
     *tf = f_ready(st, l->stage, l->nf);
   if (l->nw < l->ni)
     *tw = st->idone[(size_t)l->stage * (size_t)m + (size_t)l->nw];
@@ -66,7 +67,7 @@ min3(double a, double b, double c)
 
 int
 bt__list_schedule(const bt_schedule_params_t *p, const int32_t *cap,
-                  int forward_first, const bt_plan_sink_t *sink)
+                  int flags, const bt_plan_sink_t *sink)
 {
   int32_t S = p->stages, m = p->microbatches, remaining = S * m * 3;
   struct lane *lanes = calloc((size_t)S, sizeof *lanes);
@@ -93,7 +94,7 @@ bt__list_schedule(const bt_schedule_params_t *p, const int32_t *cap,
      * work unblocks the backward chain. */
     for (int32_t s = S - 1; s >= 0; s--) {
       double e;
-      candidates(&st, &lanes[s], cap[s], &ti, &tf, &tw);
+      candidates(&st, &lanes[s], cap[s], flags, &ti, &tf, &tw);
       e = min3(ti, tf, tw);
       if (e < lanes[s].free_at)
         e = lanes[s].free_at;
@@ -108,8 +109,8 @@ bt__list_schedule(const bt_schedule_params_t *p, const int32_t *cap,
     }
     l = &lanes[best];
     t = best_t;
-    candidates(&st, l, cap[best], &ti, &tf, &tw);
-    if (forward_first && tf <= t)
+    candidates(&st, l, cap[best], flags, &ti, &tf, &tw);
+    if ((flags & BT__LS_FORWARD_FIRST) && tf <= t)
       kind = BT_ACT_F;
     else if (ti <= t)
       kind = BT_ACT_I;

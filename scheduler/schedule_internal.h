@@ -29,14 +29,24 @@ bt__emit(const bt_plan_sink_t *sink, int32_t device, int32_t stage,
   return sink->emit(sink->ctx, device, a);
 }
 
+/* List scheduler options. */
+enum {
+  /* Prefer a ready forward over a ready I (default: I first, it is on the
+   * critical path). */
+  BT__LS_FORWARD_FIRST = 1,
+  /* A microbatch stays "in flight" until its W, not its I: W memory then
+   * counts against the cap, so W runs early instead of piling up. */
+  BT__LS_CAP_UNTIL_W = 2
+};
+
 /* Greedy list scheduler for one stage per device with split backward.  At
  * each instant a free device runs, by priority, the next ready I, else the
  * next forward if fewer than cap[stage] microbatches are in flight on it
- * (F done, I not yet), else a pending W; with `forward_first` F and I swap.
- * Driven by the params' costs and latency.  Returns 0 or the sink's
- * status. */
+ * (F done, I not yet; or W not yet with BT__LS_CAP_UNTIL_W), else a pending
+ * W.  Driven by the params' costs and latency.  Returns 0 or the sink's
+ * status (BT_ENOMEM when its own memory runs out). */
 int bt__list_schedule(const bt_schedule_params_t *params, const int32_t *cap,
-                      int forward_first, const bt_plan_sink_t *sink);
+                      int flags, const bt_plan_sink_t *sink);
 
 /* The `auto` policy (auto.c). */
 extern const bt_schedule_desc_t bt__auto_desc;

@@ -78,6 +78,7 @@ run_schedule(const char *name, int p, int v, int m, const struct run_costs *c,
   params.mem_b = a[3];
   params.mem_w = a[4];
   params.comm_latency = c->latency;
+  params.mem_limit = c->mem_limit;
   rc = bt_schedule_make_plan(s, &params, &r->plan, &r->err);
   for (int k = 0; k < 5; k++)
     free(a[k]);

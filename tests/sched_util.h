@@ -7,6 +7,7 @@
 /* Uniform per-stage costs and memory for a run. */
 struct run_costs {
   double f, b, w, mem_b, mem_w, latency;
+  double mem_limit; /* for `auto`; 0 = none */
 };
 
 /* Everything a test looks at after one simulated run. */

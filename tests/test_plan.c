@@ -675,8 +675,8 @@ TEST(builtin_schedules_round_trip_through_csv)
 {
   static const char *names[] = {"gpipe", "1f1b", "zb-h1", "zb-h2", "auto"};
   static const struct run_costs costs[] = {
-      {1, 1, 1, 1, 0, 0},
-      {1.5, 2, 0.75, 2, 0.5, 0.25},
+      {1, 1, 1, 1, 0, 0, 0},
+      {1.5, 2, 0.75, 2, 0.5, 0.25, 0},
   };
 
   for (size_t c = 0; c < sizeof costs / sizeof costs[0]; c++) {
@@ -689,7 +689,7 @@ TEST(builtin_schedules_round_trip_through_csv)
 
 TEST(schedule_open_csv_file_plans_identically)
 {
-  static const struct run_costs c = {1, 2, 1, 1, 0, 0};
+  static const struct run_costs c = {1, 2, 1, 1, 0, 0, 0};
   static const char *names[] = {"1f1b", "zb-h1", "interleaved"};
   char dir[64], path[128];
   bt_error_t err;

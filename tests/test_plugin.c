@@ -19,7 +19,7 @@
 #error "LOOPED_BFS_PATH must name the looped_bfs example plugin"
 #endif
 
-static const struct run_costs unit = {1, 1, 1, 1, 0, 0};
+static const struct run_costs unit = {1, 1, 1, 1, 0, 0, 0};
 
 static const char *
 plugin(const char *name)

@@ -6,8 +6,8 @@
 static const int ps[] = {1, 2, 3, 4, 6, 8};
 static const int ms[] = {1, 2, 3, 4, 5, 7, 8, 12, 16, 24};
 static const struct run_costs costs[] = {
-    {1, 1, 1, 1, 0, 0},   {1, 2, 1, 1, 0, 0}, {2, 1, 1, 1, 0, 0},
-    {1, 1, 0.5, 1, 0, 0}, {3, 2, 1, 1, 0, 0}, {1, 3, 2, 1, 0, 0},
+    {1, 1, 1, 1, 0, 0, 0},   {1, 2, 1, 1, 0, 0, 0}, {2, 1, 1, 1, 0, 0, 0},
+    {1, 1, 0.5, 1, 0, 0, 0}, {3, 2, 1, 1, 0, 0, 0}, {1, 3, 2, 1, 0, 0, 0},
 };
 #define N(a) (int)(sizeof(a) / sizeof((a)[0]))
 
@@ -143,3 +143,74 @@ TEST(zb_h2_bounds)
       }
 }
 
+
+TEST(zb_h1_keeps_1f1b_memory_with_weight_grad_memory)
+{
+  static const double mem_ws[] = {0.5, 1.0};
+  for (int i = 0; i < N(ps); i++)
+    for (int j = 0; j < N(ms); j++)
+      for (int k = 0; k < N(costs); k++)
+        for (int w = 0; w < N(mem_ws); w++) {
+          struct run_costs c = costs[k];
+          int p = ps[i], m = ms[j];
+          struct run r, base;
+          c.mem_w = mem_ws[w];
+          RUN_OR_FAIL("zb-h1", p, 1, m, &c, &r);
+          RUN_OR_FAIL("1f1b", p, 1, m, &c, &base);
+          if (r.sim != NULL && base.sim != NULL) {
+            if (r.peak_max > base.peak_max + 1e-12)
+              test_fail(__FILE__, __LINE__,
+                        "zb-h1 p=%d m=%d M_W=%g: peak %g > 1f1b's %g", p, m,
+                        c.mem_w, r.peak_max, base.peak_max);
+            if (bt_sim_makespan(r.sim) > bt_sim_makespan(base.sim) + 1e-9)
+              test_fail(__FILE__, __LINE__,
+                        "zb-h1 p=%d m=%d M_W=%g: slower than 1f1b", p, m,
+                        c.mem_w);
+          }
+          run_free(&r);
+          run_free(&base);
+        }
+}
+
+TEST(auto_fits_the_memory_limit_and_beats_the_fixed_schedules)
+{
+  static const int aps[] = {2, 3, 4, 6};
+  static const int ams[] = {2, 4, 8, 12};
+  for (int i = 0; i < N(aps); i++)
+    for (int j = 0; j < N(ams); j++)
+      for (int k = 0; k < 3; k++) {
+        struct run_costs c = costs[k];
+        int p = aps[i], m = ams[j];
+        struct run fast, h2, lim, base;
+        c.mem_w = 0.5;
+        RUN_OR_FAIL("auto", p, 1, m, &c, &fast);
+        RUN_OR_FAIL("zb-h2", p, 1, m, &c, &h2);
+        RUN_OR_FAIL("1f1b", p, 1, m, &c, &base);
+        /* Unlimited: at least as fast as every schedule it contains. */
+        if (fast.sim && h2.sim)
+          EXPECT_TRUE(bt_sim_makespan(fast.sim) <=
+                      bt_sim_makespan(h2.sim) + 1e-9);
+        /* Limited to 1F1B's memory: fits, and never slower than 1F1B. */
+        c.mem_limit = base.sim ? base.peak_max : p;
+        RUN_OR_FAIL("auto", p, 1, m, &c, &lim);
+        if (lim.sim && base.sim) {
+          EXPECT_TRUE(lim.peak_max <= c.mem_limit + 1e-12);
+          EXPECT_TRUE(bt_sim_makespan(lim.sim) <=
+                      bt_sim_makespan(base.sim) + 1e-9);
+        }
+        run_free(&fast);
+        run_free(&h2);
+        run_free(&lim);
+        run_free(&base);
+      }
+}
+
+TEST(auto_refuses_an_impossible_limit)
+{
+  struct run_costs c = {1, 1, 1, 1, 0, 0, 0.5};
+  struct run r;
+  EXPECT_INT_EQ(run_schedule("auto", 4, 1, 8, &c, &r), BT_EUNSUPPORTED);
+  EXPECT_STR_CONTAINS(r.err.message, "limit 0.5");
+  EXPECT_STR_CONTAINS(r.err.message, "leanest one found needs 1");
+  run_free(&r);
+}
