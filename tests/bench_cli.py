@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 
 BENCH = sys.argv[1]
 PLUGIN = sys.argv[2]
+SOURCE_DIR = sys.argv[3]
 failures = 0
 passed = 0
 
@@ -151,7 +152,27 @@ def errors():
         assert p.stdout.strip() == "" or "schedule" in p.stdout.splitlines()[0]
 
 
+def docs_plugin_example():
+    """The plugin in docs/schedules.md compiles as shown, as C and C++."""
+    import re
+    doc = open(os.path.join(SOURCE_DIR, "docs", "schedules.md")).read()
+    code = re.search(r"```c\n(.*?)```", doc, re.S).group(1)
+    inc = os.path.join(SOURCE_DIR, "include")
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "my_gpipe.c")
+        open(src, "w").write(code)
+        for cc, lang in (("cc", []), ("c++", ["-x", "c++"])):
+            so = os.path.join(d, f"my_gpipe_{cc}.so")
+            subprocess.run([cc, *lang, "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
+                            "-fvisibility=hidden", "-I", inc, src, "-o", so], check=True)
+            r = json.loads(run("--schedule", so, "--json").stdout)
+            assert r["schedule"] == "my-gpipe" and r["makespan"] == 33, r
+            p = run("--schedule", so, "--virtual", "2", ok=False)
+            assert "my-gpipe needs v=1 (got v=2)" in p.stderr, p.stderr
+
+
 check("json_fields", json_fields)
+check("docs_plugin_example", docs_plugin_example)
 check("table", table)
 check("costs_and_comm", costs_and_comm)
 check("dump_and_reload", dump_and_reload)

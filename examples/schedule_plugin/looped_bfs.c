@@ -63,11 +63,4 @@ static const bt_schedule_desc_t looped_bfs = {
     NULL,
 };
 
-__attribute__((visibility("default"))) const bt_schedule_desc_t *
-baton_schedule_entry(void);
-
-__attribute__((visibility("default"))) const bt_schedule_desc_t *
-baton_schedule_entry(void)
-{
-  return &looped_bfs;
-}
+BT_SCHEDULE_EXPORT(looped_bfs)

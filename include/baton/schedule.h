@@ -10,7 +10,8 @@
  *   const bt_schedule_desc_t *baton_schedule_entry(void);
  *
  * returning a pointer to a static descriptor with abi_version =
- * BT_SCHEDULE_ABI_VERSION and struct_size = sizeof(bt_schedule_desc_t).  A
+ * BT_SCHEDULE_ABI_VERSION and struct_size = sizeof(bt_schedule_desc_t)
+ * (BT_SCHEDULE_EXPORT(desc) defines that function).  A
  * plugin needs only this header; it does not link against libbaton (the
  * sink is a function table).  docs/schedules.md has a complete example. */
 #ifndef BATON_SCHEDULE_H
@@ -82,6 +83,29 @@ typedef struct bt_schedule_desc {
 
 /* The plugin entry point's type. */
 typedef const bt_schedule_desc_t *(*bt_schedule_entry_fn)(void);
+
+/* Defines the entry point of a plugin, exported with default visibility
+ * (and C linkage from C++), returning &desc:
+ *   static const bt_schedule_desc_t desc = { ... };
+ *   BT_SCHEDULE_EXPORT(desc) */
+#if defined(__GNUC__)
+#define BT__SCHEDULE_VISIBLE __attribute__((visibility("default")))
+#else
+#define BT__SCHEDULE_VISIBLE
+#endif
+#ifdef __cplusplus
+#define BT__SCHEDULE_LINKAGE extern "C"
+#else
+#define BT__SCHEDULE_LINKAGE
+#endif
+#define BT_SCHEDULE_EXPORT(desc)                                              \
+  BT__SCHEDULE_LINKAGE BT__SCHEDULE_VISIBLE const bt_schedule_desc_t         \
+      *baton_schedule_entry(void);                                            \
+  BT__SCHEDULE_LINKAGE BT__SCHEDULE_VISIBLE const bt_schedule_desc_t         \
+      *baton_schedule_entry(void)                                             \
+  {                                                                           \
+    return &(desc);                                                           \
+  }
 
 /* ---- host side -------------------------------------------------------- */
 

@@ -36,11 +36,4 @@ static const bt_schedule_desc_t desc = {
     NULL,
 };
 
-__attribute__((visibility("default"))) const bt_schedule_desc_t *
-baton_schedule_entry(void);
-
-__attribute__((visibility("default"))) const bt_schedule_desc_t *
-baton_schedule_entry(void)
-{
-  return &desc;
-}
+BT_SCHEDULE_EXPORT(desc)
