@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "baton/baton.h"
 
@@ -38,7 +39,17 @@ struct result {
   int32_t *placement;
   bt_slice_t *slices;
   char subtitle[256];
+  double seconds[3]; /* wall time to plan, build the graph, simulate */
 };
+
+static double
+now(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static void
 usage(FILE *f)
@@ -331,7 +342,7 @@ plan_and_simulate(const struct options *o, const bt_schedule_t *s,
   bt_schedule_params_t params = BT_SCHEDULE_PARAMS_INIT;
   bt_graph_config_t gc = BT_GRAPH_CONFIG_INIT;
   bt_sim_config_t sc = BT_SIM_CONFIG_INIT;
-  double *a;
+  double *a, t0, t1, t2;
   bt_error_t err;
   int S;
 
@@ -366,13 +377,20 @@ plan_and_simulate(const struct options *o, const bt_schedule_t *s,
   params.mem_w = sc.mem_w = a + 4 * S;
   params.comm_latency = sc.comm_latency = o->comm;
   params.mem_limit = o->mem_limit;
+  t0 = now();
   if (bt_schedule_make_plan(s, &params, &r->plan, &err) != BT_OK)
     return fail("%s", err.message);
   gc.plan = r->plan;
   gc.stage_device = r->placement;
-  if (bt_graph_create(&gc, &r->graph, &err) != BT_OK ||
-      bt_sim_run(r->graph, &sc, &r->sim, &err) != BT_OK)
+  t1 = now();
+  if (bt_graph_create(&gc, &r->graph, &err) != BT_OK)
     return fail("%s", err.message);
+  t2 = now();
+  if (bt_sim_run(r->graph, &sc, &r->sim, &err) != BT_OK)
+    return fail("%s", err.message);
+  r->seconds[0] = t1 - t0;
+  r->seconds[1] = t2 - t1;
+  r->seconds[2] = now() - t2;
   return 0;
 }
 
@@ -404,9 +422,10 @@ print_json(const struct options *o, const struct result *r)
     printf("%s%.17g", d ? "," : "", bt_sim_peak_mem(r->sim, d));
   printf("],\"cost\":{\"F\":%.17g,\"B\":%.17g,\"W\":%.17g},"
          "\"mem\":{\"B\":%.17g,\"W\":%.17g},\"comm\":%.17g,"
-         "\"mem_limit\":%.17g}\n",
+         "\"mem_limit\":%.17g,\"plan_seconds\":%.6g,"
+         "\"graph_seconds\":%.6g,\"sim_seconds\":%.6g}\n",
          o->cost[0], o->cost[1], o->cost[2], o->mem[0], o->mem[1], o->comm,
-         o->mem_limit);
+         o->mem_limit, r->seconds[0], r->seconds[1], r->seconds[2]);
 }
 
 static void
@@ -430,8 +449,11 @@ print_table(struct result *rs, int n)
            bt_sim_makespan(r->sim), bt_sim_lower_bound(r->sim),
            bt_sim_makespan(r->sim) / bt_sim_lower_bound(r->sim),
            100.0 * bt_sim_bubble(r->sim), peak_max(r));
-    for (int d = 0; d < r->p; d++)
+    /* Long pipelines: the first devices carry the peak; --json has all. */
+    for (int d = 0; d < r->p && d < 16; d++)
       printf("%s%.3g", d ? " " : "", bt_sim_peak_mem(r->sim, d));
+    if (r->p > 16)
+      printf(" ...");
     putchar('\n');
   }
 }
