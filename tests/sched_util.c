@@ -13,6 +13,17 @@ fill(int n, double x)
   return a;
 }
 
+/* a[0..4] = per-stage F, B, W, M_B, M_W arrays of S entries. */
+static void
+fill_costs(int S, const struct run_costs *c, double *a[5])
+{
+  a[0] = fill(S, c->f);
+  a[1] = fill(S, c->b);
+  a[2] = fill(S, c->w);
+  a[3] = fill(S, c->mem_b);
+  a[4] = fill(S, c->mem_w);
+}
+
 static bt_status
 simulate(const struct run_costs *c, struct run *r)
 {
@@ -26,11 +37,7 @@ simulate(const struct run_costs *c, struct run *r)
   rc = bt_graph_create(&gc, &r->graph, &r->err);
   if (rc != BT_OK)
     return rc;
-  a[0] = fill(S, c->f);
-  a[1] = fill(S, c->b);
-  a[2] = fill(S, c->w);
-  a[3] = fill(S, c->mem_b);
-  a[4] = fill(S, c->mem_w);
+  fill_costs(S, c, a);
   sc.cost_f = a[0];
   sc.cost_b = a[1];
   sc.cost_w = a[2];
@@ -67,11 +74,7 @@ run_schedule(const char *name, int p, int v, int m, const struct run_costs *c,
   params.virtual_stages = v;
   params.stages = S;
   params.microbatches = m;
-  a[0] = fill(S, c->f);
-  a[1] = fill(S, c->b);
-  a[2] = fill(S, c->w);
-  a[3] = fill(S, c->mem_b);
-  a[4] = fill(S, c->mem_w);
+  fill_costs(S, c, a);
   params.cost_f = a[0];
   params.cost_b = a[1];
   params.cost_w = a[2];
