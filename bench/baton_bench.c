@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "baton/baton.h"
+#include "bench.h"
 
 #define MAX_SCHEDULES 32
 
@@ -535,6 +536,8 @@ main(int argc, char **argv)
   char names[4096], *save = NULL, *tok;
   int n = 0, failed = 0;
 
+  if (argc > 1 && strcmp(argv[1], "overhead") == 0)
+    return bench_overhead(argc, argv);
   memset(rs, 0, sizeof rs);
   if (parse_args(argc, argv, &o) != 0)
     return 2;

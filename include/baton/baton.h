@@ -10,5 +10,6 @@
 #include "baton/sim.h"
 #include "baton/schedule.h"
 #include "baton/timeline.h"
+#include "baton/runtime.h"
 
 #endif /* BATON_BATON_H */
