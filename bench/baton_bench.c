@@ -28,6 +28,7 @@ struct options {
   const char *backend;
   int json;
   const char *dump_plan, *trace, *svg;
+  struct synth_opts synth; /* --backend synthetic */
 };
 
 struct result {
@@ -41,6 +42,9 @@ struct result {
   bt_slice_t *slices;
   char subtitle[256];
   double seconds[3]; /* wall time to plan, build the graph, simulate */
+  int measured;       /* a runtime backend ran: synth holds its step */
+  struct synth_out synth;
+  char title[2][160], subtitle2[256];
 };
 
 static double
@@ -73,7 +77,20 @@ usage(FILE *f)
       "  --comm LATENCY      latency of every cross-device edge (default 0)\n"
       "  --mem-limit X       per-device activation memory cap (for 'auto')\n"
       "  --placement loop|LIST  stage -> device ('loop': s %% P)\n"
-      "  --backend sim       only the simulator so far\n"
+      "  --backend sim|synthetic\n"
+      "                      sim: the discrete-event simulator (exact);\n"
+      "                      synthetic: the real runtime, each task taking\n"
+      "                      its cost in wall time, next to the simulation\n"
+      "  --unit-us U         synthetic: microseconds per cost unit (1000)\n"
+      "  --task-mode sleep|spin  synthetic: sleep to the deadline or spin\n"
+      "  --runtime-mode dedicated|pool  synthetic: a thread per device\n"
+      "                      (default) or actors on a pool of --threads\n"
+      "  --threads T         pool threads (default: online CPUs)\n"
+      "  --repeat R          synthetic: measured steps, median (3)\n"
+      "  --sleep-margin-us M synthetic sleep: wake M us early and spin to\n"
+      "                      the deadline, as timers fire late (120)\n"
+      "  --spin-us S         synthetic: runtime threads spin S us before\n"
+      "                      sleeping when idle (5; 0 = never)\n"
       "  --json              one JSON object per schedule on stdout\n"
       "  --dump-plan F.csv   write the plan (F.NAME.csv for several)\n"
       "  --trace F.json      Chrome trace (open in Perfetto)\n"
@@ -148,7 +165,8 @@ parse_kv(const char *opt, const char *s, const char *letters, double *vals)
 static const char value_options[] =
     " --schedule --devices --virtual --microbatches --cost --mem "
     "--stage-costs --placement --comm --mem-limit --backend --dump-plan "
-    "--trace --svg ";
+    "--trace --svg --unit-us --task-mode --runtime-mode --threads --repeat "
+    "--sleep-margin-us --spin-us ";
 
 static int
 takes_value(const char *opt)
@@ -206,6 +224,28 @@ parse_args(int argc, char **argv, struct options *o)
       rc = parse_double(a, v, &o->mem_limit);
     } else if (strcmp(a, "--backend") == 0) {
       o->backend = v;
+    } else if (strcmp(a, "--unit-us") == 0) {
+      rc = parse_double(a, v, &o->synth.unit_us);
+      if (rc == 0 && o->synth.unit_us <= 0.0)
+        rc = fail("--unit-us needs a number > 0");
+    } else if (strcmp(a, "--task-mode") == 0) {
+      if (strcmp(v, "sleep") != 0 && strcmp(v, "spin") != 0)
+        rc = fail("--task-mode is sleep or spin (got '%s')", v);
+      o->synth.spin = strcmp(v, "spin") == 0;
+    } else if (strcmp(a, "--runtime-mode") == 0) {
+      if (strcmp(v, "dedicated") != 0 && strcmp(v, "pool") != 0)
+        rc = fail("--runtime-mode is dedicated or pool (got '%s')", v);
+      o->synth.dedicated = strcmp(v, "dedicated") == 0;
+    } else if (strcmp(a, "--threads") == 0) {
+      rc = parse_int(a, v, &o->synth.threads);
+    } else if (strcmp(a, "--repeat") == 0) {
+      rc = parse_int(a, v, &o->synth.repeat);
+    } else if (strcmp(a, "--sleep-margin-us") == 0) {
+      rc = parse_double(a, v, &o->synth.margin_us);
+    } else if (strcmp(a, "--spin-us") == 0) {
+      double x = 0;
+      rc = parse_double(a, v, &x);
+      o->synth.spin_us = x > 0 ? (int)x : -1;
     } else if (strcmp(a, "--dump-plan") == 0) {
       o->dump_plan = v;
     } else if (strcmp(a, "--trace") == 0) {
@@ -219,8 +259,9 @@ parse_args(int argc, char **argv, struct options *o)
       return -1;
     i += takes;
   }
-  if (strcmp(o->backend, "sim") != 0)
-    return fail("backend '%s' is not available yet; use --backend sim",
+  if (strcmp(o->backend, "sim") != 0 && strcmp(o->backend, "synthetic") != 0)
+    return fail("backend '%s' is not available yet; use --backend sim or "
+                "synthetic",
                 o->backend);
   return 0;
 }
@@ -316,6 +357,7 @@ result_free(struct result *r)
   free(r->arrays);
   free(r->placement);
   free(r->slices);
+  synth_out_free(&r->synth);
 }
 
 /* Fills the shape of a run from options, the schedule's preference and, for
@@ -392,6 +434,13 @@ plan_and_simulate(const struct options *o, const bt_schedule_t *s,
   r->seconds[0] = t1 - t0;
   r->seconds[1] = t2 - t1;
   r->seconds[2] = now() - t2;
+  if (strcmp(o->backend, "synthetic") == 0) {
+    char why[1024];
+    if (bench_synthetic(r->graph, a, a + S, a + 2 * S, &o->synth, &r->synth,
+                        why, sizeof why) != 0)
+      return fail("%s: synthetic run failed: %s", r->name, why);
+    r->measured = 1;
+  }
   return 0;
 }
 
@@ -406,18 +455,54 @@ peak_max(const struct result *r)
   return x;
 }
 
+/* Makespan, busy time and bubble in cost units: measured when a runtime
+ * backend ran, else simulated. */
+static double
+res_makespan(const struct options *o, const struct result *r)
+{
+  return r->measured ? r->synth.makespan_us / o->synth.unit_us
+                     : bt_sim_makespan(r->sim);
+}
+
+static double
+res_busy(const struct options *o, const struct result *r, int d)
+{
+  return r->measured ? r->synth.busy_us[d] / o->synth.unit_us
+                     : bt_sim_busy(r->sim, d);
+}
+
+static double
+res_bubble(const struct options *o, const struct result *r)
+{
+  double total = 0.0, span = res_makespan(o, r);
+
+  if (!r->measured)
+    return bt_sim_bubble(r->sim);
+  for (int d = 0; d < r->p; d++)
+    total += res_busy(o, r, d);
+  return span > 0.0 ? 1.0 - total / (r->p * span) : 0.0;
+}
+
 static void
 print_json(const struct options *o, const struct result *r)
 {
-  printf("{\"schedule\":\"%s\",\"backend\":\"sim\",\"devices\":%d,"
+  printf("{\"schedule\":\"%s\",\"backend\":\"%s\",\"devices\":%d,"
          "\"virtual\":%d,\"stages\":%d,\"microbatches\":%d,\"tasks\":%d,"
          "\"makespan\":%.17g,\"lower_bound\":%.17g,\"bubble\":%.17g,",
-         r->name, r->p, r->v, r->S, r->m, (int)bt_graph_task_count(r->graph),
-         bt_sim_makespan(r->sim), bt_sim_lower_bound(r->sim),
-         bt_sim_bubble(r->sim));
+         r->name, o->backend, r->p, r->v, r->S, r->m,
+         (int)bt_graph_task_count(r->graph), res_makespan(o, r),
+         bt_sim_lower_bound(r->sim), res_bubble(o, r));
+  if (r->measured)
+    printf("\"sim_makespan\":%.17g,\"sim_bubble\":%.17g,"
+           "\"makespan_us\":%.17g,\"unit_us\":%.17g,\"task_mode\":\"%s\","
+           "\"runtime_mode\":\"%s\",\"repeat\":%d,",
+           bt_sim_makespan(r->sim), bt_sim_bubble(r->sim),
+           r->synth.makespan_us, o->synth.unit_us,
+           o->synth.spin ? "spin" : "sleep",
+           o->synth.dedicated ? "dedicated" : "pool", o->synth.repeat);
   printf("\"busy\":[");
   for (int d = 0; d < r->p; d++)
-    printf("%s%.17g", d ? "," : "", bt_sim_busy(r->sim, d));
+    printf("%s%.17g", d ? "," : "", res_busy(o, r, d));
   printf("],\"peak_mem\":[");
   for (int d = 0; d < r->p; d++)
     printf("%s%.17g", d ? "," : "", bt_sim_peak_mem(r->sim, d));
@@ -430,7 +515,7 @@ print_json(const struct options *o, const struct result *r)
 }
 
 static void
-print_table(struct result *rs, int n)
+print_table(const struct options *o, struct result *rs, int n)
 {
   int any = 0;
 
@@ -440,16 +525,23 @@ print_table(struct result *rs, int n)
     return;
   printf("%-14s %3s %2s %4s %6s %10s %10s %8s %7s %9s  %s\n", "schedule", "p",
          "v", "m", "tasks", "makespan", "bound", "/bound", "bubble",
-         "peak mem", "peak per device");
+         "peak mem", rs[0].measured
+                         ? "simulated  measured/sim"
+                         : "peak per device");
   for (int i = 0; i < n; i++) {
     struct result *r = &rs[i];
     if (r->sim == NULL)
       continue;
     printf("%-14s %3d %2d %4d %6d %10.4g %10.4g %8.3f %6.1f%% %9.4g  ",
            r->name, r->p, r->v, r->m, (int)bt_graph_task_count(r->graph),
-           bt_sim_makespan(r->sim), bt_sim_lower_bound(r->sim),
-           bt_sim_makespan(r->sim) / bt_sim_lower_bound(r->sim),
-           100.0 * bt_sim_bubble(r->sim), peak_max(r));
+           res_makespan(o, r), bt_sim_lower_bound(r->sim),
+           res_makespan(o, r) / bt_sim_lower_bound(r->sim),
+           100.0 * res_bubble(o, r), peak_max(r));
+    if (r->measured) {
+      printf("%9.4g  %+.2f%%\n", bt_sim_makespan(r->sim),
+             100.0 * (res_makespan(o, r) / bt_sim_makespan(r->sim) - 1.0));
+      continue;
+    }
     /* Long pipelines: the first devices carry the peak; --json has all. */
     for (int d = 0; d < r->p && d < 16; d++)
       printf("%s%.3g", d ? " " : "", bt_sim_peak_mem(r->sim, d));
@@ -477,7 +569,7 @@ plan_path(const char *base, const char *name, int several, char *out,
 static int
 write_pictures(const struct options *o, struct result *rs, int n)
 {
-  bt_timeline_t tl[MAX_SCHEDULES];
+  bt_timeline_t tl[2 * MAX_SCHEDULES];
   int k = 0, rc = 0;
   bt_error_t err;
 
@@ -503,6 +595,28 @@ write_pictures(const struct options *o, struct result *rs, int n)
     t.stages = r->S;
     t.slices = r->slices;
     t.count = (size_t)bt_graph_task_count(r->graph);
+    if (r->measured) {
+      /* The simulation, then the measured step, on one time axis: the sim
+       * in cost units of unit_us each, the run in microseconds. */
+      bt_timeline_t m = t;
+      t.unit_us = o->synth.unit_us;
+      snprintf(r->title[0], sizeof r->title[0], "%.100s (sim)", r->name);
+      snprintf(r->title[1], sizeof r->title[1], "%.100s (%.40s)", r->name,
+               o->backend);
+      snprintf(r->subtitle2, sizeof r->subtitle2,
+               "measured makespan %.4g (%+.2f%% vs sim), bubble %.1f%%",
+               res_makespan(o, r),
+               100.0 * (res_makespan(o, r) / bt_sim_makespan(r->sim) - 1.0),
+               100.0 * res_bubble(o, r));
+      t.title = r->title[0];
+      m.title = r->title[1];
+      m.subtitle = r->subtitle2;
+      m.slices = r->synth.slices;
+      m.unit_us = 1.0;
+      tl[k++] = t;
+      tl[k++] = m;
+      continue;
+    }
     tl[k++] = t;
   }
   for (int pass = 0; pass < 2 && k > 0; pass++) {
@@ -531,7 +645,8 @@ int
 main(int argc, char **argv)
 {
   struct options o = {"1f1b", 0, 0, 0, {1, 1, 1}, {1, 0}, NULL, NULL, 0, 0,
-                      "sim", 0, NULL, NULL, NULL};
+                      "sim", 0, NULL, NULL, NULL,
+                      {1000.0, 0, 1, 0, 3, 120.0, 5}};
   struct result rs[MAX_SCHEDULES];
   char names[4096], *save = NULL, *tok;
   int n = 0, failed = 0;
@@ -581,7 +696,7 @@ main(int argc, char **argv)
       print_json(&o, r);
   }
   if (!o.json)
-    print_table(rs, n);
+    print_table(&o, rs, n);
   if (write_pictures(&o, rs, n) != 0)
     failed = 1;
   for (int i = 0; i < n; i++)

@@ -6,4 +6,35 @@
  * tasks (bench/overhead.c).  Returns the process exit status. */
 int bench_overhead(int argc, char **argv);
 
+#include <stddef.h>
+
+#include "baton/baton.h"
+
+/* The synthetic backend (bench/synthetic.c): the real runtime running a
+ * graph whose tasks take their simulated cost in wall time. */
+struct synth_opts {
+  double unit_us;  /* microseconds per cost unit */
+  int spin;        /* burn CPU instead of sleeping to the deadline */
+  int dedicated;   /* one thread per device (else the M:N pool) */
+  int threads;     /* pool threads (pool mode) */
+  int repeat;      /* measured steps, after one warm-up */
+  double margin_us; /* sleep mode: spin the last margin_us of a task */
+  int spin_us;     /* runtime threads' idle spin (bt_runtime_config_t) */
+};
+
+struct synth_out {
+  double makespan_us; /* median over the measured steps */
+  double *busy_us;    /* [devices], from the last step */
+  bt_slice_t *slices; /* [tasks], from the last step, in microseconds */
+};
+
+/* Runs `graph` with per-stage costs f, b, w (cost units).  Returns 0, or -1
+ * with the reason in errbuf.  out's arrays are allocated here; free them
+ * with synth_out_free. */
+int bench_synthetic(const bt_graph_t *graph, const double *f,
+                    const double *b, const double *w,
+                    const struct synth_opts *opts, struct synth_out *out,
+                    char *errbuf, size_t errlen);
+void synth_out_free(struct synth_out *out);
+
 #endif /* BATON_BENCH_BENCH_H */
