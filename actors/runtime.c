@@ -908,7 +908,10 @@ bt_exec_create_dag(bt_runtime_t *rt, const bt_dag_t *dag,
   e->pred = malloc((m + 1) * sizeof *e->pred);
   if (!e->device || !e->succ_first || !e->pred_first || !e->succ || !e->pred)
     goto out_nomem;
-  memcpy(e->device, dag->task_device, n * sizeof *e->device);
+  /* An empty DAG may have task_device NULL: memcpy from NULL is undefined
+   * even for 0 bytes. */
+  if (n > 0)
+    memcpy(e->device, dag->task_device, n * sizeof *e->device);
   for (size_t i = 0; i < m; i++) {
     e->succ_first[(keys[i] >> 32) + 1]++;
     e->pred_first[(uint32_t)keys[i] + 1]++;

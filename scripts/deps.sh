@@ -3,7 +3,7 @@
 # Idempotent: does nothing (and needs no network) when all are present.
 set -euo pipefail
 
-packages=(gcc g++ make cmake pkg-config python3)
+packages=(gcc g++ make cmake pkg-config python3 libjemalloc-dev)
 
 missing=()
 for p in "${packages[@]}"; do

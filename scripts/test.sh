@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for the whole test suite: install what is missing, build with
-# warnings as errors, run every test; then again under ASan+UBSan.
+# warnings as errors, run every test; then again under ASan+UBSan, and under
+# ThreadSanitizer (which must report nothing: the runtime is lock-free).
 # GPU tests exit 77 and are reported as skipped on machines without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,3 +18,4 @@ run_suite() {
 
 run_suite build-test -DCMAKE_BUILD_TYPE=RelWithDebInfo
 run_suite build-asan -DCMAKE_BUILD_TYPE=Debug "-DBATON_SANITIZE=address;undefined"
+run_suite build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBATON_SANITIZE=thread

@@ -24,6 +24,10 @@ void test_fail(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 int test_main(int argc, char **argv);
 
+/* Sizes given on the command line: leading numeric arguments (before any
+ * test name), by position; dflt when absent. */
+long test_arg(int index, long dflt);
+
 #define TEST(name)                                                            \
   static void test_##name(void);                                              \
   __attribute__((constructor)) static void test_register_##name(void)         \

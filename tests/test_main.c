@@ -5,9 +5,19 @@
 
 #define TEST_MAX 512
 
+#define TEST_ARGS_MAX 8
+
 static struct test_case tests[TEST_MAX];
 static int ntests;
 static int failures_in_current;
+static long nums[TEST_ARGS_MAX];
+static int nnums;
+
+long
+test_arg(int index, long dflt)
+{
+  return index >= 0 && index < nnums ? nums[index] : dflt;
+}
 
 void
 test_register(const char *name, test_fn fn)
@@ -49,6 +59,19 @@ int
 test_main(int argc, char **argv)
 {
   int failed = 0, ran = 0;
+
+  /* Leading numbers are sizes for the tests (test_arg); the rest names
+   * the tests to run. */
+  while (argc > 1 && nnums < TEST_ARGS_MAX) {
+    char *end;
+    long v = strtol(argv[1], &end, 10);
+    if (end == argv[1] || *end != '\0')
+      break;
+    nums[nnums++] = v;
+    argv[1] = argv[0];
+    argv++;
+    argc--;
+  }
 
   for (int i = 0; i < ntests; i++) {
     if (!selected(argc, argv, tests[i].name))

@@ -19,8 +19,6 @@
 #include "sched_util.h"
 #include "test.h"
 
-static long arg_steps = 150;
-static long arg_dag_tasks = 100000;
 
 #define N(a) (int)(sizeof(a) / sizeof((a)[0]))
 
@@ -48,8 +46,8 @@ struct topo {
   int32_t *device;
   int32_t *pred_first, *pred; /* deduplicated */
   int32_t *succ_first, *succ;
-  int32_t *prev_on_dev;       /* graph: the task before on the device, -1 */
-  bt_action_t *action;        /* graph only */
+  int32_t *prev_on_dev; /* graph: the task before on the device, -1 */
+  bt_action_t *action;  /* graph only */
   /* DAG form (edges with duplicates, shuffled), for bt_exec_create_dag. */
   size_t nedges;
   int32_t *src, *dst;
@@ -243,7 +241,8 @@ reachable(const struct topo *tp, int32_t k)
   return reach;
 }
 
-/* ---- the checking task ----------------------------------------------------- */
+/* ---- the checking task -----------------------------------------------------
+ */
 
 struct check;
 typedef int (*extra_fn)(struct check *c, const bt_task_call_t *call,
@@ -254,7 +253,7 @@ struct check {
   _Atomic uint64_t *stamp; /* [ntasks]: the last step the task finished */
   _Atomic int *busy;       /* [ndev] */
   _Atomic int64_t violations;
-  _Atomic int64_t calls;   /* callbacks since the last reset */
+  _Atomic int64_t calls; /* callbacks since the last reset */
   /* Task fail_task returns fail_status with "boom" on step fail_step. */
   int32_t fail_task;
   uint64_t fail_step;
@@ -321,8 +320,8 @@ check_task(const bt_task_call_t *call, char *errbuf, size_t errlen)
   /* Acq_rel: pairs with the release clear below by the device's previous
    * task; finding 1 means two tasks of the device overlap. */
   if (atomic_exchange_explicit(&c->busy[d], 1, memory_order_acq_rel) != 0)
-    violation(c, "task %d started while another task of device %d ran",
-              (int)t, (int)d);
+    violation(c, "task %d started while another task of device %d ran", (int)t,
+              (int)d);
   /* Acquire loads of stamps: pair with the release stores below (the
    * runtime orders them anyway; the atomics keep TSan quiet about the
    * test's own bookkeeping). */
@@ -333,7 +332,8 @@ check_task(const bt_task_call_t *call, char *errbuf, size_t errlen)
     int32_t p = tp->pred[j];
     uint64_t s = atomic_load_explicit(&c->stamp[p], memory_order_acquire);
     if (s != step)
-      violation(c, "step %llu: task %d started before its predecessor %d "
+      violation(c,
+                "step %llu: task %d started before its predecessor %d "
                 "finished (stamp %llu)",
                 (unsigned long long)step, (int)t, (int)p,
                 (unsigned long long)s);
@@ -341,9 +341,11 @@ check_task(const bt_task_call_t *call, char *errbuf, size_t errlen)
   if (tp->prev_on_dev != NULL && tp->prev_on_dev[t] >= 0 &&
       atomic_load_explicit(&c->stamp[tp->prev_on_dev[t]],
                            memory_order_acquire) != step)
-    violation(c, "step %llu: task %d started before task %d, its "
-              "predecessor on device %d", (unsigned long long)step, (int)t,
-              (int)tp->prev_on_dev[t], (int)d);
+    violation(c,
+              "step %llu: task %d started before task %d, its "
+              "predecessor on device %d",
+              (unsigned long long)step, (int)t, (int)tp->prev_on_dev[t],
+              (int)d);
   if (c->extra != NULL)
     rc = c->extra(c, call, errbuf, errlen);
   if (rc == 0 && t == c->fail_task && step == c->fail_step) {
@@ -431,7 +433,8 @@ clean_step(bt_exec_t *ex, struct check *c, uint64_t step, const char *what)
   expect_full_step(c, step, what);
 }
 
-/* ---- built-in schedules ---------------------------------------------------- */
+/* ---- built-in schedules ----------------------------------------------------
+ */
 
 struct sched_spec {
   const char *name;
@@ -439,8 +442,8 @@ struct sched_spec {
 };
 
 static const struct sched_spec scheds[] = {
-    {"gpipe", 4, 1, 8},       {"1f1b", 4, 1, 8},  {"zb-h1", 4, 1, 8},
-    {"zb-h2", 4, 1, 8},       {"interleaved", 4, 2, 8},
+    {"gpipe", 4, 1, 8}, {"1f1b", 4, 1, 8},        {"zb-h1", 4, 1, 8},
+    {"zb-h2", 4, 1, 8}, {"interleaved", 4, 2, 8},
 };
 
 static const struct run_costs unit_costs = {1, 2, 1, 1, 0, 0, 0};
@@ -455,8 +458,7 @@ TEST(runtime_builtin_schedules_every_dependency)
     bt_status rc = run_schedule(scheds[s].name, scheds[s].p, scheds[s].v,
                                 scheds[s].m, &unit_costs, &r[s]);
     if (rc != BT_OK) {
-      test_fail(__FILE__, __LINE__, "%s: %s", scheds[s].name,
-                r[s].err.message);
+      test_fail(__FILE__, __LINE__, "%s: %s", scheds[s].name, r[s].err.message);
       ok = 0;
       memset(&tp[s], 0, sizeof tp[s]);
       continue;
@@ -474,7 +476,7 @@ TEST(runtime_builtin_schedules_every_dependency)
       check_init(&c[s], &tp[s]);
       ex[s] = make_exec(rt, r[s].graph, &tp[s], &c[s], 0);
     }
-    for (long step = 1; step <= arg_steps; step++)
+    for (long step = 1; step <= test_arg(0, 150); step++)
       for (int s = 0; s < N(scheds); s++) {
         if (ex[s] == NULL)
           continue;
@@ -486,7 +488,7 @@ TEST(runtime_builtin_schedules_every_dependency)
       check_deinit(&c[s]);
     }
     EXPECT_STATUS(bt_runtime_destroy(rt), BT_OK, NULL);
-    printf("  %s: %ld steps of each schedule\n", modes[mi].name, arg_steps);
+    printf("  %s: %ld steps of each schedule\n", modes[mi].name, test_arg(0, 150));
   }
   for (int s = 0; s < N(scheds); s++) {
     topo_free(&tp[s]);
@@ -494,13 +496,14 @@ TEST(runtime_builtin_schedules_every_dependency)
   }
 }
 
-/* ---- random DAGs ------------------------------------------------------------- */
+/* ---- random DAGs
+ * ------------------------------------------------------------- */
 
 TEST(runtime_random_dags_every_dependency)
 {
   struct topo big, small[8];
 
-  topo_random_dag((int32_t)arg_dag_tasks, 6, 1, &big);
+  topo_random_dag((int32_t)test_arg(1, 100000), 6, 1, &big);
   for (int i = 0; i < N(small); i++)
     topo_random_dag(1 + 37 * i, 1 + i % 6, 100 + (uint64_t)i, &small[i]);
   for (int mi = 0; mi < N(modes2); mi++) {
@@ -535,7 +538,8 @@ TEST(runtime_random_dags_every_dependency)
     topo_free(&small[i]);
 }
 
-/* ---- errors ------------------------------------------------------------------ */
+/* ---- errors
+ * ------------------------------------------------------------------ */
 
 /* The tasks to fail: first, middle, last, a root (the last one), a sink
  * (the first one); duplicates dropped. */
@@ -707,7 +711,8 @@ TEST(runtime_two_errors_one_report)
   topo_free(&tp);
 }
 
-/* ---- EBUSY ------------------------------------------------------------------- */
+/* ---- EBUSY
+ * ------------------------------------------------------------------- */
 
 struct busy {
   bt_runtime_t *rt;
@@ -729,6 +734,19 @@ busy_task(const bt_task_call_t *call, char *errbuf, size_t errlen)
     atomic_store(&b->destroy_self, bt_exec_destroy(b->self));
     atomic_store(&b->destroy_rt, bt_runtime_destroy(b->rt));
   }
+  atomic_fetch_add(&b->calls, 1);
+  return 0;
+}
+
+/* The other exec's tasks only count (its steps are not refused, so they
+ * must not try what busy_task tries). */
+static int
+count_task(const bt_task_call_t *call, char *errbuf, size_t errlen)
+{
+  struct busy *b = call->user;
+
+  (void)errbuf;
+  (void)errlen;
   atomic_fetch_add(&b->calls, 1);
   return 0;
 }
@@ -756,6 +774,7 @@ TEST(runtime_ebusy)
     cfg.fn = busy_task;
     cfg.user = &b;
     ASSERT_INT_EQ(bt_exec_create_dag(rt, &dag, &cfg, &b.self, &err), BT_OK);
+    cfg.fn = count_task;
     ASSERT_INT_EQ(bt_exec_create_dag(rt, &dag, &cfg, &b.other, &err), BT_OK);
     /* Execs exist: the runtime stays. */
     EXPECT_INT_EQ(bt_runtime_destroy(rt), BT_EBUSY);
@@ -783,7 +802,8 @@ TEST(runtime_ebusy)
   EXPECT_INT_EQ(bt_exec_destroy(NULL), BT_OK);
 }
 
-/* ---- bad input --------------------------------------------------------------- */
+/* ---- bad input
+ * --------------------------------------------------------------- */
 
 static int
 noop_task(const bt_task_call_t *call, char *errbuf, size_t errlen)
@@ -856,17 +876,14 @@ TEST(runtime_bad_input)
 
   /* DAGs. */
   EXPECT_STATUS(try_dag(rt, 3, dev3, 2, ok_s, ok_d, &err), BT_OK, &err);
-  EXPECT_STATUS(try_dag(rt, 4, (const int32_t[]){0, 1, 0, 1}, 4, cyc_s,
-                        cyc_d, &err),
-                BT_EDEADLOCK, &err);
-  EXPECT_STATUS(try_dag(rt, 2, dev_hi, 0, NULL, NULL, &err), BT_EINVAL,
-                &err);
+  EXPECT_STATUS(
+      try_dag(rt, 4, (const int32_t[]){0, 1, 0, 1}, 4, cyc_s, cyc_d, &err),
+      BT_EDEADLOCK, &err);
+  EXPECT_STATUS(try_dag(rt, 2, dev_hi, 0, NULL, NULL, &err), BT_EINVAL, &err);
   EXPECT_STR_CONTAINS(err.message, "task 1 is on device 2");
-  EXPECT_STATUS(try_dag(rt, 2, dev_neg, 0, NULL, NULL, &err), BT_EINVAL,
-                &err);
+  EXPECT_STATUS(try_dag(rt, 2, dev_neg, 0, NULL, NULL, &err), BT_EINVAL, &err);
   EXPECT_STATUS(try_dag(rt, 3, dev3, 2, ok_s, far_d, &err), BT_EINVAL, &err);
-  EXPECT_STATUS(try_dag(rt, 3, dev3, 2, ok_s, self_d, &err), BT_EINVAL,
-                &err);
+  EXPECT_STATUS(try_dag(rt, 3, dev3, 2, ok_s, self_d, &err), BT_EINVAL, &err);
   EXPECT_STATUS(try_dag(rt, 3, NULL, 0, NULL, NULL, &err), BT_EINVAL, &err);
   EXPECT_STATUS(try_dag(rt, -1, dev3, 0, NULL, NULL, &err), BT_EINVAL, &err);
   EXPECT_STATUS(try_dag(rt, 3, dev3, 2, NULL, ok_d, &err), BT_EINVAL, &err);
@@ -914,8 +931,7 @@ TEST(runtime_bad_input)
     EXPECT_STATUS(bt_exec_create(rt, r.graph, &cfg, &ex, &err), BT_EINVAL,
                   &err);
     EXPECT_STR_CONTAINS(err.message, "4 devices");
-    EXPECT_STATUS(bt_exec_create(rt, NULL, &cfg, &ex, &err), BT_EINVAL,
-                  &err);
+    EXPECT_STATUS(bt_exec_create(rt, NULL, &cfg, &ex, &err), BT_EINVAL, &err);
     cfg.fn = NULL;
     EXPECT_STATUS(bt_exec_create(rt, r.graph, &cfg, &ex, &err), BT_EINVAL,
                   &err);
@@ -928,7 +944,8 @@ TEST(runtime_bad_input)
   EXPECT_INT_EQ(bt_runtime_destroy(rt), BT_OK);
 }
 
-/* ---- trace ------------------------------------------------------------------- */
+/* ---- trace
+ * ------------------------------------------------------------------- */
 
 static int
 cmp_by_start(const void *a, const void *b, const bt_slice_t *sl)
@@ -980,13 +997,17 @@ check_slices(const struct topo *tp, const bt_slice_t *sl, const char *what)
     for (int32_t i = 1; i < n; i++) {
       const bt_slice_t *a = &sl[order[i - 1]], *b = &sl[order[i]];
       if (!(a->end <= b->start) && bad++ < 3)
-        fprintf(stderr, "  %s: device %d: task %d [%g, %g] overlaps task %d "
-                "[%g, %g]\n", what, (int)d, (int)order[i - 1], a->start,
-                a->end, (int)order[i], b->start, b->end);
-      if (tp->prev_on_dev != NULL && tp->prev_on_dev[order[i]] != order[i - 1] &&
-          bad++ < 3)
-        fprintf(stderr, "  %s: device %d ran task %d after %d, not in plan "
-                "order\n", what, (int)d, (int)order[i], (int)order[i - 1]);
+        fprintf(stderr,
+                "  %s: device %d: task %d [%g, %g] overlaps task %d "
+                "[%g, %g]\n",
+                what, (int)d, (int)order[i - 1], a->start, a->end,
+                (int)order[i], b->start, b->end);
+      if (tp->prev_on_dev != NULL &&
+          tp->prev_on_dev[order[i]] != order[i - 1] && bad++ < 3)
+        fprintf(stderr,
+                "  %s: device %d ran task %d after %d, not in plan "
+                "order\n",
+                what, (int)d, (int)order[i], (int)order[i - 1]);
     }
   }
   EXPECT_INT_EQ(bad, 0);
@@ -1034,7 +1055,8 @@ TEST(runtime_trace_slices_respect_edges)
   run_free(&r);
 }
 
-/* ---- bt_task_alloc ------------------------------------------------------------- */
+/* ---- bt_task_alloc
+ * ------------------------------------------------------------- */
 
 struct alloc_ctx {
   void *_Atomic *buf; /* [ntasks] */
@@ -1086,8 +1108,7 @@ alloc_extra(struct check *c, const bt_task_call_t *call, char *errbuf,
     if (tp->succ[tp->succ_first[q]] == t && verify_and_free(call, a, q))
       atomic_fetch_add(&a->bad, 1);
   }
-  if (tp->succ_first[t] == tp->succ_first[t + 1] &&
-      verify_and_free(call, a, t))
+  if (tp->succ_first[t] == tp->succ_first[t + 1] && verify_and_free(call, a, t))
     atomic_fetch_add(&a->bad, 1);
   return 0;
 }
@@ -1125,7 +1146,8 @@ TEST(runtime_task_alloc_from_tasks)
   topo_free(&tp);
 }
 
-/* ---- device hooks ------------------------------------------------------------- */
+/* ---- device hooks
+ * ------------------------------------------------------------- */
 
 #define EV_EXECUTE (-1)
 #define EV_RECORD (-2)
@@ -1200,8 +1222,8 @@ hook_wait(const bt_task_call_t *call, int32_t producer, int32_t producer_dev,
   return 0;
 }
 
-static const bt_device_ops_t full_ops = {sizeof(bt_device_ops_t),
-                                         hook_execute, hook_record, hook_wait};
+static const bt_device_ops_t full_ops = {sizeof(bt_device_ops_t), hook_execute,
+                                         hook_record, hook_wait};
 static const bt_device_ops_t exec_only_ops = {sizeof(bt_device_ops_t),
                                               hook_execute, NULL, NULL};
 
@@ -1281,8 +1303,8 @@ hooks_steps(bt_exec_t *ex, struct hooks *h, int32_t k, const char *what)
       expect_full_step(&h->chk, step, what);
       for (int32_t t = 0; t < tp->ntasks; t++)
         if (!check_log(h, t) && badlogs++ < 3)
-          fprintf(stderr, "  %s: task %d: wrong hook calls (%d events)\n",
-                  what, (int)t, (int)h->log[t].n);
+          fprintf(stderr, "  %s: task %d: wrong hook calls (%d events)\n", what,
+                  (int)t, (int)h->log[t].n);
       continue;
     }
     /* The failing step. */
@@ -1290,15 +1312,15 @@ hooks_steps(bt_exec_t *ex, struct hooks *h, int32_t k, const char *what)
       unsigned char *reach = reachable(tp, k);
       int wait_fail = k == h->fail_wait_task;
       task_label(tp, k, label, sizeof label);
-      snprintf(want, sizeof want, "%s on gpu:%d: %s", label,
-               (int)tp->device[k], wait_fail ? "wait failed" : "record failed");
+      snprintf(want, sizeof want, "%s on gpu:%d: %s", label, (int)tp->device[k],
+               wait_fail ? "wait failed" : "record failed");
       EXPECT_INT_EQ(rc, wait_fail ? -9 : -7);
       if (strcmp(err.message, want) != 0)
         test_fail(__FILE__, __LINE__, "error \"%s\", wanted \"%s\"",
                   err.message, want);
       for (int32_t t = 0; t < tp->ntasks; t++)
-        if (reach[t] && (h->log[t].n != 0 ||
-                         atomic_load(&h->chk.stamp[t]) == step) &&
+        if (reach[t] &&
+            (h->log[t].n != 0 || atomic_load(&h->chk.stamp[t]) == step) &&
             badlogs++ < 3)
           fprintf(stderr, "  %s: task %d ran after %d failed\n", what, (int)t,
                   (int)k);
@@ -1384,7 +1406,8 @@ TEST(runtime_device_hooks_order_and_errors)
   run_free(&r);
 }
 
-/* ---- empty DAG ------------------------------------------------------------------ */
+/* ---- empty DAG
+ * ------------------------------------------------------------------ */
 
 TEST(runtime_empty_dag)
 {
@@ -1408,26 +1431,4 @@ TEST(runtime_empty_dag)
     EXPECT_INT_EQ(bt_exec_destroy(ex), BT_OK);
     EXPECT_INT_EQ(bt_runtime_destroy(rt), BT_OK);
   }
-}
-
-/* test_main (test.h) takes test names as arguments; the sizes come first
- * and are taken off here (the binary is linked with --wrap=main). */
-int __real_main(int argc, char **argv);
-int __wrap_main(int argc, char **argv);
-
-int
-__wrap_main(int argc, char **argv)
-{
-  long *dst[] = {&arg_steps, &arg_dag_tasks};
-  int i = 1;
-
-  for (int k = 0; k < 2 && i < argc; k++, i++) {
-    char *end;
-    long v = strtol(argv[i], &end, 10);
-    if (end == argv[i] || *end != '\0')
-      break;
-    *dst[k] = v;
-  }
-  argv[i - 1] = argv[0];
-  return __real_main(argc - (i - 1), argv + (i - 1));
 }

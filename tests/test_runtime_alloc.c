@@ -138,8 +138,8 @@ TEST(runtime_steady_steps_allocate_nothing)
         EXPECT_STATUS(bt_exec_create(rt, r.graph, &cfg, &ex[i], &err), BT_OK,
                       &err);
       else
-        EXPECT_STATUS(bt_exec_create_dag(rt, &dag, &cfg, &ex[i], &err),
-                      BT_OK, &err);
+        EXPECT_STATUS(bt_exec_create_dag(rt, &dag, &cfg, &ex[i], &err), BT_OK,
+                      &err);
       if (ex[i] == NULL)
         continue;
       EXPECT_STATUS(bt_exec_run(ex[i], &err), BT_OK, &err);

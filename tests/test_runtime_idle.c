@@ -14,7 +14,6 @@
 #include "baton/baton.h"
 #include "test.h"
 
-static long arg_seconds = 5;
 
 static double
 cpu_seconds(void)
@@ -44,19 +43,22 @@ noop_task(const bt_task_call_t *call, char *errbuf, size_t errlen)
   return 0;
 }
 
-/* CPU time the process uses while the main thread sleeps arg_seconds. */
+/* CPU time the process uses while the main thread sleeps for the first
+ * size argument (seconds, default 5). */
 static void
 expect_idle(const char *when)
 {
   double c0 = cpu_seconds(), used;
 
-  sleep_seconds(arg_seconds);
+  sleep_seconds(test_arg(0, 5));
   used = cpu_seconds() - c0;
-  printf("  %s: %.4f s of CPU over %ld s idle (%.3f%% of a core)\n", when,
-         used, arg_seconds, 100.0 * used / (double)arg_seconds);
-  if (!(used < 0.01 * (double)arg_seconds))
-    test_fail(__FILE__, __LINE__, "%s: idle runtimes used %.4f s of CPU in "
-              "%ld s (limit 1%%)", when, used, arg_seconds);
+  printf("  %s: %.4f s of CPU over %ld s idle (%.3f%% of a core)\n", when, used,
+         test_arg(0, 5), 100.0 * used / (double)test_arg(0, 5));
+  if (!(used < 0.01 * (double)test_arg(0, 5)))
+    test_fail(__FILE__, __LINE__,
+              "%s: idle runtimes used %.4f s of CPU in "
+              "%ld s (limit 1%%)",
+              when, used, test_arg(0, 5));
 }
 
 TEST(runtime_idle_threads_sleep)
@@ -82,7 +84,7 @@ TEST(runtime_idle_threads_sleep)
     int32_t d[16];
     rcfg.devices = devs[i];
     rcfg.mode = mode[i];
-    rcfg.threads = 2;
+    rcfg.threads = mode[i] == BT_RUNTIME_POOL ? 2 : 0;
     ASSERT_INT_EQ(bt_runtime_create(&rcfg, &rt[i], &err), BT_OK);
     for (int32_t t = 0; t < 16; t++)
       d[t] = dev[t] % devs[i];
@@ -104,26 +106,4 @@ TEST(runtime_idle_threads_sleep)
     EXPECT_INT_EQ(bt_exec_destroy(ex[i]), BT_OK);
     EXPECT_INT_EQ(bt_runtime_destroy(rt[i]), BT_OK);
   }
-}
-
-/* test_main (test.h) takes test names as arguments; the seconds come
- * first and are taken off here (the binary is linked with --wrap=main). */
-int __real_main(int argc, char **argv);
-int __wrap_main(int argc, char **argv);
-
-int
-__wrap_main(int argc, char **argv)
-{
-  int i = 1;
-
-  if (i < argc) {
-    char *end;
-    long v = strtol(argv[i], &end, 10);
-    if (end != argv[i] && *end == '\0' && v > 0) {
-      arg_seconds = v;
-      i++;
-    }
-  }
-  argv[i - 1] = argv[0];
-  return __real_main(argc - (i - 1), argv + (i - 1));
 }
