@@ -86,7 +86,7 @@ usage(FILE *f)
       "  --runtime-mode dedicated|pool  synthetic: a thread per device\n"
       "                      (default) or actors on a pool of --threads\n"
       "  --threads T         pool threads (default: online CPUs)\n"
-      "  --repeat R          synthetic: measured steps, median (3)\n"
+      "  --repeat R          synthetic: measured steps, median (5)\n"
       "  --sleep-margin-us M synthetic sleep: wake M us early and spin to\n"
       "                      the deadline, as timers fire late (120)\n"
       "  --spin-us S         synthetic: runtime threads spin S us before\n"
@@ -646,7 +646,7 @@ main(int argc, char **argv)
 {
   struct options o = {"1f1b", 0, 0, 0, {1, 1, 1}, {1, 0}, NULL, NULL, 0, 0,
                       "sim", 0, NULL, NULL, NULL,
-                      {1000.0, 0, 1, 0, 3, 120.0, 5}};
+                      {1000.0, 0, 1, 0, 5, 120.0, 5}};
   struct result rs[MAX_SCHEDULES];
   char names[4096], *save = NULL, *tok;
   int n = 0, failed = 0;
