@@ -143,6 +143,7 @@ def errors():
         (["--devices", "zero"], "--devices needs a whole number"),
         (["--cost", "Q=1"], "not KEY=VALUE"),
         (["--backend", "cuda"], "not available"),
+        (["--backend", "synthetic", "--runtime-mode", "x"], "--runtime-mode is"),
         (["--bogus"], "unknown option"),
         (["--placement", "0,1,9,3"], "--placement"),
     ]
@@ -171,7 +172,52 @@ def docs_plugin_example():
             assert "my-gpipe needs v=1 (got v=2)" in p.stderr, p.stderr
 
 
+def synthetic_backend():
+    """The real runtime with timed tasks: every schedule runs, its measured
+    makespan is reported next to the simulated one and cannot beat it."""
+    out = run("--backend", "synthetic", "--schedule", "gpipe,1f1b,zb-h1",
+              "--devices", "2", "--microbatches", "4", "--unit-us", "300",
+              "--repeat", "1", "--json").stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["schedule"] for r in rows] == ["gpipe", "1f1b", "zb-h1"]
+    for r in rows:
+        assert r["backend"] == "synthetic" and r["unit_us"] == 300
+        # Tasks take at least their cost, so no step beats the simulation.
+        assert r["makespan"] >= r["sim_makespan"] * 0.999, r
+        assert abs(r["makespan_us"] - r["makespan"] * 300) < 1e-6 * r["makespan_us"]
+        assert len(r["busy"]) == 2 and all(b > 0 for b in r["busy"])
+    with tempfile.TemporaryDirectory() as d:
+        svg, tr = os.path.join(d, "s.svg"), os.path.join(d, "s.json")
+        run("--backend", "synthetic", "--schedule", "1f1b", "--devices", "2",
+            "--microbatches", "2", "--unit-us", "200", "--repeat", "1",
+            "--svg", svg, "--trace", tr)
+        names = {e["args"]["name"] for e in json.load(open(tr))["traceEvents"]
+                 if e.get("name") == "process_name"}
+        assert any("(sim)" in n for n in names) and any("(synthetic)" in n for n in names), names
+        ET.parse(svg)
+    p = run("--backend", "synthetic", "--task-mode", "nap", ok=False)
+    assert "--task-mode is sleep or spin" in p.stderr, p.stderr
+
+
+def overhead_subcommand():
+    for shape in ("chain", "independent", "gpipe", "1f1b"):
+        for mode in ("pool", "dedicated"):
+            r = json.loads(subprocess.run(
+                [BENCH, "overhead", "--shape", shape, "--devices", "4",
+                 "--microbatches", "8", "--threads", "2", "--repeat", "5",
+                 "--mode", mode, "--json"],
+                capture_output=True, text=True, timeout=60, check=True).stdout)
+            assert r["runtime"] == "baton" and r["violations"] == 0, r
+            assert r["tasks"] == (64 if shape in ("gpipe", "1f1b") else 32), r
+            assert r["run_ns_per_task"] > 0 and r["build_ns_per_task"] > 0
+    p = subprocess.run([BENCH, "overhead", "--shape", "star"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and "unknown shape" in p.stderr, p.stderr
+
+
 check("json_fields", json_fields)
+check("synthetic_backend", synthetic_backend)
+check("overhead_subcommand", overhead_subcommand)
 check("docs_plugin_example", docs_plugin_example)
 check("table", table)
 check("costs_and_comm", costs_and_comm)
