@@ -3,11 +3,10 @@
 #include <string.h>
 
 #include "baton/status.h"
+#include "baton/version.h"
 #include "error.h"
 
-#ifndef BATON_VERSION_STRING
-#define BATON_VERSION_STRING "0.0.0"
-#endif
+#define BATON_VERSION_STRING BT_VERSION_STRING
 
 const char *
 bt_strerror(bt_status status)
@@ -48,6 +47,12 @@ const char *
 bt_version_string(void)
 {
   return BATON_VERSION_STRING;
+}
+
+unsigned
+bt_version(void)
+{
+  return BT_VERSION;
 }
 
 bt_status

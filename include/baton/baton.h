@@ -11,5 +11,7 @@
 #include "baton/schedule.h"
 #include "baton/timeline.h"
 #include "baton/runtime.h"
+#include "baton/pipeline.h"
+#include "baton/version.h"
 
 #endif /* BATON_BATON_H */

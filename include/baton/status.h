@@ -62,8 +62,14 @@ typedef struct bt_error {
 /* Sets *err to { BT_OK, "" }.  NULL is accepted. */
 BT_API void bt_error_clear(bt_error_t *err);
 
-/* Version of the library this program runs against, "MAJOR.MINOR.PATCH". */
+/* Version of the library this program runs against, "MAJOR.MINOR.PATCH"
+ * (semantic versioning: the ABI is stable within a MAJOR). */
 BT_API const char *bt_version_string(void);
+
+/* The same as MAJOR * 10000 + MINOR * 100 + PATCH, to compare with
+ * BT_VERSION from <baton/version.h> (the version a program was built
+ * against). */
+BT_API unsigned bt_version(void);
 
 #ifdef __cplusplus
 }

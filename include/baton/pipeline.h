@@ -1,0 +1,194 @@
+/* baton: the embedding API.  Bring your own stage callbacks.
+ *
+ * You own the model: parameters, kernels, loss, optimizer.  baton owns the
+ * schedule (which stage computes which microbatch when, on which device)
+ * and the buffers that flow between stages: each stage's output activation
+ * and input gradient per microbatch, and skip tensors.  You describe each
+ * stage with a bt_stage_desc_t (callbacks and buffer sizes), pick a
+ * schedule (built-in name, plugin .so or CSV plan), and call
+ * bt_pipeline_step once per batch.
+ *
+ * Per (stage s, microbatch k), baton calls:
+ *   forward(s,k)      reads `input` (stage s-1's output for k; NULL on the
+ *                     first stage: read your batch yourself), writes `output`
+ *                     (NULL when output_bytes is 0, e.g. on the last stage).
+ *   backward(s,k)     a full backward: reads `grad_output` (NULL on the last
+ *                     stage: start from your loss), writes `grad_input`
+ *                     (NULL on the first stage unless you asked for it) and
+ *                     accumulates the stage's weight gradients;
+ *   or, when the schedule splits backwards (zb-h1, zb-h2, auto):
+ *   input_grad(s,k)   writes `grad_input` only, and
+ *   weight_grad(s,k)  the weight gradients, after input_grad(s,k).
+ *   recompute(s,k)    (optional) called right before backward/input_grad of
+ *                     (s,k): rebuild activations you chose not to keep
+ *                     (activation checkpointing).
+ * The buffers of (s,k) stay valid from forward(s,k) until the end of the
+ * step, so backward and weight_grad may read `input` and `grad_output`.
+ * After the last backward (or weight_grad) of a stage in a step, baton calls
+ * grads_ready(stage): that stage's gradients are complete and you may step
+ * its optimizer at once, while other stages are still working.
+ *
+ * Threads: callbacks run on the runtime's threads, never two at once for
+ * one device (a device runs its stages' work in plan order), and stages on
+ * different devices concurrently.  A callback may use its own stage's
+ * parameters and its call's buffers; it must not call bt_pipeline_step or
+ * bt_pipeline_destroy (they return BT_EBUSY).  grads_ready(s) runs on the
+ * thread of stage s's device.
+ *
+ * Errors: a callback returns 0, or non-zero (a bt_status or any negative
+ * code of yours) with a sentence in errbuf.  Then no further callback
+ * starts, callbacks in flight finish, and bt_pipeline_step returns that
+ * status with "<stage><F|B|I|W><microbatch> on <device>: <sentence>" (e.g.
+ * "2F5 on cpu:1: NaN in logits": stage 2, forward, microbatch 5).
+ * grads_ready has then run only for stages whose backward was complete
+ * before the failure; treat the step's gradients as unusable.  The next
+ * step runs normally.
+ *
+ * ABI: bt_stage_desc_t, bt_pipeline_config_t and bt_stage_call_t start with
+ * their size; fields are only ever appended, and baton reads a caller's
+ * struct only up to its size, so programs built against an older header
+ * keep working. */
+#ifndef BATON_PIPELINE_H
+#define BATON_PIPELINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "baton/export.h"
+#include "baton/runtime.h"
+#include "baton/schedule.h"
+#include "baton/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A skip tensor's buffer as a callback sees it. */
+typedef struct bt_skip_buf {
+  const char *name;
+  void *data;
+  size_t bytes;
+} bt_skip_buf_t;
+
+typedef struct bt_stage_call {
+  size_t size;          /* sizeof(bt_stage_call_t) as baton knows it */
+  int32_t stage;
+  int32_t microbatch;
+  int32_t kind;         /* BT_ACT_F, BT_ACT_B, BT_ACT_I, BT_ACT_W, or
+                           BT_STAGE_RECOMPUTE */
+  int32_t device;       /* index of the device running the call */
+  void *device_ctx;     /* that device's ctx (a CUDA stream for a CUDA
+                           device; NULL for the default CPU devices) */
+  uint64_t step;        /* 1 for the first bt_pipeline_step */
+  void *user;           /* the stage's user pointer */
+  const void *input;    /* stage-1's output for this microbatch */
+  size_t input_bytes;
+  void *output;         /* this stage's output (forward writes it) */
+  size_t output_bytes;
+  const void *grad_output; /* gradient of output (from stage+1) */
+  size_t grad_output_bytes;
+  void *grad_input;     /* gradient of input (backward/input_grad write) */
+  size_t grad_input_bytes;
+  /* Skips this stage stashes: forward writes `skip_out[i].data`; the
+   * backward reads the gradient that came back in `skip_grad_in[i]`. */
+  const bt_skip_buf_t *skip_out;
+  const bt_skip_buf_t *skip_grad_in;
+  int32_t nskip_out;
+  /* Skips this stage pops: forward reads `skip_in[j].data`; the backward
+   * writes their gradients into `skip_grad_out[j]`. */
+  int32_t nskip_in;
+  const bt_skip_buf_t *skip_in;
+  const bt_skip_buf_t *skip_grad_out;
+} bt_stage_call_t;
+
+#define BT_STAGE_RECOMPUTE 5
+
+typedef int (*bt_stage_fn)(const bt_stage_call_t *call, char *errbuf,
+                           size_t errlen);
+
+typedef struct bt_stage_desc {
+  size_t size;               /* sizeof(bt_stage_desc_t) */
+  bt_stage_fn forward;       /* required */
+  bt_stage_fn backward;      /* full backward (for gpipe, 1f1b, ...) */
+  bt_stage_fn input_grad;    /* split backward (for zb-h1, zb-h2, auto) */
+  bt_stage_fn weight_grad;
+  bt_stage_fn recompute;     /* optional */
+  size_t output_bytes;       /* this stage's activation per microbatch */
+  size_t grad_input_bytes;   /* gradient of its input per microbatch (0 on
+                                the first stage unless you want it) */
+  double cost_f, cost_b, cost_w; /* relative costs for cost-driven
+                                    schedules (zb, auto); 0 = 1 */
+  void *user;                /* passed as call->user */
+} bt_stage_desc_t;
+
+#define BT_STAGE_DESC_INIT                                                    \
+  { sizeof(bt_stage_desc_t), NULL, NULL, NULL, NULL, NULL, 0, 0, 0, 0, 0,    \
+    NULL }
+
+/* A skip connection between stages: stash_stage's forward writes it,
+ * pop_stage's forward reads it (pop_stage > stash_stage); its gradient goes
+ * straight back.  The name is copied. */
+typedef struct bt_pipeline_skip {
+  const char *name;
+  int32_t stash_stage, pop_stage;
+  size_t bytes; /* per microbatch */
+} bt_pipeline_skip_t;
+
+typedef struct bt_pipeline_config {
+  size_t size;                  /* sizeof(bt_pipeline_config_t) */
+  int32_t stages;               /* S = devices * virtual_stages */
+  const bt_stage_desc_t *stage; /* [stages]; copied */
+  int32_t devices;
+  int32_t virtual_stages;       /* 0 = the schedule's preference */
+  int32_t microbatches;
+  const bt_schedule_t *schedule; /* required; only used during create */
+  const int32_t *stage_device;  /* [stages]; NULL = stage s on s % devices */
+  const bt_pipeline_skip_t *skips;
+  size_t nskips;
+  bt_runtime_t *runtime; /* NULL: the pipeline makes its own CPU runtime */
+  int32_t threads;       /* own runtime: threads (0 = online CPUs) */
+  void (*grads_ready)(int32_t stage, void *user);
+  void *user;            /* passed to grads_ready */
+  int32_t trace;         /* record task times (bt_pipeline_slices) */
+} bt_pipeline_config_t;
+
+#define BT_PIPELINE_CONFIG_INIT                                               \
+  { sizeof(bt_pipeline_config_t), 0, NULL, 1, 0, 1, NULL, NULL, NULL, 0,      \
+    NULL, 0, NULL, NULL, 0 }
+
+typedef struct bt_pipeline bt_pipeline_t;
+
+/* Plans the schedule, validates plan and skips, allocates every buffer and
+ * instantiates the step.  Errors, each with a message that says what to
+ * fix: BT_EINVAL (a stage without forward, without the backward callbacks
+ * the schedule needs, bad sizes or counts), BT_ESKIP, BT_EUNSUPPORTED /
+ * BT_EPLAN / BT_EPLUGIN_PLAN (from the schedule), BT_ENOMEM.  Nothing is
+ * left allocated on failure. */
+BT_API bt_status bt_pipeline_create(const bt_pipeline_config_t *config,
+                                    bt_pipeline_t **out, bt_error_t *err);
+
+/* Runs one training step: every microbatch through every stage, forward
+ * and backward, as the plan orders them.  Blocks until the step is over.
+ * Not thread-safe against itself (BT_EBUSY). */
+BT_API bt_status bt_pipeline_step(bt_pipeline_t *pl, bt_error_t *err);
+
+/* BT_EBUSY during a step. */
+BT_API bt_status bt_pipeline_destroy(bt_pipeline_t *pl);
+
+/* Between steps: the output activation of (stage, microbatch) from the last
+ * step (e.g. the last stage's logits or loss), or NULL. */
+BT_API const void *bt_pipeline_output(const bt_pipeline_t *pl, int32_t stage,
+                                      int32_t microbatch, size_t *bytes);
+
+/* The plan the pipeline runs (owned by the pipeline). */
+BT_API const bt_plan_t *bt_pipeline_plan(const bt_pipeline_t *pl);
+
+/* With trace on: the last step's task times, as bt_exec_slices. */
+BT_API bt_status bt_pipeline_slices(const bt_pipeline_t *pl,
+                                    bt_slice_t *slices, size_t *count);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BATON_PIPELINE_H */

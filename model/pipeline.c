@@ -1,0 +1,537 @@
+/* The embedding API: user stage callbacks driven by a plan on the runtime.
+ *
+ * At create: plan the schedule, check the stages have the callbacks the plan
+ * needs, build the graph with the skip edges, allocate one block holding
+ * every (stage, microbatch) buffer, and instantiate the step on the
+ * runtime.  A step is one bt_exec_run; each task is mapped to the stage's
+ * callback with its buffers.  On the CPU backend a "transfer" is the
+ * consumer reading the producer's buffer: they share the address space. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "baton/graph.h"
+#include "baton/pipeline.h"
+#include "error.h"
+
+#define ALIGN 64
+
+struct bt_pipeline {
+  int32_t S, m, p;
+  bt_stage_desc_t *stage;     /* [S], copied (zero-extended) */
+  bt_plan_t *plan;
+  bt_skip_layout_t *skips;
+  bt_graph_t *graph;
+  bt_runtime_t *rt;
+  int own_rt;
+  bt_exec_t *exec;
+  void (*grads_ready)(int32_t, void *);
+  void *user;
+  int32_t *last_bw;           /* [S]: task id of the stage's last B or W */
+  /* Buffers: one block; pointers per (stage, microbatch). */
+  unsigned char *block;
+  void **act, **grad;         /* [S * m] */
+  /* Skip buffers per (stage, microbatch): arrays for the call. */
+  bt_skip_buf_t *skip_pool;
+  int32_t *nout, *nin;        /* [S] */
+  size_t *out_at, *in_at;     /* [S * m]: index into skip_pool */
+};
+
+static size_t
+round_up(size_t n)
+{
+  return (n + ALIGN - 1) / ALIGN * ALIGN;
+}
+
+static void *
+buf_at(void *const *v, const struct bt_pipeline *pl, int32_t s, int32_t k)
+{
+  return v[(size_t)s * (size_t)pl->m + (size_t)k];
+}
+
+/* The runtime's task function: one plan action = one stage callback. */
+static int
+pipeline_task(const bt_task_call_t *tc, char *errbuf, size_t errlen)
+{
+  struct bt_pipeline *pl = tc->user;
+  int32_t s = tc->action.stage, k = tc->action.microbatch, kind;
+  const bt_stage_desc_t *d = &pl->stage[s];
+  size_t at = (size_t)s * (size_t)pl->m + (size_t)k;
+  bt_stage_call_t c;
+  int rc = 0;
+
+  memset(&c, 0, sizeof c);
+  c.size = sizeof c;
+  c.stage = s;
+  c.microbatch = k;
+  c.kind = kind = tc->action.kind;
+  c.device = tc->device;
+  c.device_ctx = tc->device_ctx;
+  c.step = tc->step;
+  c.user = d->user;
+  if (s > 0) {
+    c.input = buf_at(pl->act, pl, s - 1, k);
+    c.input_bytes = pl->stage[s - 1].output_bytes;
+  }
+  c.output = pl->act[at];
+  c.output_bytes = d->output_bytes;
+  if (s + 1 < pl->S) {
+    c.grad_output = buf_at(pl->grad, pl, s + 1, k);
+    c.grad_output_bytes = pl->stage[s + 1].grad_input_bytes;
+  }
+  c.grad_input = pl->grad[at];
+  c.grad_input_bytes = d->grad_input_bytes;
+  c.nskip_out = pl->nout[s];
+  c.skip_out = pl->skip_pool + pl->out_at[at];
+  c.skip_grad_in = c.skip_out + c.nskip_out;
+  c.nskip_in = pl->nin[s];
+  c.skip_in = pl->skip_pool + pl->in_at[at];
+  c.skip_grad_out = c.skip_in + c.nskip_in;
+  if ((kind == BT_ACT_B || kind == BT_ACT_I) && d->recompute != NULL) {
+    c.kind = BT_STAGE_RECOMPUTE;
+    rc = d->recompute(&c, errbuf, errlen);
+    c.kind = kind;
+  }
+  if (rc == 0) {
+    switch (kind) {
+    case BT_ACT_F:
+      rc = d->forward(&c, errbuf, errlen);
+      break;
+    case BT_ACT_B:
+      rc = d->backward(&c, errbuf, errlen);
+      break;
+    case BT_ACT_I:
+      rc = d->input_grad(&c, errbuf, errlen);
+      break;
+    default:
+      rc = d->weight_grad(&c, errbuf, errlen);
+      break;
+    }
+  }
+  if (rc == 0 && tc->task == pl->last_bw[s] && pl->grads_ready != NULL)
+    pl->grads_ready(s, pl->user);
+  return rc;
+}
+
+/* Copies the caller's stage descriptors, zero-extending older (smaller)
+ * ones, and checks the required fields. */
+static bt_status
+copy_stages(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
+            bt_error_t *err)
+{
+  pl->stage = calloc((size_t)pl->S, sizeof *pl->stage);
+  if (pl->stage == NULL)
+    return bt__errorf(err, BT_ENOMEM, "out of memory creating the pipeline");
+  for (int32_t s = 0; s < pl->S; s++) {
+    const bt_stage_desc_t *in = &cfg->stage[s];
+    size_t n = in->size < sizeof *in ? in->size : sizeof *in;
+    if (in->size < offsetof(bt_stage_desc_t, forward) + sizeof in->forward)
+      return bt__errorf(err, BT_EINVAL,
+                        "stage %d: size is %zu; start its descriptor from "
+                        "BT_STAGE_DESC_INIT",
+                        (int)s, in->size);
+    memcpy(&pl->stage[s], in, n);
+    pl->stage[s].size = sizeof *in;
+    if (pl->stage[s].forward == NULL)
+      return bt__errorf(err, BT_EINVAL, "stage %d has no forward callback",
+                        (int)s);
+  }
+  return BT_OK;
+}
+
+/* Each stage has the backward callbacks its actions in the plan call. */
+static bt_status
+check_callbacks(const struct bt_pipeline *pl, const char *sched,
+                bt_error_t *err)
+{
+  for (int32_t d = 0; d < bt_plan_devices(pl->plan); d++)
+    for (size_t i = 0; i < bt_plan_length(pl->plan, d); i++) {
+      bt_action_t a = bt_plan_action(pl->plan, d, i);
+      const bt_stage_desc_t *st;
+      if (a.kind == BT_ACT_IDLE)
+        continue;
+      st = &pl->stage[a.stage];
+      if (a.kind == BT_ACT_B && st->backward == NULL)
+        return bt__errorf(err, BT_EINVAL,
+                          "schedule '%s' runs full backwards, but stage %d "
+                          "has no backward callback; give it one",
+                          sched, (int)a.stage);
+      if ((a.kind == BT_ACT_I || a.kind == BT_ACT_W) &&
+          (st->input_grad == NULL || st->weight_grad == NULL))
+        return bt__errorf(err, BT_EINVAL,
+                          "schedule '%s' splits backwards into input and "
+                          "weight gradients, but stage %d lacks input_grad "
+                          "or weight_grad; give it both, or choose a "
+                          "schedule with full backwards (gpipe, 1f1b, "
+                          "interleaved)",
+                          sched, (int)a.stage);
+    }
+  return BT_OK;
+}
+
+static bt_status
+make_plan(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
+          int32_t v, bt_error_t *err)
+{
+  bt_schedule_params_t params = BT_SCHEDULE_PARAMS_INIT;
+  double *cost = malloc(3 * (size_t)pl->S * sizeof *cost);
+  bt_status rc;
+
+  if (cost == NULL)
+    return bt__errorf(err, BT_ENOMEM, "out of memory planning");
+  for (int32_t s = 0; s < pl->S; s++) {
+    const bt_stage_desc_t *d = &pl->stage[s];
+    cost[s] = d->cost_f > 0 ? d->cost_f : 1.0;
+    cost[pl->S + s] = d->cost_b > 0 ? d->cost_b : 1.0;
+    cost[2 * pl->S + s] = d->cost_w > 0 ? d->cost_w : 1.0;
+  }
+  params.devices = pl->p;
+  params.virtual_stages = v;
+  params.stages = pl->S;
+  params.microbatches = pl->m;
+  params.stage_device = cfg->stage_device;
+  params.cost_f = cost;
+  params.cost_b = cost + pl->S;
+  params.cost_w = cost + 2 * pl->S;
+  rc = bt_schedule_make_plan(cfg->schedule, &params, &pl->plan, err);
+  free(cost);
+  return rc;
+}
+
+static bt_status
+make_skips(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
+           bt_error_t *err)
+{
+  bt_skip_decl_t *decls;
+  bt_status rc;
+
+  decls = calloc(2 * cfg->nskips + 1, sizeof *decls);
+  if (decls == NULL)
+    return bt__errorf(err, BT_ENOMEM, "out of memory checking skips");
+  for (size_t i = 0; i < cfg->nskips; i++) {
+    const bt_pipeline_skip_t *k = &cfg->skips[i];
+    if (k->name == NULL || k->bytes == 0) {
+      free(decls);
+      return bt__errorf(err, BT_EINVAL,
+                        "skip %zu needs a name and bytes > 0", i);
+    }
+    decls[2 * i].layer = k->stash_stage;
+    decls[2 * i].op = BT_SKIP_STASH;
+    decls[2 * i].name = k->name;
+    decls[2 * i + 1].layer = k->pop_stage;
+    decls[2 * i + 1].op = BT_SKIP_POP;
+    decls[2 * i + 1].name = k->name;
+  }
+  /* One "layer" per stage: the stage-level skip layout is verified with
+   * the same rules as a layer-level one. */
+  rc = bt_skip_layout_create(decls, 2 * cfg->nskips, pl->S, NULL, &pl->skips,
+                             err);
+  free(decls);
+  return rc;
+}
+
+/* Index of skip `name` in the config, for its size. */
+static size_t
+skip_bytes(const bt_pipeline_config_t *cfg, const char *name)
+{
+  for (size_t i = 0; i < cfg->nskips; i++)
+    if (strcmp(cfg->skips[i].name, name) == 0)
+      return cfg->skips[i].bytes;
+  return 0;
+}
+
+/* Lays out every buffer in one block: activations, gradients, and each
+ * skip's value and gradient, per (stage, microbatch). */
+static bt_status
+make_buffers(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
+             bt_error_t *err)
+{
+  size_t nsk = bt_skip_layout_count(pl->skips), SM = (size_t)pl->S * pl->m;
+  size_t total = 0, pool = 0, off;
+  size_t *sk_bytes = calloc(nsk + 1, sizeof *sk_bytes);
+
+  pl->act = calloc(SM, sizeof *pl->act);
+  pl->grad = calloc(SM, sizeof *pl->grad);
+  pl->nout = calloc((size_t)pl->S, sizeof *pl->nout);
+  pl->nin = calloc((size_t)pl->S, sizeof *pl->nin);
+  pl->out_at = calloc(SM, sizeof *pl->out_at);
+  pl->in_at = calloc(SM, sizeof *pl->in_at);
+  if (!sk_bytes || !pl->act || !pl->grad || !pl->nout || !pl->nin ||
+      !pl->out_at || !pl->in_at)
+    goto nomem;
+  for (int32_t s = 0; s < pl->S; s++)
+    total += (size_t)pl->m * (round_up(pl->stage[s].output_bytes) +
+                              round_up(pl->stage[s].grad_input_bytes));
+  for (size_t i = 0; i < nsk; i++) {
+    bt_skip_t k = bt_skip_layout_get(pl->skips, i);
+    sk_bytes[i] = skip_bytes(cfg, k.name);
+    total += 2 * (size_t)pl->m * round_up(sk_bytes[i]);
+    pl->nout[k.stash_stage]++;
+    pl->nin[k.pop_stage]++;
+  }
+  for (int32_t s = 0; s < pl->S; s++)
+    pool += 2 * (size_t)(pl->nout[s] + pl->nin[s]) * (size_t)pl->m;
+  pl->skip_pool = calloc(pool + 1, sizeof *pl->skip_pool);
+  pl->block = aligned_alloc(ALIGN, total ? total : ALIGN);
+  if (pl->skip_pool == NULL || pl->block == NULL)
+    goto nomem;
+  /* Zeroed so that a stage reading a buffer it never wrote (e.g. a first
+   * stage's unused gradient) sees zeros, deterministically. */
+  memset(pl->block, 0, total);
+  off = 0;
+  for (int32_t s = 0; s < pl->S; s++)
+    for (int32_t k = 0; k < pl->m; k++) {
+      size_t at = (size_t)s * pl->m + (size_t)k;
+      if (pl->stage[s].output_bytes > 0)
+        pl->act[at] = pl->block + off;
+      off += round_up(pl->stage[s].output_bytes);
+      if (pl->stage[s].grad_input_bytes > 0)
+        pl->grad[at] = pl->block + off;
+      off += round_up(pl->stage[s].grad_input_bytes);
+    }
+  /* Skip arrays per (stage, microbatch): [outs, grad_ins] then [ins,
+   * grad_outs], in the layout's order. */
+  {
+    size_t next = 0;
+    for (int32_t s = 0; s < pl->S; s++)
+      for (int32_t k = 0; k < pl->m; k++) {
+        size_t at = (size_t)s * pl->m + (size_t)k;
+        pl->out_at[at] = next;
+        next += 2 * (size_t)pl->nout[s];
+        pl->in_at[at] = next;
+        next += 2 * (size_t)pl->nin[s];
+      }
+  }
+  {
+    int32_t *seen_out = calloc((size_t)pl->S, sizeof *seen_out);
+    int32_t *seen_in = calloc((size_t)pl->S, sizeof *seen_in);
+    if (seen_out == NULL || seen_in == NULL) {
+      free(seen_out);
+      free(seen_in);
+      goto nomem;
+    }
+    for (size_t i = 0; i < nsk; i++) {
+      bt_skip_t sk = bt_skip_layout_get(pl->skips, i);
+      int32_t so = sk.stash_stage, po = sk.pop_stage;
+      for (int32_t k = 0; k < pl->m; k++) {
+        unsigned char *val = pl->block + off, *grd;
+        bt_skip_buf_t *o, *in;
+        off += round_up(sk_bytes[i]);
+        grd = pl->block + off;
+        off += round_up(sk_bytes[i]);
+        o = pl->skip_pool + pl->out_at[(size_t)so * pl->m + (size_t)k];
+        in = pl->skip_pool + pl->in_at[(size_t)po * pl->m + (size_t)k];
+        o[seen_out[so]] = (bt_skip_buf_t){sk.name, val, sk_bytes[i]};
+        o[pl->nout[so] + seen_out[so]] =
+            (bt_skip_buf_t){sk.name, grd, sk_bytes[i]};
+        in[seen_in[po]] = (bt_skip_buf_t){sk.name, val, sk_bytes[i]};
+        in[pl->nin[po] + seen_in[po]] =
+            (bt_skip_buf_t){sk.name, grd, sk_bytes[i]};
+      }
+      seen_out[so]++;
+      seen_in[po]++;
+    }
+    free(seen_out);
+    free(seen_in);
+  }
+  free(sk_bytes);
+  return BT_OK;
+nomem:
+  free(sk_bytes);
+  return bt__errorf(err, BT_ENOMEM, "out of memory allocating the "
+                    "pipeline's buffers");
+}
+
+/* The last backward (B or W) of each stage in its device's plan order:
+ * after it, the stage's gradients are complete. */
+static bt_status
+find_last_backwards(struct bt_pipeline *pl, bt_error_t *err)
+{
+  pl->last_bw = malloc((size_t)pl->S * sizeof *pl->last_bw);
+  if (pl->last_bw == NULL)
+    return bt__errorf(err, BT_ENOMEM, "out of memory");
+  for (int32_t s = 0; s < pl->S; s++)
+    pl->last_bw[s] = -1;
+  for (int32_t t = 0; t < bt_graph_task_count(pl->graph); t++) {
+    bt_task_t task = bt_graph_task(pl->graph, t);
+    /* Task ids follow each device's plan order, so the last one wins. */
+    if (task.action.kind == BT_ACT_B || task.action.kind == BT_ACT_W)
+      pl->last_bw[task.action.stage] = t;
+  }
+  return BT_OK;
+}
+
+static bt_status
+check_config(const bt_pipeline_config_t *cfg, bt_error_t *err)
+{
+  if (cfg == NULL || cfg->size < sizeof(bt_pipeline_config_t))
+    return bt__errorf(err, BT_EINVAL, "bt_pipeline_create needs a config "
+                      "started from BT_PIPELINE_CONFIG_INIT");
+  if (cfg->stages < 1 || cfg->stage == NULL || cfg->devices < 1 ||
+      cfg->microbatches < 1 || cfg->schedule == NULL ||
+      cfg->virtual_stages < 0 || (cfg->nskips > 0 && cfg->skips == NULL))
+    return bt__errorf(err, BT_EINVAL,
+                      "a pipeline needs stages >= 1 with descriptors, "
+                      "devices >= 1, microbatches >= 1 and a schedule (got "
+                      "stages=%d, devices=%d, microbatches=%d)",
+                      (int)cfg->stages, (int)cfg->devices,
+                      (int)cfg->microbatches);
+  return BT_OK;
+}
+
+static bt_status
+start_runtime(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
+              bt_error_t *err)
+{
+  bt_runtime_config_t rc = BT_RUNTIME_CONFIG_INIT;
+  bt_exec_config_t ec = BT_EXEC_CONFIG_INIT;
+  bt_status st;
+
+  if (cfg->runtime != NULL) {
+    pl->rt = cfg->runtime;
+  } else {
+    rc.devices = pl->p;
+    rc.threads = cfg->threads;
+    st = bt_runtime_create(&rc, &pl->rt, err);
+    if (st != BT_OK)
+      return st;
+    pl->own_rt = 1;
+  }
+  ec.fn = pipeline_task;
+  ec.user = pl;
+  ec.trace = cfg->trace;
+  return bt_exec_create(pl->rt, pl->graph, &ec, &pl->exec, err);
+}
+
+static void
+pipeline_free(struct bt_pipeline *pl)
+{
+  if (pl == NULL)
+    return;
+  bt_exec_destroy(pl->exec);
+  if (pl->own_rt)
+    bt_runtime_destroy(pl->rt);
+  bt_graph_destroy(pl->graph);
+  bt_skip_layout_destroy(pl->skips);
+  bt_plan_destroy(pl->plan);
+  free(pl->stage);
+  free(pl->last_bw);
+  free(pl->block);
+  free(pl->act);
+  free(pl->grad);
+  free(pl->skip_pool);
+  free(pl->nout);
+  free(pl->nin);
+  free(pl->out_at);
+  free(pl->in_at);
+  free(pl);
+}
+
+bt_status
+bt_pipeline_create(const bt_pipeline_config_t *cfg, bt_pipeline_t **out,
+                   bt_error_t *err)
+{
+  bt_graph_config_t gc = BT_GRAPH_CONFIG_INIT;
+  struct bt_pipeline *pl;
+  int32_t v;
+  bt_status rc;
+
+  if (out == NULL)
+    return bt__errorf(err, BT_EINVAL, "bt_pipeline_create: NULL out");
+  rc = check_config(cfg, err);
+  if (rc != BT_OK)
+    return rc;
+  v = cfg->virtual_stages ? cfg->virtual_stages
+                          : bt_schedule_default_virtual(cfg->schedule);
+  if (cfg->stages != cfg->devices * v)
+    return bt__errorf(err, BT_EINVAL,
+                      "%d stages do not fill %d devices with %d stage%s "
+                      "each; use %d stages, or set virtual_stages",
+                      (int)cfg->stages, (int)cfg->devices, (int)v,
+                      v == 1 ? "" : "s", (int)(cfg->devices * v));
+  pl = calloc(1, sizeof *pl);
+  if (pl == NULL)
+    return bt__errorf(err, BT_ENOMEM, "out of memory creating the pipeline");
+  pl->S = cfg->stages;
+  pl->m = cfg->microbatches;
+  pl->p = cfg->devices;
+  pl->grads_ready = cfg->grads_ready;
+  pl->user = cfg->user;
+  rc = copy_stages(pl, cfg, err);
+  if (rc == BT_OK)
+    rc = make_plan(pl, cfg, v, err);
+  if (rc == BT_OK)
+    rc = check_callbacks(pl, bt_schedule_name(cfg->schedule), err);
+  if (rc == BT_OK)
+    rc = make_skips(pl, cfg, err);
+  if (rc == BT_OK) {
+    gc.plan = pl->plan;
+    gc.stage_device = cfg->stage_device;
+    gc.skips = pl->skips;
+    rc = bt_graph_create(&gc, &pl->graph, err);
+  }
+  if (rc == BT_OK)
+    rc = find_last_backwards(pl, err);
+  if (rc == BT_OK)
+    rc = make_buffers(pl, cfg, err);
+  if (rc == BT_OK)
+    rc = start_runtime(pl, cfg, err);
+  if (rc != BT_OK) {
+    pipeline_free(pl);
+    return rc;
+  }
+  *out = pl;
+  return BT_OK;
+}
+
+bt_status
+bt_pipeline_step(bt_pipeline_t *pl, bt_error_t *err)
+{
+  if (pl == NULL)
+    return bt__errorf(err, BT_EINVAL, "bt_pipeline_step: NULL pipeline");
+  return bt_exec_run(pl->exec, err);
+}
+
+bt_status
+bt_pipeline_destroy(bt_pipeline_t *pl)
+{
+  bt_status rc;
+
+  if (pl == NULL)
+    return BT_OK;
+  rc = bt_exec_destroy(pl->exec);
+  if (rc != BT_OK)
+    return rc;
+  pl->exec = NULL;
+  pipeline_free(pl);
+  return BT_OK;
+}
+
+const void *
+bt_pipeline_output(const bt_pipeline_t *pl, int32_t stage, int32_t mb,
+                   size_t *bytes)
+{
+  if (pl == NULL || stage < 0 || stage >= pl->S || mb < 0 || mb >= pl->m)
+    return NULL;
+  if (bytes != NULL)
+    *bytes = pl->stage[stage].output_bytes;
+  return buf_at(pl->act, pl, stage, mb);
+}
+
+const bt_plan_t *
+bt_pipeline_plan(const bt_pipeline_t *pl)
+{
+  return pl->plan;
+}
+
+bt_status
+bt_pipeline_slices(const bt_pipeline_t *pl, bt_slice_t *slices,
+                   size_t *count)
+{
+  if (pl == NULL || count == NULL)
+    return BT_EINVAL;
+  *count = (size_t)bt_exec_task_count(pl->exec);
+  if (slices == NULL)
+    return BT_OK;
+  return bt_exec_slices(pl->exec, slices);
+}
