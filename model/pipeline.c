@@ -114,22 +114,36 @@ pipeline_task(const bt_task_call_t *tc, char *errbuf, size_t errlen)
 }
 
 /* Copies the caller's stage descriptors, zero-extending older (smaller)
- * ones, and checks the required fields. */
+ * ones, and checks the required fields.  The caller's array has its own
+ * element size (an older program's is smaller than ours, a newer one's
+ * larger): step through it by stage 0's size, which every element must
+ * share, never by our sizeof. */
 static bt_status
 copy_stages(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
             bt_error_t *err)
 {
+  const unsigned char *base = (const unsigned char *)cfg->stage;
+  size_t stride = cfg->stage[0].size;
+
   pl->stage = calloc((size_t)pl->S, sizeof *pl->stage);
   if (pl->stage == NULL)
     return bt__errorf(err, BT_ENOMEM, "out of memory creating the pipeline");
+  if (stride < offsetof(bt_stage_desc_t, forward) + sizeof(bt_stage_fn))
+    return bt__errorf(err, BT_EINVAL,
+                      "stage 0: size is %zu; start its descriptor from "
+                      "BT_STAGE_DESC_INIT",
+                      stride);
   for (int32_t s = 0; s < pl->S; s++) {
-    const bt_stage_desc_t *in = &cfg->stage[s];
-    size_t n = in->size < sizeof *in ? in->size : sizeof *in;
-    if (in->size < offsetof(bt_stage_desc_t, forward) + sizeof in->forward)
+    const bt_stage_desc_t *in;
+    size_t size, n;
+    in = (const bt_stage_desc_t *)(const void *)(base + (size_t)s * stride);
+    memcpy(&size, in, sizeof size);
+    if (size != stride)
       return bt__errorf(err, BT_EINVAL,
-                        "stage %d: size is %zu; start its descriptor from "
-                        "BT_STAGE_DESC_INIT",
-                        (int)s, in->size);
+                        "stage %d: size is %zu, but stage 0's is %zu; start "
+                        "every descriptor from BT_STAGE_DESC_INIT",
+                        (int)s, size, stride);
+    n = size < sizeof *in ? size : sizeof *in;
     memcpy(&pl->stage[s], in, n);
     pl->stage[s].size = sizeof *in;
     if (pl->stage[s].forward == NULL)
@@ -227,6 +241,12 @@ make_skips(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
   rc = bt_skip_layout_create(decls, 2 * cfg->nskips, pl->S, NULL, &pl->skips,
                              err);
   free(decls);
+  if (rc != BT_OK && err != NULL) {
+    char detail[BT_ERROR_MESSAGE_MAX];
+    memcpy(detail, err->message, sizeof detail);
+    bt__errorf(err, rc, "pipeline skips (each \"layer\" below is a stage): "
+               "%s", detail);
+  }
   return rc;
 }
 
@@ -361,12 +381,23 @@ find_last_backwards(struct bt_pipeline *pl, bt_error_t *err)
   return BT_OK;
 }
 
+/* The first version's config ends with `trace`; a caller built against a
+ * later header passes a bigger size, one built against this one this size
+ * (or more, with padding). */
+#define CONFIG_V1_SIZE                                                        \
+  (offsetof(bt_pipeline_config_t, trace) + sizeof(int32_t))
+
+/* Copies the caller's config, zero-extending it to this header's layout,
+ * and checks it. */
 static bt_status
-check_config(const bt_pipeline_config_t *cfg, bt_error_t *err)
+read_config(const bt_pipeline_config_t *in, bt_pipeline_config_t *cfg,
+            bt_error_t *err)
 {
-  if (cfg == NULL || cfg->size < sizeof(bt_pipeline_config_t))
+  if (in == NULL || in->size < CONFIG_V1_SIZE)
     return bt__errorf(err, BT_EINVAL, "bt_pipeline_create needs a config "
                       "started from BT_PIPELINE_CONFIG_INIT");
+  memset(cfg, 0, sizeof *cfg);
+  memcpy(cfg, in, in->size < sizeof *cfg ? in->size : sizeof *cfg);
   if (cfg->stages < 1 || cfg->stage == NULL || cfg->devices < 1 ||
       cfg->microbatches < 1 || cfg->schedule == NULL ||
       cfg->virtual_stages < 0 || (cfg->nskips > 0 && cfg->skips == NULL))
@@ -428,17 +459,18 @@ pipeline_free(struct bt_pipeline *pl)
 }
 
 bt_status
-bt_pipeline_create(const bt_pipeline_config_t *cfg, bt_pipeline_t **out,
+bt_pipeline_create(const bt_pipeline_config_t *user_cfg, bt_pipeline_t **out,
                    bt_error_t *err)
 {
   bt_graph_config_t gc = BT_GRAPH_CONFIG_INIT;
+  bt_pipeline_config_t local, *cfg = &local;
   struct bt_pipeline *pl;
   int32_t v;
   bt_status rc;
 
   if (out == NULL)
     return bt__errorf(err, BT_EINVAL, "bt_pipeline_create: NULL out");
-  rc = check_config(cfg, err);
+  rc = read_config(user_cfg, cfg, err);
   if (rc != BT_OK)
     return rc;
   v = cfg->virtual_stages ? cfg->virtual_stages
@@ -521,7 +553,7 @@ bt_pipeline_output(const bt_pipeline_t *pl, int32_t stage, int32_t mb,
 const bt_plan_t *
 bt_pipeline_plan(const bt_pipeline_t *pl)
 {
-  return pl->plan;
+  return pl ? pl->plan : NULL;
 }
 
 bt_status

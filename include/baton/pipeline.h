@@ -33,7 +33,9 @@
  * different devices concurrently.  A callback may use its own stage's
  * parameters and its call's buffers; it must not call bt_pipeline_step or
  * bt_pipeline_destroy (they return BT_EBUSY).  grads_ready(s) runs on the
- * thread of stage s's device.
+ * thread that ran stage s's last backward, as part of its device's work
+ * (in the M:N pool that is whichever pool thread runs the device then), so
+ * it never overlaps another callback of that device.
  *
  * Errors: a callback returns 0, or non-zero (a bt_status or any negative
  * code of yours) with a sentence in errbuf.  Then no further callback
