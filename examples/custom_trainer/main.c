@@ -440,6 +440,12 @@ main(int argc, char **argv)
     return 2;
   printf("baton %s (built against %s)\n", bt_version_string(),
          BT_VERSION_STRING);
+  if (baton_version() / 10000 != BT_VERSION_MAJOR) {
+    fprintf(stderr, "custom_trainer: built against baton %s, but the "
+            "library is %s (another major version)\n", BT_VERSION_STRING,
+            bt_version_string());
+    return 1;
+  }
   if (bt_schedule_open(a.schedule, &sched, &err) != BT_OK) {
     fprintf(stderr, "custom_trainer: %s\n", err.message);
     return 1;

@@ -71,6 +71,14 @@ BT_API const char *bt_version_string(void);
  * against). */
 BT_API unsigned bt_version(void);
 
+/* Alias of bt_version() under the name embedding code tends to look for;
+ * inline, so the library itself exports only bt_ symbols. */
+static inline unsigned
+baton_version(void)
+{
+  return bt_version();
+}
+
 #ifdef __cplusplus
 }
 #endif
