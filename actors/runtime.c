@@ -72,6 +72,11 @@ struct worker {
   int started;
   uint32_t rng;
   int32_t index;
+  /* POOL: an actor this thread scheduled while running another one, kept
+   * out of the deque to run right after the current activation if that one
+   * ends first (task bypass: a chain of hand-offs stays on one thread, its
+   * data in this core's cache).  -1 when empty; owner only. */
+  int32_t bypass;
 };
 
 struct bt_runtime {
@@ -144,6 +149,17 @@ count_pushed(struct worker *w, int delta)
       memory_order_relaxed);
 }
 
+/* Publishes a scheduled actor on the thread's deque for any pool thread. */
+static void
+push_actor(bt_runtime_t *rt, struct worker *w, int32_t actor)
+{
+  /* An actor sits in at most one deque (or bypass slot) at a time and the
+   * deques start with room for every actor, so this never grows (never
+   * fails). */
+  (void)bt__deque_push_owner(&w->deque, actor);
+  bt__ec_notify(&rt->pool_ec, 0);
+}
+
 static void
 make_ready(struct bt_exec *e, int32_t task)
 {
@@ -161,14 +177,15 @@ make_ready(struct bt_exec *e, int32_t task)
     count_pushed(w, -1);
     return;
   }
-  if (e->rt->mode == BT_RUNTIME_POOL) {
-    /* An actor sits in at most one deque at a time and the deques start
-     * with room for every actor, so this never grows (never fails). */
-    (void)bt__deque_push_owner(&w->deque, a->index);
-    bt__ec_notify(&e->rt->pool_ec, 0);
-  } else {
+  if (e->rt->mode != BT_RUNTIME_POOL) {
     bt__ec_notify(&a->ec, 1);
+    return;
   }
+  if (w->bypass < 0) {
+    w->bypass = a->index;
+    return;
+  }
+  push_actor(e->rt, w, a->index);
 }
 
 static void
@@ -293,6 +310,11 @@ run_activation(struct bt_exec *e, struct bt_actor *a, struct worker *w)
   for (;;) {
     int32_t t = bt__mailbox_take_sc(mb);
     if (t >= 0) {
+      /* More work here: the bypassed actor must not wait behind it. */
+      if (w->bypass >= 0) {
+        push_actor(e->rt, w, w->bypass);
+        w->bypass = -1;
+      }
       run_task(e, a, t);
       continue;
     }
@@ -352,6 +374,11 @@ run_popped(bt_runtime_t *rt, struct worker *w, int64_t actor)
   struct bt_exec *e = atomic_load_explicit(&rt->current, memory_order_acquire);
 
   run_activation(e, &rt->actors[actor], w);
+  while (w->bypass >= 0) {
+    int32_t next = w->bypass;
+    w->bypass = -1;
+    run_activation(e, &rt->actors[next], w);
+  }
 }
 
 /* Runs actors until `until` (if not NULL) becomes non-zero, or the runtime
@@ -360,8 +387,9 @@ static void
 pool_loop(bt_runtime_t *rt, struct worker *w, _Atomic int *until)
 {
   for (;;) {
-    int64_t x = find_work(rt, w);
+    int64_t x = w->bypass >= 0 ? w->bypass : find_work(rt, w);
     uint64_t idle_since;
+    w->bypass = -1;
     if (x >= 0) {
       run_popped(rt, w, x);
       continue;
@@ -566,6 +594,7 @@ bt_runtime_create(const bt_runtime_config_t *cfg, bt_runtime_t **out,
     struct worker *w = &rt->workers[i];
     w->rt = rt;
     w->index = i;
+    w->bypass = -1;
     w->rng = 2654435761u * (uint32_t)(i + 1);
     if (bt__deque_init(&w->deque, log2) != BT_OK) {
       for (int32_t j = 0; j < i; j++)
