@@ -3,7 +3,8 @@
 # Idempotent: does nothing (and needs no network) when all are present.
 set -euo pipefail
 
-packages=(gcc g++ make cmake pkg-config python3 libjemalloc-dev)
+packages=(gcc g++ make cmake pkg-config python3 libjemalloc-dev libjansson-dev
+  libopenblas-dev)
 
 missing=()
 for p in "${packages[@]}"; do

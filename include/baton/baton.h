@@ -12,6 +12,7 @@
 #include "baton/timeline.h"
 #include "baton/runtime.h"
 #include "baton/pipeline.h"
+#include "baton/safetensors.h"
 #include "baton/version.h"
 
 #endif /* BATON_BATON_H */
