@@ -1,0 +1,898 @@
+/* The residual-MLP test model: parameters, per-layer forward and backward
+ * on the fp32 CPU kernels, and the unpipelined reference step every
+ * schedule is checked against.  resmlp.h pins the model, the parameter
+ * order, the initialization and each layer's scratch. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "baton/safetensors.h"
+#include "error.h"
+#include "kernels.h"
+#include "resmlp.h"
+
+/* ---- parameters --------------------------------------------------------- */
+
+enum layer_kind { KIND_IN, KIND_BLK, KIND_HEAD };
+
+/* Tensors of a block, relative to its first. */
+enum { BLK_LN_G, BLK_LN_B, BLK_FC1_W, BLK_FC1_B, BLK_FC2_W, BLK_FC2_B };
+/* Tensors of the head, relative to its first. */
+enum { HEAD_LN_G, HEAD_LN_B, HEAD_W, HEAD_B };
+
+static enum layer_kind
+layer_kind(const struct bt__resmlp *m, size_t layer)
+{
+  if (layer == 0)
+    return KIND_IN;
+  return layer <= m->cfg.L ? KIND_BLK : KIND_HEAD;
+}
+
+/* Parameter i of layer (0-based within the layer), and its gradient. */
+static float *
+lparam(const struct bt__resmlp *m, size_t layer, size_t i)
+{
+  return m->params + m->tensors[m->layer_tensor[layer] + i].offset;
+}
+
+static float *
+lgrad(const struct bt__resmlp *m, size_t layer, size_t i)
+{
+  return m->grads + m->tensors[m->layer_tensor[layer] + i].offset;
+}
+
+/* splitmix64's output number k (0-based) from state seed, computed
+ * directly from the counter. */
+static uint64_t
+splitmix64_at(uint64_t seed, uint64_t k)
+{
+  uint64_t z = seed + (k + 1) * 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* Appends tensor name (formatted) of shape [d0] or [d0, d1] to the table;
+ * fan_in > 0 marks a linear weight.  Sizes were checked by the caller. */
+struct table_builder {
+  struct bt__resmlp *m;
+  size_t next, offset;
+  size_t *fan_in; /* [ntensors]: 0 for bias and LayerNorm tensors */
+};
+
+static void
+add_tensor(struct table_builder *tb, int ndim, size_t d0, size_t d1,
+           size_t fan_in, const char *prefix, const char *suffix)
+{
+  struct bt__resmlp_tensor *t = &tb->m->tensors[tb->next];
+
+  snprintf(t->name, sizeof(t->name), "%s%s", prefix, suffix);
+  t->ndim = ndim;
+  t->shape[0] = d0;
+  t->shape[1] = ndim == 2 ? d1 : 0;
+  t->count = ndim == 2 ? d0 * d1 : d0;
+  t->offset = tb->offset;
+  tb->fan_in[tb->next] = fan_in;
+  tb->offset += t->count;
+  tb->next++;
+}
+
+/* The sum of the element counts, checked for overflow. */
+static bool
+count_params(const struct bt__resmlp_config *c, size_t E, size_t *out)
+{
+  size_t D = c->D, H = c->H, C = c->C, t, blk, total;
+
+  /* in */
+  if (!bt__mul_fits(H, D, &total) || __builtin_add_overflow(total, H, &total))
+    return false;
+  /* one block: 2H + EH + E + HE + H */
+  if (!bt__mul_fits(E, H, &t) || !bt__mul_fits(t, 2, &blk) ||
+      __builtin_add_overflow(blk, 3 * H + E, &blk))
+    return false;
+  if (!bt__mul_fits(blk, c->L, &t) || __builtin_add_overflow(total, t, &total))
+    return false;
+  /* head: 2H + CH + C */
+  if (!bt__mul_fits(C, H, &t) || __builtin_add_overflow(t, 2 * H + C, &t) ||
+      __builtin_add_overflow(total, t, &total))
+    return false;
+  *out = total;
+  return true;
+}
+
+bt_status
+bt__resmlp_create(const struct bt__resmlp_config *cfg, uint64_t seed,
+                  struct bt__resmlp **out, bt_error_t *err)
+{
+  struct bt__resmlp *m;
+  size_t E, nparams, ntensors, bytes;
+  size_t *fan_in = NULL;
+  char prefix[BT__RESMLP_NAME_MAX];
+  bt_status st;
+
+  if (out == NULL)
+    return bt__errorf(err, BT_EINVAL, "resmlp: out is NULL");
+  *out = NULL;
+  if (cfg == NULL)
+    return bt__errorf(err, BT_EINVAL, "resmlp: config is NULL");
+  if (cfg->D == 0 || cfg->H == 0 || cfg->C == 0)
+    return bt__errorf(err, BT_EINVAL,
+                      "resmlp: D, H and C must be at least 1 (got D=%zu, "
+                      "H=%zu, C=%zu)",
+                      cfg->D, cfg->H, cfg->C);
+  /* The H and C terms of count_params() (3H + E, 2H + C) stay far below
+   * SIZE_MAX once E = 4H fits with room, checked here. */
+  if (cfg->H > SIZE_MAX / 16 || cfg->C > SIZE_MAX / 4 ||
+      cfg->L > SIZE_MAX / 8 || !bt__mul_fits(cfg->H, 4, &E) ||
+      !count_params(cfg, E, &nparams) ||
+      !bt__mul_fits(nparams, sizeof(float), &bytes))
+    return bt__errorf(err, BT_ERANGE,
+                      "resmlp: D=%zu, H=%zu, C=%zu, L=%zu: the parameter "
+                      "count overflows size_t",
+                      cfg->D, cfg->H, cfg->C, cfg->L);
+  ntensors = 2 + 6 * cfg->L + 4;
+
+  m = calloc(1, sizeof(*m));
+  if (m == NULL)
+    return bt__errorf(err, BT_ENOMEM, "resmlp: out of memory");
+  m->cfg = *cfg;
+  m->E = E;
+  m->nlayers = cfg->L + 2;
+  m->ntensors = ntensors;
+  m->nparams = nparams;
+  m->params = malloc(nparams * sizeof(float));
+  m->grads = calloc(nparams, sizeof(float));
+  m->tensors = calloc(ntensors, sizeof(*m->tensors));
+  m->layer_tensor = calloc(m->nlayers + 1, sizeof(*m->layer_tensor));
+  fan_in = calloc(ntensors, sizeof(*fan_in));
+  if (m->params == NULL || m->grads == NULL || m->tensors == NULL ||
+      m->layer_tensor == NULL || fan_in == NULL) {
+    st = bt__errorf(err, BT_ENOMEM,
+                    "resmlp: out of memory for %zu parameters", nparams);
+    goto out_free_model;
+  }
+
+  struct table_builder tb = {m, 0, 0, fan_in};
+  size_t D = cfg->D, H = cfg->H, C = cfg->C;
+
+  m->layer_tensor[0] = tb.next;
+  add_tensor(&tb, 2, H, D, D, "in.", "w");
+  add_tensor(&tb, 1, H, 0, 0, "in.", "b");
+  for (size_t i = 0; i < cfg->L; i++) {
+    m->layer_tensor[1 + i] = tb.next;
+    snprintf(prefix, sizeof(prefix), "blk%zu.", i);
+    add_tensor(&tb, 1, H, 0, 0, prefix, "ln.g");
+    add_tensor(&tb, 1, H, 0, 0, prefix, "ln.b");
+    add_tensor(&tb, 2, E, H, H, prefix, "fc1.w");
+    add_tensor(&tb, 1, E, 0, 0, prefix, "fc1.b");
+    add_tensor(&tb, 2, H, E, E, prefix, "fc2.w");
+    add_tensor(&tb, 1, H, 0, 0, prefix, "fc2.b");
+  }
+  m->layer_tensor[cfg->L + 1] = tb.next;
+  add_tensor(&tb, 1, H, 0, 0, "head.", "ln.g");
+  add_tensor(&tb, 1, H, 0, 0, "head.", "ln.b");
+  add_tensor(&tb, 2, C, H, H, "head.", "w");
+  add_tensor(&tb, 1, C, 0, 0, "head.", "b");
+  m->layer_tensor[cfg->L + 2] = tb.next;
+
+  for (size_t t = 0; t < ntensors; t++) {
+    const struct bt__resmlp_tensor *tt = &m->tensors[t];
+    float *p = m->params + tt->offset;
+    /* LayerNorm gammas are the ".ln.g" tensors; everything else that is
+     * not a weight (biases, betas) starts at 0. */
+    size_t len = strlen(tt->name);
+    bool gamma = len >= 5 && strcmp(tt->name + len - 5, ".ln.g") == 0;
+
+    if (fan_in[t] > 0) {
+      float bound = 1.0f / sqrtf((float)fan_in[t]);
+      for (size_t j = 0; j < tt->count; j++) {
+        uint64_t bits = splitmix64_at(seed, (uint64_t)(tt->offset + j));
+        float u = (float)(bits >> 40) * 0x1.0p-24f;
+        p[j] = (2.0f * u - 1.0f) * bound;
+      }
+    } else {
+      for (size_t j = 0; j < tt->count; j++)
+        p[j] = gamma ? 1.0f : 0.0f;
+    }
+  }
+  free(fan_in);
+  *out = m;
+  return BT_OK;
+
+out_free_model:
+  free(fan_in);
+  bt__resmlp_destroy(m);
+  return st;
+}
+
+void
+bt__resmlp_destroy(struct bt__resmlp *m)
+{
+  if (m == NULL)
+    return;
+  free(m->params);
+  free(m->grads);
+  free(m->tensors);
+  free(m->layer_tensor);
+  free(m);
+}
+
+const struct bt__resmlp_tensor *
+bt__resmlp_find(const struct bt__resmlp *m, const char *name)
+{
+  if (m == NULL || name == NULL)
+    return NULL;
+  for (size_t t = 0; t < m->ntensors; t++)
+    if (strcmp(m->tensors[t].name, name) == 0)
+      return &m->tensors[t];
+  return NULL;
+}
+
+void
+bt__resmlp_zero_grad(struct bt__resmlp *m)
+{
+  memset(m->grads, 0, m->nparams * sizeof(float));
+}
+
+/* ---- scratch layout ----------------------------------------------------- */
+
+#define SCRATCH_ALIGN 64
+#define MAX_REGIONS 8
+
+/* Regions, per kind (resmlp.h lists what each holds). */
+enum { IN_X, IN_DOUT, IN_NREG };
+enum { BLK_H, BLK_MEAN, BLK_RSTD, BLK_U, BLK_P, BLK_A, BLK_DOUT, BLK_DP,
+       BLK_NREG };
+enum { HEAD_Z, HEAD_MEAN, HEAD_RSTD, HEAD_U, HEAD_LOGITS, HEAD_LABELS,
+       HEAD_NREG };
+
+struct layout {
+  size_t off[MAX_REGIONS];
+  size_t bytes;
+};
+
+/* Appends a region of n elements of elem bytes on a 64-byte boundary. */
+static bool
+layout_add(struct layout *l, int i, size_t rows, size_t cols, size_t elem)
+{
+  size_t n, b, start;
+
+  if (!bt__mul_fits(rows, cols, &n) || !bt__mul_fits(n, elem, &b))
+    return false;
+  start = l->bytes;
+  if (__builtin_add_overflow(start, SCRATCH_ALIGN - 1, &start))
+    return false;
+  start &= ~(size_t)(SCRATCH_ALIGN - 1);
+  l->off[i] = start;
+  return !__builtin_add_overflow(start, b, &l->bytes);
+}
+
+static bool
+layer_layout(const struct bt__resmlp *m, size_t layer, size_t R,
+             struct layout *l)
+{
+  size_t H = m->cfg.H, E = m->E;
+
+  memset(l, 0, sizeof(*l));
+  if (R == 0 || layer >= m->nlayers)
+    return false;
+  switch (layer_kind(m, layer)) {
+  case KIND_IN:
+    return layout_add(l, IN_X, R, m->cfg.D, sizeof(float)) &&
+           layout_add(l, IN_DOUT, R, H, sizeof(float));
+  case KIND_BLK:
+    return layout_add(l, BLK_H, R, H, sizeof(float)) &&
+           layout_add(l, BLK_MEAN, R, 1, sizeof(float)) &&
+           layout_add(l, BLK_RSTD, R, 1, sizeof(float)) &&
+           layout_add(l, BLK_U, R, H, sizeof(float)) &&
+           layout_add(l, BLK_P, R, E, sizeof(float)) &&
+           layout_add(l, BLK_A, R, E, sizeof(float)) &&
+           layout_add(l, BLK_DOUT, R, H, sizeof(float)) &&
+           layout_add(l, BLK_DP, R, E, sizeof(float));
+  case KIND_HEAD:
+    return layout_add(l, HEAD_Z, R, H, sizeof(float)) &&
+           layout_add(l, HEAD_MEAN, R, 1, sizeof(float)) &&
+           layout_add(l, HEAD_RSTD, R, 1, sizeof(float)) &&
+           layout_add(l, HEAD_U, R, H, sizeof(float)) &&
+           layout_add(l, HEAD_LOGITS, R, m->cfg.C, sizeof(float)) &&
+           layout_add(l, HEAD_LABELS, R, 1, sizeof(int32_t));
+  }
+  return false;
+}
+
+static float *
+region(void *scratch, const struct layout *l, int i)
+{
+  return (float *)(void *)((char *)scratch + l->off[i]);
+}
+
+size_t
+bt__resmlp_layer_scratch_bytes(const struct bt__resmlp *m, size_t layer,
+                               size_t R)
+{
+  struct layout l;
+
+  if (m == NULL || !layer_layout(m, layer, R, &l))
+    return 0;
+  return l.bytes;
+}
+
+/* ---- layers ------------------------------------------------------------- */
+
+/* Every kernel call's status is checked; the first error returns. */
+#define TRY(call)                                                             \
+  do {                                                                        \
+    bt_status st_ = (call);                                                   \
+    if (st_ != BT_OK)                                                         \
+      return st_;                                                             \
+  } while (0)
+
+bt_status
+bt__resmlp_layer_fwd(const struct bt__resmlp *m, size_t layer,
+                     const float *in, float *out, void *scratch, size_t R)
+{
+  struct layout l;
+  size_t H = m != NULL ? m->cfg.H : 0;
+
+  if (m == NULL || in == NULL || out == NULL || scratch == NULL ||
+      in == out || !layer_layout(m, layer, R, &l))
+    return BT_EINVAL;
+  switch (layer_kind(m, layer)) {
+  case KIND_IN: {
+    float *x = region(scratch, &l, IN_X);
+    memcpy(x, in, R * m->cfg.D * sizeof(float));
+    return bt__linear_fwd(out, x, lparam(m, 0, 0), lparam(m, 0, 1), R,
+                          m->cfg.D, H);
+  }
+  case KIND_BLK: {
+    float *h = region(scratch, &l, BLK_H);
+    float *mean = region(scratch, &l, BLK_MEAN);
+    float *rstd = region(scratch, &l, BLK_RSTD);
+    float *u = region(scratch, &l, BLK_U);
+    float *p = region(scratch, &l, BLK_P);
+    float *a = region(scratch, &l, BLK_A);
+
+    memcpy(h, in, R * H * sizeof(float));
+    TRY(bt__layernorm_fwd(u, mean, rstd, h, lparam(m, layer, BLK_LN_G),
+                          lparam(m, layer, BLK_LN_B), R, H));
+    TRY(bt__linear_fwd(p, u, lparam(m, layer, BLK_FC1_W),
+                       lparam(m, layer, BLK_FC1_B), R, H, m->E));
+    TRY(bt__gelu_fwd(a, p, R * m->E));
+    TRY(bt__linear_fwd(out, a, lparam(m, layer, BLK_FC2_W),
+                       lparam(m, layer, BLK_FC2_B), R, m->E, H));
+    return bt__residual_fwd(out, out, h, R * H);
+  }
+  case KIND_HEAD:
+    break;
+  }
+  return BT_EINVAL; /* the head is bt__resmlp_head_fwd */
+}
+
+bt_status
+bt__resmlp_head_fwd(const struct bt__resmlp *m, const float *z,
+                    const int32_t *labels, size_t total_rows, void *scratch,
+                    size_t R, float *loss)
+{
+  struct layout l;
+
+  if (m == NULL || z == NULL || labels == NULL || scratch == NULL ||
+      loss == NULL || total_rows < R ||
+      !layer_layout(m, m->cfg.L + 1, R, &l))
+    return BT_EINVAL;
+
+  size_t H = m->cfg.H, C = m->cfg.C, layer = m->cfg.L + 1;
+  float *zs = region(scratch, &l, HEAD_Z);
+  float *mean = region(scratch, &l, HEAD_MEAN);
+  float *rstd = region(scratch, &l, HEAD_RSTD);
+  float *u = region(scratch, &l, HEAD_U);
+  float *logits = region(scratch, &l, HEAD_LOGITS);
+  int32_t *lab = (int32_t *)(void *)region(scratch, &l, HEAD_LABELS);
+
+  for (size_t r = 0; r < R; r++)
+    if (labels[r] < 0 || (size_t)labels[r] >= C)
+      return BT_EINVAL;
+  memcpy(zs, z, R * H * sizeof(float));
+  memcpy(lab, labels, R * sizeof(int32_t));
+  TRY(bt__layernorm_fwd(u, mean, rstd, zs, lparam(m, layer, HEAD_LN_G),
+                        lparam(m, layer, HEAD_LN_B), R, H));
+  TRY(bt__linear_fwd(logits, u, lparam(m, layer, HEAD_W),
+                     lparam(m, layer, HEAD_B), R, H, C));
+  return bt__xent_fwd(loss, logits, lab, R, C, total_rows);
+}
+
+bt_status
+bt__resmlp_layer_bwd_input(struct bt__resmlp *m, size_t layer,
+                           const float *dout, float *din, void *scratch,
+                           size_t R, size_t total_rows)
+{
+  struct layout l;
+
+  if (m == NULL || scratch == NULL || !layer_layout(m, layer, R, &l))
+    return BT_EINVAL;
+
+  size_t H = m->cfg.H, E = m->E, C = m->cfg.C;
+
+  switch (layer_kind(m, layer)) {
+  case KIND_IN:
+    if (dout == NULL || dout == din)
+      return BT_EINVAL;
+    memcpy(region(scratch, &l, IN_DOUT), dout, R * H * sizeof(float));
+    if (din == NULL)
+      return BT_OK;
+    return bt__linear_bwd_input(din, dout, lparam(m, 0, 0), R, m->cfg.D, H);
+  case KIND_BLK: {
+    float *h = region(scratch, &l, BLK_H);
+    float *mean = region(scratch, &l, BLK_MEAN);
+    float *rstd = region(scratch, &l, BLK_RSTD);
+    float *p = region(scratch, &l, BLK_P);
+    float *dsave = region(scratch, &l, BLK_DOUT);
+    float *dp = region(scratch, &l, BLK_DP);
+
+    if (dout == NULL || din == NULL || dout == din)
+      return BT_EINVAL;
+    memcpy(dsave, dout, R * H * sizeof(float));
+    /* da = dout W2, then dp = da * gelu'(p) in place. */
+    TRY(bt__linear_bwd_input(dp, dsave, lparam(m, layer, BLK_FC2_W), R, E,
+                             H));
+    TRY(bt__gelu_bwd(dp, dp, p, R * E));
+    /* du = dp W1 into din, then the LayerNorm's dx over it in place. */
+    TRY(bt__linear_bwd_input(din, dp, lparam(m, layer, BLK_FC1_W), R, H,
+                             E));
+    TRY(bt__layernorm_bwd(din, lgrad(m, layer, BLK_LN_G),
+                          lgrad(m, layer, BLK_LN_B), din, h,
+                          lparam(m, layer, BLK_LN_G), mean, rstd, R, H));
+    /* The residual path: din += dout. */
+    return bt__residual_bwd(din, NULL, dsave, R * H);
+  }
+  case KIND_HEAD: {
+    float *zs = region(scratch, &l, HEAD_Z);
+    float *mean = region(scratch, &l, HEAD_MEAN);
+    float *rstd = region(scratch, &l, HEAD_RSTD);
+    float *logits = region(scratch, &l, HEAD_LOGITS);
+    const int32_t *lab =
+        (const int32_t *)(void *)region(scratch, &l, HEAD_LABELS);
+
+    if (dout != NULL || din == NULL || total_rows < R)
+      return BT_EINVAL;
+    /* dlogits over the logits: nothing else reads them. */
+    TRY(bt__xent_bwd(logits, logits, lab, R, C, total_rows));
+    TRY(bt__linear_bwd_input(din, logits, lparam(m, layer, HEAD_W), R, H,
+                             C));
+    return bt__layernorm_bwd(din, lgrad(m, layer, HEAD_LN_G),
+                             lgrad(m, layer, HEAD_LN_B), din, zs,
+                             lparam(m, layer, HEAD_LN_G), mean, rstd, R, H);
+  }
+  }
+  return BT_EINVAL;
+}
+
+bt_status
+bt__resmlp_layer_bwd_weight(struct bt__resmlp *m, size_t layer,
+                            void *scratch, size_t R)
+{
+  struct layout l;
+
+  if (m == NULL || scratch == NULL || !layer_layout(m, layer, R, &l))
+    return BT_EINVAL;
+
+  size_t H = m->cfg.H, E = m->E, C = m->cfg.C;
+
+  switch (layer_kind(m, layer)) {
+  case KIND_IN:
+    return bt__linear_bwd_weight(lgrad(m, 0, 0), lgrad(m, 0, 1),
+                                 region(scratch, &l, IN_DOUT),
+                                 region(scratch, &l, IN_X), R, m->cfg.D, H);
+  case KIND_BLK:
+    TRY(bt__linear_bwd_weight(lgrad(m, layer, BLK_FC2_W),
+                              lgrad(m, layer, BLK_FC2_B),
+                              region(scratch, &l, BLK_DOUT),
+                              region(scratch, &l, BLK_A), R, E, H));
+    return bt__linear_bwd_weight(lgrad(m, layer, BLK_FC1_W),
+                                 lgrad(m, layer, BLK_FC1_B),
+                                 region(scratch, &l, BLK_DP),
+                                 region(scratch, &l, BLK_U), R, H, E);
+  case KIND_HEAD:
+    return bt__linear_bwd_weight(lgrad(m, layer, HEAD_W),
+                                 lgrad(m, layer, HEAD_B),
+                                 region(scratch, &l, HEAD_LOGITS),
+                                 region(scratch, &l, HEAD_U), R, H, C);
+  }
+  return BT_EINVAL;
+}
+
+bt_status
+bt__resmlp_layer_bwd(struct bt__resmlp *m, size_t layer, const float *dout,
+                     float *din, void *scratch, size_t R, size_t total_rows)
+{
+  TRY(bt__resmlp_layer_bwd_input(m, layer, dout, din, scratch, R,
+                                 total_rows));
+  return bt__resmlp_layer_bwd_weight(m, layer, scratch, R);
+}
+
+bt_status
+bt__resmlp_long_skip_fwd(const struct bt__resmlp *m, float *z,
+                         const float *hL, const float *h0, size_t R)
+{
+  size_t n;
+
+  if (m == NULL || !m->cfg.long_skip || R == 0 ||
+      !bt__mul_fits(R, m->cfg.H, &n))
+    return BT_EINVAL;
+  return bt__residual_fwd(z, hL, h0, n);
+}
+
+bt_status
+bt__resmlp_long_skip_bwd(const struct bt__resmlp *m, float *dh0,
+                         const float *dz, size_t R)
+{
+  size_t n;
+
+  if (m == NULL || !m->cfg.long_skip || R == 0 ||
+      !bt__mul_fits(R, m->cfg.H, &n))
+    return BT_EINVAL;
+  return bt__residual_bwd(dh0, NULL, dz, n);
+}
+
+/* ---- the reference step ------------------------------------------------- */
+
+/* Runs one microbatch through every layer and back.  bufs are six [R,H]
+ * buffers: two for the activations, h0, z, dz and one more gradient
+ * buffer, used as two alternating ones with h0's. */
+static bt_status
+reference_microbatch(struct bt__resmlp *m, const float *x, const int32_t *y,
+                     size_t R, size_t N, void *const *scratch, float *bufs,
+                     float *loss)
+{
+  size_t L = m->cfg.L, RH = R * m->cfg.H;
+  float *act[2] = {bufs, bufs + RH};
+  float *h0 = bufs + 2 * RH, *z = bufs + 3 * RH, *dz = bufs + 4 * RH;
+  float *grad[2] = {bufs + 5 * RH, bufs};
+  float *cur;
+
+  TRY(bt__resmlp_layer_fwd(m, 0, x, h0, scratch[0], R));
+  cur = h0;
+  for (size_t i = 0; i < L; i++) {
+    float *next = act[i % 2];
+    TRY(bt__resmlp_layer_fwd(m, 1 + i, cur, next, scratch[1 + i], R));
+    cur = next;
+  }
+  if (m->cfg.long_skip) {
+    TRY(bt__resmlp_long_skip_fwd(m, z, cur, h0, R));
+    cur = z;
+  }
+  TRY(bt__resmlp_head_fwd(m, cur, y, N, scratch[L + 1], R, loss));
+
+  /* Backward; the activation buffers are free now, so grad[1] reuses
+   * act[0]. */
+  TRY(bt__resmlp_layer_bwd(m, L + 1, NULL, dz, scratch[L + 1], R, N));
+  const float *dcur = dz;
+  float *dh0 = NULL;
+  for (size_t i = L; i-- > 0;) {
+    float *dnext = grad[i % 2];
+    TRY(bt__resmlp_layer_bwd(m, 1 + i, dcur, dnext, scratch[1 + i], R, N));
+    dcur = dnext;
+    dh0 = dnext;
+  }
+  if (m->cfg.long_skip) {
+    if (dh0 == NULL) { /* L = 0: h(L) is h0, dz reaches it twice */
+      dh0 = grad[0];
+      memcpy(dh0, dz, RH * sizeof(float));
+    }
+    TRY(bt__resmlp_long_skip_bwd(m, dh0, dz, R));
+    dcur = dh0;
+  }
+  return bt__resmlp_layer_bwd(m, 0, dcur, NULL, scratch[0], R, N);
+}
+
+static bt_status
+range_error(bt_error_t *err, size_t R)
+{
+  return bt__errorf(err, BT_ERANGE,
+                    "resmlp reference step: the activations of %zu rows "
+                    "overflow size_t (use more microbatches)",
+                    R);
+}
+
+bt_status
+bt__resmlp_reference_step(struct bt__resmlp *m, const float *x,
+                          const int32_t *y, size_t N, size_t microbatches,
+                          float *loss, bt_error_t *err)
+{
+  size_t R, total = 0, bufs_bytes, sizes_bytes;
+  void **scratch = NULL;
+  char *block = NULL;
+  float sum = 0.0f;
+  bt_status st = BT_OK;
+
+  if (m == NULL || x == NULL || y == NULL || loss == NULL)
+    return bt__errorf(err, BT_EINVAL,
+                      "resmlp reference step: model, x, y and loss must "
+                      "not be NULL");
+  if (N == 0 || microbatches == 0 || N % microbatches != 0)
+    return bt__errorf(err, BT_EINVAL,
+                      "resmlp reference step: the batch's %zu rows must "
+                      "split evenly into %zu microbatches (choose a "
+                      "microbatch count that divides N)",
+                      N, microbatches);
+  for (size_t r = 0; r < N; r++)
+    if (y[r] < 0 || (size_t)y[r] >= m->cfg.C)
+      return bt__errorf(err, BT_EINVAL,
+                        "resmlp reference step: label y[%zu] = %" PRId32
+                        " is outside [0, C=%zu)",
+                        r, y[r], m->cfg.C);
+  R = N / microbatches;
+
+  /* One block: the per-layer scratch regions, then six [R,H] buffers. */
+  for (size_t layer = 0; layer < m->nlayers; layer++) {
+    size_t b = bt__resmlp_layer_scratch_bytes(m, layer, R);
+    if (b == 0 || __builtin_add_overflow(b, SCRATCH_ALIGN - 1, &b) ||
+        __builtin_add_overflow(total, b & ~(size_t)(SCRATCH_ALIGN - 1),
+                               &total))
+      return range_error(err, R);
+  }
+  if (!bt__mul_fits(R, m->cfg.H, &bufs_bytes) ||
+      !bt__mul_fits(bufs_bytes, 6 * sizeof(float), &bufs_bytes) ||
+      __builtin_add_overflow(total, bufs_bytes, &sizes_bytes) ||
+      sizes_bytes > SIZE_MAX - SCRATCH_ALIGN)
+    return range_error(err, R);
+  scratch = calloc(m->nlayers, sizeof(*scratch));
+  block = aligned_alloc(SCRATCH_ALIGN, (sizes_bytes + SCRATCH_ALIGN - 1) &
+                                           ~(size_t)(SCRATCH_ALIGN - 1));
+  if (scratch == NULL || block == NULL) {
+    st = bt__errorf(err, BT_ENOMEM,
+                    "resmlp reference step: out of memory for %zu bytes of "
+                    "activations (use more microbatches)",
+                    sizes_bytes);
+    goto out_free;
+  }
+  total = 0;
+  for (size_t layer = 0; layer < m->nlayers; layer++) {
+    size_t b = bt__resmlp_layer_scratch_bytes(m, layer, R);
+    scratch[layer] = block + total;
+    total += (b + SCRATCH_ALIGN - 1) & ~(size_t)(SCRATCH_ALIGN - 1);
+  }
+
+  bt__resmlp_zero_grad(m);
+  for (size_t k = 0; k < microbatches; k++) {
+    float share = 0.0f;
+    st = reference_microbatch(m, x + k * R * m->cfg.D, y + k * R, R, N,
+                              scratch, (float *)(void *)(block + total),
+                              &share);
+    if (st != BT_OK) {
+      bt__errorf(err, st,
+                 "resmlp reference step: microbatch %zu of %zu failed: %s",
+                 k, microbatches, bt_strerror(st));
+      goto out_free;
+    }
+    sum += share;
+  }
+  *loss = sum;
+
+out_free:
+  free(block);
+  free(scratch);
+  return st;
+}
+
+/* ---- optimizers --------------------------------------------------------- */
+
+bt_status
+bt__resmlp_sgd(struct bt__resmlp *m, float lr)
+{
+  if (m == NULL)
+    return BT_EINVAL;
+  return bt__sgd_update(m->params, m->grads, m->nparams, lr, 0.0f);
+}
+
+bt_status
+bt__resmlp_adamw_init(const struct bt__resmlp *m,
+                      struct bt__resmlp_adamw_state *state)
+{
+  if (m == NULL || state == NULL)
+    return BT_EINVAL;
+  state->m = calloc(m->nparams, sizeof(float));
+  state->v = calloc(m->nparams, sizeof(float));
+  if (state->m == NULL || state->v == NULL) {
+    bt__resmlp_adamw_deinit(state);
+    return BT_ENOMEM;
+  }
+  return BT_OK;
+}
+
+void
+bt__resmlp_adamw_deinit(struct bt__resmlp_adamw_state *state)
+{
+  if (state == NULL)
+    return;
+  free(state->m);
+  free(state->v);
+  state->m = NULL;
+  state->v = NULL;
+}
+
+bt_status
+bt__resmlp_adamw(struct bt__resmlp *m, float lr, float b1, float b2,
+                 float eps, float wd, int64_t t,
+                 struct bt__resmlp_adamw_state *state)
+{
+  if (m == NULL || state == NULL || state->m == NULL || state->v == NULL)
+    return BT_EINVAL;
+  return bt__adamw_update(m->params, state->m, state->v, m->grads,
+                          m->nparams, lr, b1, b2, eps, wd, t);
+}
+
+/* ---- files -------------------------------------------------------------- */
+
+static void
+describe(bt_st_tensor_t *st, const char *name, const struct bt__resmlp_tensor *t,
+         const float *data)
+{
+  memset(st, 0, sizeof(*st));
+  st->name = name;
+  st->dtype = BT_ST_F32;
+  st->ndim = t->ndim;
+  for (int d = 0; d < t->ndim; d++)
+    st->shape[d] = (int64_t)t->shape[d];
+  st->data = data;
+  st->bytes = t->count * sizeof(float);
+}
+
+/* "p." or "g." and a tensor name. */
+#define PREFIXED_MAX (BT__RESMLP_NAME_MAX + 2)
+
+bt_status
+bt__resmlp_dump(const struct bt__resmlp *m, const char *path, const float *x,
+                const int32_t *y, size_t N, float loss, bt_error_t *err)
+{
+  size_t count, nx;
+  bt_st_tensor_t *ts;
+  char(*names)[PREFIXED_MAX];
+  bt_status st;
+
+  if (m == NULL || path == NULL || x == NULL || y == NULL || N == 0)
+    return bt__errorf(err, BT_EINVAL,
+                      "resmlp dump: model, path, x and y must not be NULL "
+                      "and N at least 1");
+  if (!bt__mul_fits(N, m->cfg.D, &nx) || !bt__mul_fits(nx, sizeof(float), &nx))
+    return bt__errorf(err, BT_ERANGE, "resmlp dump: x of %zu rows overflows",
+                      N);
+  count = 3 + 2 * m->ntensors;
+  ts = calloc(count, sizeof(*ts));
+  names = calloc(2 * m->ntensors, sizeof(*names));
+  if (ts == NULL || names == NULL) {
+    st = bt__errorf(err, BT_ENOMEM, "resmlp dump: out of memory");
+    goto out_free;
+  }
+  ts[0] = (bt_st_tensor_t){.name = "x", .dtype = BT_ST_F32, .ndim = 2,
+                           .shape = {(int64_t)N, (int64_t)m->cfg.D},
+                           .data = x, .bytes = nx};
+  ts[1] = (bt_st_tensor_t){.name = "y", .dtype = BT_ST_I32, .ndim = 1,
+                           .shape = {(int64_t)N}, .data = y,
+                           .bytes = N * sizeof(int32_t)};
+  ts[2] = (bt_st_tensor_t){.name = "loss", .dtype = BT_ST_F32, .ndim = 1,
+                           .shape = {1}, .data = &loss,
+                           .bytes = sizeof(float)};
+  for (size_t t = 0; t < m->ntensors; t++) {
+    const struct bt__resmlp_tensor *tt = &m->tensors[t];
+    snprintf(names[2 * t], PREFIXED_MAX, "p.%s", tt->name);
+    snprintf(names[2 * t + 1], PREFIXED_MAX, "g.%s", tt->name);
+    describe(&ts[3 + 2 * t], names[2 * t], tt, m->params + tt->offset);
+    describe(&ts[3 + 2 * t + 1], names[2 * t + 1], tt, m->grads + tt->offset);
+  }
+  st = bt_st_save(path, ts, count, NULL, err);
+
+out_free:
+  free(names);
+  free(ts);
+  return st;
+}
+
+bt_status
+bt__resmlp_save(const struct bt__resmlp *m, const char *path,
+                bt_error_t *err)
+{
+  bt_st_tensor_t *ts;
+  bt_status st;
+
+  if (m == NULL || path == NULL)
+    return bt__errorf(err, BT_EINVAL,
+                      "resmlp save: model and path must not be NULL");
+  ts = calloc(m->ntensors, sizeof(*ts));
+  if (ts == NULL)
+    return bt__errorf(err, BT_ENOMEM, "resmlp save: out of memory");
+  for (size_t t = 0; t < m->ntensors; t++)
+    describe(&ts[t], m->tensors[t].name, &m->tensors[t],
+             m->params + m->tensors[t].offset);
+  st = bt_st_save(path, ts, m->ntensors, NULL, err);
+  free(ts);
+  return st;
+}
+
+static void
+format_shape(char *buf, size_t n, int ndim, const int64_t *shape)
+{
+  size_t used = 0;
+
+  used += (size_t)snprintf(buf, n, "[");
+  for (int d = 0; d < ndim && used < n; d++)
+    used += (size_t)snprintf(buf + used, n - used, "%s%" PRId64,
+                             d > 0 ? ", " : "", shape[d]);
+  if (used < n)
+    snprintf(buf + used, n - used, "]");
+}
+
+bt_status
+bt__resmlp_load(struct bt__resmlp *m, const char *path, bt_error_t *err)
+{
+  bt_st_file_t *f = NULL;
+  bt_status st;
+
+  if (m == NULL || path == NULL)
+    return bt__errorf(err, BT_EINVAL,
+                      "resmlp load: model and path must not be NULL");
+  if ((st = bt_st_load(path, &f, err)) != BT_OK)
+    return st;
+
+  /* Everything is checked before anything is copied, so a bad file
+   * leaves the model as it was. */
+  for (size_t t = 0; t < m->ntensors; t++) {
+    const struct bt__resmlp_tensor *tt = &m->tensors[t];
+    int64_t want[2] = {(int64_t)tt->shape[0], (int64_t)tt->shape[1]};
+    bt_st_tensor_t ft;
+    char got_s[96], want_s[64];
+
+    if (bt_st_find(f, tt->name, &ft) != BT_OK) {
+      st = bt__errorf(err, BT_EINVAL,
+                      "%s: tensor '%s' is missing (a checkpoint of a "
+                      "model with D=%zu, H=%zu, C=%zu, L=%zu?)",
+                      path, tt->name, m->cfg.D, m->cfg.H, m->cfg.C,
+                      m->cfg.L);
+      goto out_close;
+    }
+    if (ft.dtype != BT_ST_F32) {
+      const char *dn = bt_st_dtype_name(ft.dtype);
+      st = bt__errorf(err, BT_EINVAL,
+                      "%s: tensor '%s' has dtype %s; the model needs F32",
+                      path, tt->name, dn != NULL ? dn : "?");
+      goto out_close;
+    }
+    bool same = ft.ndim == tt->ndim;
+    for (int d = 0; same && d < tt->ndim; d++)
+      same = ft.shape[d] == want[d];
+    if (!same) {
+      format_shape(got_s, sizeof(got_s), ft.ndim, ft.shape);
+      format_shape(want_s, sizeof(want_s), tt->ndim, want);
+      st = bt__errorf(err, BT_EINVAL,
+                      "%s: tensor '%s' has shape %s; the model (D=%zu, "
+                      "H=%zu, C=%zu, L=%zu) needs %s",
+                      path, tt->name, got_s, m->cfg.D, m->cfg.H, m->cfg.C,
+                      m->cfg.L, want_s);
+      goto out_close;
+    }
+  }
+  for (size_t i = 0; i < bt_st_count(f); i++) {
+    bt_st_tensor_t ft = bt_st_get(f, i);
+    if (bt__resmlp_find(m, ft.name) == NULL) {
+      st = bt__errorf(err, BT_EINVAL,
+                      "%s: tensor '%s' is not a parameter of this model "
+                      "(D=%zu, H=%zu, C=%zu, L=%zu): a checkpoint of "
+                      "another config?",
+                      path, ft.name, m->cfg.D, m->cfg.H, m->cfg.C,
+                      m->cfg.L);
+      goto out_close;
+    }
+  }
+  for (size_t t = 0; t < m->ntensors; t++) {
+    const struct bt__resmlp_tensor *tt = &m->tensors[t];
+    bt_st_tensor_t ft;
+    bt_st_find(f, tt->name, &ft);
+    memcpy(m->params + tt->offset, ft.data, tt->count * sizeof(float));
+  }
+  st = BT_OK;
+
+out_close:
+  bt_st_close(f);
+  return st;
+}
