@@ -7,68 +7,8 @@
 
 #include "baton/baton.h"
 #include "sched_util.h"
+#include "failalloc.h"
 #include "test.h"
-
-void *__real_malloc(size_t n);
-void *__real_calloc(size_t n, size_t k);
-void *__real_realloc(void *p, size_t n);
-void *__wrap_malloc(size_t n);
-void *__wrap_calloc(size_t n, size_t k);
-void *__wrap_realloc(void *p, size_t n);
-
-static long fail_at = -1; /* -1: never fail */
-static long calls;
-
-static int
-should_fail(void)
-{
-  return fail_at >= 0 && calls++ == fail_at;
-}
-
-void *
-__wrap_malloc(size_t n)
-{
-  return should_fail() ? NULL : __real_malloc(n);
-}
-
-void *
-__wrap_calloc(size_t n, size_t k)
-{
-  return should_fail() ? NULL : __real_calloc(n, k);
-}
-
-void *
-__wrap_realloc(void *p, size_t n)
-{
-  return should_fail() ? NULL : __real_realloc(p, n);
-}
-
-typedef bt_status (*op_fn)(void);
-
-/* Steps the failure point through the operation; returns how many
- * injected failures it saw, or -1 after a wrong status. */
-static int
-sweep(const char *name, op_fn op)
-{
-  for (long n = 0; n < 100000; n++) {
-    bt_status rc;
-    fail_at = n;
-    calls = 0;
-    rc = op();
-    fail_at = -1;
-    if (rc == BT_OK) {
-      printf("  %s: %ld allocation failures, each BT_ENOMEM\n", name, n);
-      return (int)n;
-    }
-    if (rc != BT_ENOMEM) {
-      test_fail(__FILE__, __LINE__, "%s: allocation %ld failed, got %s", name,
-                n, bt_status_name(rc));
-      return -1;
-    }
-  }
-  test_fail(__FILE__, __LINE__, "%s never succeeded", name);
-  return -1;
-}
 
 static const char csv[] =
     "# baton plan v1: devices=2 stages=2 microbatches=3\n"
@@ -196,35 +136,35 @@ op_timelines(void)
 
 TEST(oom_parse_csv)
 {
-  EXPECT_TRUE(sweep("parse_csv", op_parse_csv) > 0);
+  EXPECT_TRUE(failalloc_sweep("parse_csv", op_parse_csv) > 0);
 }
 
 TEST(oom_plan_graph_sim_1f1b)
 {
-  EXPECT_TRUE(sweep("1f1b", op_1f1b) > 0);
+  EXPECT_TRUE(failalloc_sweep("1f1b", op_1f1b) > 0);
 }
 
 TEST(oom_plan_graph_sim_interleaved)
 {
-  EXPECT_TRUE(sweep("interleaved", op_interleaved) > 0);
+  EXPECT_TRUE(failalloc_sweep("interleaved", op_interleaved) > 0);
 }
 
 TEST(oom_plan_graph_sim_zb_h2)
 {
-  EXPECT_TRUE(sweep("zb-h2", op_zb_h2) > 0);
+  EXPECT_TRUE(failalloc_sweep("zb-h2", op_zb_h2) > 0);
 }
 
 TEST(oom_plan_graph_sim_auto)
 {
-  EXPECT_TRUE(sweep("auto", op_auto) > 0);
+  EXPECT_TRUE(failalloc_sweep("auto", op_auto) > 0);
 }
 
 TEST(oom_skips_and_graph)
 {
-  EXPECT_TRUE(sweep("skips+graph", op_skips_graph) > 0);
+  EXPECT_TRUE(failalloc_sweep("skips+graph", op_skips_graph) > 0);
 }
 
 TEST(oom_timeline_writers)
 {
-  EXPECT_TRUE(sweep("timelines", op_timelines) >= 0);
+  EXPECT_TRUE(failalloc_sweep("timelines", op_timelines) >= 0);
 }

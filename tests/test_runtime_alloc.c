@@ -8,48 +8,9 @@
 
 #include "baton/baton.h"
 #include "sched_util.h"
+#include "failalloc.h"
 #include "test.h"
 
-void *__real_malloc(size_t n);
-void *__real_calloc(size_t n, size_t k);
-void *__real_realloc(void *p, size_t n);
-void *__real_aligned_alloc(size_t align, size_t n);
-void *__wrap_malloc(size_t n);
-void *__wrap_calloc(size_t n, size_t k);
-void *__wrap_realloc(void *p, size_t n);
-void *__wrap_aligned_alloc(size_t align, size_t n);
-
-/* Relaxed: runtime threads may allocate too (that is what is tested); the
- * count is read by the main thread after bt_exec_run has joined the step. */
-static _Atomic long allocs;
-
-void *
-__wrap_malloc(size_t n)
-{
-  atomic_fetch_add_explicit(&allocs, 1, memory_order_relaxed);
-  return __real_malloc(n);
-}
-
-void *
-__wrap_calloc(size_t n, size_t k)
-{
-  atomic_fetch_add_explicit(&allocs, 1, memory_order_relaxed);
-  return __real_calloc(n, k);
-}
-
-void *
-__wrap_realloc(void *p, size_t n)
-{
-  atomic_fetch_add_explicit(&allocs, 1, memory_order_relaxed);
-  return __real_realloc(p, n);
-}
-
-void *
-__wrap_aligned_alloc(size_t align, size_t n)
-{
-  atomic_fetch_add_explicit(&allocs, 1, memory_order_relaxed);
-  return __real_aligned_alloc(align, n);
-}
 
 #define N(a) (int)(sizeof(a) / sizeof((a)[0]))
 #define STEPS 50
@@ -87,7 +48,7 @@ count_task(const bt_task_call_t *call, char *errbuf, size_t errlen)
 static long
 count_now(void)
 {
-  return atomic_load_explicit(&allocs, memory_order_relaxed);
+  return failalloc_count();
 }
 
 TEST(runtime_steady_steps_allocate_nothing)

@@ -9,51 +9,11 @@
 #include <unistd.h>
 
 #include "baton/safetensors.h"
+#include "failalloc.h"
 #include "test.h"
 
 /* ---- allocation failures ------------------------------------------------ */
 
-void *__real_malloc(size_t n);
-void *__real_calloc(size_t n, size_t k);
-void *__real_realloc(void *p, size_t n);
-void *__real_aligned_alloc(size_t a, size_t n);
-void *__wrap_malloc(size_t n);
-void *__wrap_calloc(size_t n, size_t k);
-void *__wrap_realloc(void *p, size_t n);
-void *__wrap_aligned_alloc(size_t a, size_t n);
-
-static long fail_at = -1; /* -1: never fail */
-static long calls;
-
-static int
-should_fail(void)
-{
-  return fail_at >= 0 && calls++ == fail_at;
-}
-
-void *
-__wrap_malloc(size_t n)
-{
-  return should_fail() ? NULL : __real_malloc(n);
-}
-
-void *
-__wrap_calloc(size_t n, size_t k)
-{
-  return should_fail() ? NULL : __real_calloc(n, k);
-}
-
-void *
-__wrap_realloc(void *p, size_t n)
-{
-  return should_fail() ? NULL : __real_realloc(p, n);
-}
-
-void *
-__wrap_aligned_alloc(size_t a, size_t n)
-{
-  return should_fail() ? NULL : __real_aligned_alloc(a, n);
-}
 
 /* ---- fixtures ----------------------------------------------------------- */
 
@@ -858,10 +818,9 @@ TEST(st_oom_save_load)
   for (n = 0; n < 1000; n++) {
     bt_status rc;
 
-    fail_at = n;
-    calls = 0;
+    failalloc_fail_at(n);
     rc = op_save_load();
-    fail_at = -1;
+    failalloc_fail_at(-1);
     if (rc == BT_OK)
       break;
     if (rc != BT_ENOMEM) {
