@@ -1,0 +1,662 @@
+/* Pipelined training of resmlp: stage callbacks over the model's layer
+ * functions, driven by bt_pipeline.  See train.h for the contract. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "baton/pipeline.h"
+#include "error.h"
+#include "kernels.h"
+#include "train.h"
+
+#define ALIGN 64
+
+struct train_stage {
+  struct bt__train *t;
+  int32_t s;
+  size_t first, last;   /* layers [first, last] */
+  bool stash_h0;        /* long skip leaves this stage (it has layer 0) */
+  bool pop_h0;          /* long skip enters this stage (it has the head) */
+  bool inner_h0;        /* layer 0 and the head are both here */
+  unsigned char *block; /* all of the stage's scratch and buffers */
+  void **scratch;       /* [m * nl]: (microbatch k, layer first + i) */
+  /* Per-stage buffers [R,H] each: callbacks of one stage never overlap
+   * (a stage lives on one device, which runs one callback at a time). */
+  float *tmp[2], *h0, *z, *dz;
+  bool *dropped;   /* [m]: the microbatch's scratch is stale */
+  size_t mb_bytes; /* scratch bytes of one microbatch */
+};
+
+struct bt__train {
+  struct bt__resmlp *model;
+  size_t N, R;
+  int32_t m, S, p, checkpoint;
+  uint64_t perturb;
+  struct train_stage *st; /* [S] */
+  int32_t *layer_stage;   /* [nlayers] */
+  bt_pipeline_t *pl;
+  /* Held activation bytes per device, now and the step's peak.  Entry d
+   * is touched only by device d's callbacks, which never overlap and which
+   * the runtime orders one after another, and by bt__train_step between
+   * steps. */
+  size_t *held, *peak; /* [p] */
+  /* The step's inputs: written by bt__train_step before bt_pipeline_step,
+   * which publishes them to the callbacks' threads (the runtime's step
+   * start is a release / acquire pair), read-only during the step. */
+  const float *x;
+  const int32_t *y;
+};
+
+static size_t
+round_up(size_t n)
+{
+  return (n + ALIGN - 1) / ALIGN * ALIGN;
+}
+
+static bool
+checkpointed(const struct bt__train *t, int32_t k)
+{
+  switch (t->checkpoint) {
+  case BT__CKPT_ALWAYS:
+    return true;
+  case BT__CKPT_EXCEPT_LAST:
+    return k < t->m - 1;
+  default:
+    return false;
+  }
+}
+
+/* Test hook: a pseudo-random sleep of 0..200 us, a pure function of the
+ * seed and the call, so it needs no shared state. */
+static void
+maybe_perturb(const struct bt__train *t, const bt_stage_call_t *c)
+{
+  uint64_t z;
+  struct timespec ts;
+
+  if (t->perturb == 0)
+    return;
+  z = t->perturb +
+      0x9e3779b97f4a7c15ull *
+          ((uint64_t)c->step * 1000003u + (uint64_t)c->stage * 7919u +
+           (uint64_t)c->microbatch * 131u + (uint64_t)c->kind + 1);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  ts.tv_sec = 0;
+  ts.tv_nsec = (long)(z % 201u) * 1000L;
+  nanosleep(&ts, NULL);
+}
+
+static void
+hold(struct bt__train *t, int32_t device, size_t bytes)
+{
+  t->held[device] += bytes;
+  if (t->held[device] > t->peak[device])
+    t->peak[device] = t->held[device];
+}
+
+static void
+release(struct bt__train *t, int32_t device, size_t bytes)
+{
+  t->held[device] -= bytes;
+}
+
+static void *
+scratch_of(const struct train_stage *st, int32_t k, size_t layer)
+{
+  size_t nl = st->last - st->first + 1;
+  return st->scratch[(size_t)k * nl + (layer - st->first)];
+}
+
+static int
+layer_error(char *errbuf, size_t errlen, const char *what, size_t layer,
+            bt_status rc)
+{
+  snprintf(errbuf, errlen, "resmlp layer %zu %s failed: %s", layer, what,
+           bt_strerror(rc));
+  return (int)rc;
+}
+
+/* A per-stage [R,H] buffer that is neither a nor b. */
+static float *
+other_tmp(const struct train_stage *st, const float *a, const float *b)
+{
+  return st->tmp[0] != a && st->tmp[0] != b ? st->tmp[0] : st->tmp[1];
+}
+
+/* The stage's forward of microbatch k.  When rebuilding (recompute) it
+ * writes neither the pipeline's output nor the skip: their consumers have
+ * already read them, and the values would be bitwise the same. */
+static int
+stage_forward(struct train_stage *st, const bt_stage_call_t *c, bool rebuilding,
+              char *errbuf, size_t errlen)
+{
+  struct bt__train *t = st->t;
+  struct bt__resmlp *m = t->model;
+  size_t R = t->R, L = m->cfg.L;
+  int32_t k = c->microbatch;
+  const float *cur;
+  bt_status rc;
+
+  cur = st->first == 0 ? t->x + (size_t)k * R * m->cfg.D
+                       : (const float *)c->input;
+  for (size_t l = st->first; l <= st->last; l++) {
+    void *scr = scratch_of(st, k, l);
+    if (l == L + 1) {
+      const float *zin = cur;
+      float share = 0.0f;
+      if (m->cfg.long_skip) {
+        const float *h0 =
+            st->inner_h0 ? st->h0 : (const float *)c->skip_in[0].data;
+        rc = bt__resmlp_long_skip_fwd(m, st->z, cur, h0, R);
+        if (rc != BT_OK)
+          return layer_error(errbuf, errlen, "long skip", l, rc);
+        zin = st->z;
+      }
+      rc = bt__resmlp_head_fwd(m, zin, t->y + (size_t)k * R, t->N, scr, R,
+                               &share);
+      if (rc != BT_OK)
+        return layer_error(errbuf, errlen, "forward", l, rc);
+      if (!rebuilding)
+        *(float *)c->output = share;
+    } else {
+      float *out;
+      if (l == 0 && st->inner_h0)
+        out = st->h0; /* kept for the head, on this stage */
+      else if (l == st->last && !rebuilding)
+        out = c->output;
+      else
+        out = other_tmp(st, cur, st->h0);
+      rc = bt__resmlp_layer_fwd(m, l, cur, out, scr, R);
+      if (rc != BT_OK)
+        return layer_error(errbuf, errlen, "forward", l, rc);
+      if (l == 0 && st->stash_h0 && !rebuilding)
+        memcpy(c->skip_out[0].data, out, R * m->cfg.H * sizeof(float));
+      cur = out;
+    }
+  }
+  return 0;
+}
+
+static int
+cb_forward(const bt_stage_call_t *c, char *errbuf, size_t errlen)
+{
+  struct train_stage *st = c->user;
+  int32_t k = c->microbatch;
+  int rc;
+
+  maybe_perturb(st->t, c);
+  rc = stage_forward(st, c, false, errbuf, errlen);
+  if (rc == 0 && checkpointed(st->t, k)) {
+    /* Dropped: the recompute before the backward rebuilds it.  The memory
+     * stays (buffers are not pooled yet); poisoning it with NaNs makes a
+     * missed recompute show in every gradient. */
+    for (size_t l = st->first; l <= st->last; l++)
+      memset(scratch_of(st, k, l), 0xff,
+             bt__resmlp_layer_scratch_bytes(st->t->model, l, st->t->R));
+    st->dropped[k] = true;
+  } else if (rc == 0) {
+    hold(st->t, c->device, st->mb_bytes);
+  }
+  return rc;
+}
+
+static int
+cb_recompute(const bt_stage_call_t *c, char *errbuf, size_t errlen)
+{
+  struct train_stage *st = c->user;
+  int rc;
+
+  if (!st->dropped[c->microbatch])
+    return 0;
+  maybe_perturb(st->t, c);
+  rc = stage_forward(st, c, true, errbuf, errlen);
+  if (rc == 0) {
+    st->dropped[c->microbatch] = false;
+    hold(st->t, c->device, st->mb_bytes);
+  }
+  return rc;
+}
+
+static int
+stage_input_grad(struct train_stage *st, const bt_stage_call_t *c, char *errbuf,
+                 size_t errlen)
+{
+  struct bt__train *t = st->t;
+  struct bt__resmlp *m = t->model;
+  size_t R = t->R, L = m->cfg.L, RH = t->R * m->cfg.H;
+  int32_t k = c->microbatch;
+  const float *dcur = c->grad_output, *dz = NULL;
+  bt_status rc;
+
+  if (st->dropped[k]) {
+    snprintf(errbuf, errlen,
+             "microbatch %d's activations were dropped and "
+             "not recomputed",
+             (int)k);
+    return BT_EINVAL;
+  }
+  for (size_t l = st->last + 1; l-- > st->first;) {
+    void *scr = scratch_of(st, k, l);
+    if (l == L + 1) {
+      float *din = l == st->first ? c->grad_input : st->dz;
+      rc = bt__resmlp_layer_bwd_input(m, l, NULL, din, scr, R, t->N);
+      if (rc != BT_OK)
+        return layer_error(errbuf, errlen, "input grad", l, rc);
+      if (st->pop_h0)
+        memcpy(c->skip_grad_out[0].data, din, RH * sizeof(float));
+      dz = din;
+      dcur = din;
+    } else if (l > 0) {
+      float *din = l == st->first ? c->grad_input : other_tmp(st, dcur, st->dz);
+      rc = bt__resmlp_layer_bwd_input(m, l, dcur, din, scr, R, t->N);
+      if (rc != BT_OK)
+        return layer_error(errbuf, errlen, "input grad", l, rc);
+      dcur = din;
+    } else {
+      if (m->cfg.long_skip) {
+        /* dh0 = dL/dh0 through the blocks (or, with L = 0, dz itself)
+         * plus dz through the skip, in a buffer of ours: dcur may be the
+         * pipeline's (const) gradient or dz. */
+        const float *dskip =
+            st->inner_h0 ? dz : (const float *)c->skip_grad_in[0].data;
+        float *dh0 = other_tmp(st, dcur, st->dz);
+        if (dh0 != dcur)
+          memcpy(dh0, dcur, RH * sizeof(float));
+        rc = bt__resmlp_long_skip_bwd(m, dh0, dskip, R);
+        if (rc != BT_OK)
+          return layer_error(errbuf, errlen, "long skip", l, rc);
+        dcur = dh0;
+      }
+      rc = bt__resmlp_layer_bwd_input(m, 0, dcur, NULL, scr, R, t->N);
+      if (rc != BT_OK)
+        return layer_error(errbuf, errlen, "input grad", l, rc);
+    }
+  }
+  return 0;
+}
+
+static int
+stage_weight_grad(struct train_stage *st, const bt_stage_call_t *c,
+                  char *errbuf, size_t errlen)
+{
+  struct bt__train *t = st->t;
+  bt_status rc;
+
+  for (size_t l = st->last + 1; l-- > st->first;) {
+    rc = bt__resmlp_layer_bwd_weight(t->model, l,
+                                     scratch_of(st, c->microbatch, l), t->R);
+    if (rc != BT_OK)
+      return layer_error(errbuf, errlen, "weight grad", l, rc);
+  }
+  return 0;
+}
+
+static int
+cb_input_grad(const bt_stage_call_t *c, char *errbuf, size_t errlen)
+{
+  struct train_stage *st = c->user;
+
+  maybe_perturb(st->t, c);
+  return stage_input_grad(st, c, errbuf, errlen);
+}
+
+static int
+cb_weight_grad(const bt_stage_call_t *c, char *errbuf, size_t errlen)
+{
+  struct train_stage *st = c->user;
+
+  int rc;
+
+  maybe_perturb(st->t, c);
+  rc = stage_weight_grad(st, c, errbuf, errlen);
+  if (rc == 0)
+    release(st->t, c->device, st->mb_bytes);
+  return rc;
+}
+
+/* A full backward: bt__resmlp_layer_bwd is bwd_input then bwd_weight per
+ * layer, and the layers' gradients are disjoint, so all input halves then
+ * all weight halves give bitwise the same result. */
+static int
+cb_backward(const bt_stage_call_t *c, char *errbuf, size_t errlen)
+{
+  struct train_stage *st = c->user;
+  int rc;
+
+  maybe_perturb(st->t, c);
+  rc = stage_input_grad(st, c, errbuf, errlen);
+  if (rc == 0)
+    rc = stage_weight_grad(st, c, errbuf, errlen);
+  if (rc == 0)
+    release(st->t, c->device, st->mb_bytes);
+  return rc;
+}
+
+/* Layers per stage into t->st[s].first/last; checks the balance. */
+static bt_status
+partition(struct bt__train *t, const int32_t *balance, int32_t nbalance,
+          int32_t devices, int32_t v, bt_error_t *err)
+{
+  size_t nl = t->model->nlayers, at = 0;
+
+  if ((size_t)t->S > nl)
+    return bt__errorf(err, BT_EINVAL,
+                      "%d stages (%d devices x %d virtual) but the model "
+                      "has only %zu layers (L + 2); use fewer devices or "
+                      "virtual stages, or more blocks",
+                      (int)t->S, (int)devices, (int)v, nl);
+  if (balance != NULL) {
+    int64_t sum = 0;
+    if (nbalance != t->S)
+      return bt__errorf(err, BT_EINVAL,
+                        "the balance has %d entries but there are %d stages "
+                        "(%d devices x %d virtual); give one entry per "
+                        "stage",
+                        (int)nbalance, (int)t->S, (int)devices, (int)v);
+    for (int32_t s = 0; s < t->S; s++) {
+      if (balance[s] < 1)
+        return bt__errorf(err, BT_EINVAL,
+                          "balance[%d] = %d: every stage needs at least one "
+                          "layer",
+                          (int)s, (int)balance[s]);
+      sum += balance[s];
+    }
+    if (sum != (int64_t)nl)
+      return bt__errorf(err, BT_EINVAL,
+                        "the balance's %d entries sum to %" PRId64
+                        " layers, but the model has %zu (L + 2 = in, %zu "
+                        "blocks, head); give one entry per stage summing "
+                        "to %zu",
+                        (int)t->S, sum, nl, nl - 2, nl);
+  }
+  for (int32_t s = 0; s < t->S; s++) {
+    size_t n;
+    if (balance != NULL)
+      n = (size_t)balance[s];
+    else
+      n = nl / (size_t)t->S + ((size_t)s < nl % (size_t)t->S ? 1 : 0);
+    t->st[s].first = at;
+    t->st[s].last = at + n - 1;
+    for (size_t l = at; l < at + n; l++)
+      t->layer_stage[l] = s;
+    at += n;
+  }
+  return BT_OK;
+}
+
+/* One block per stage: m * nl scratch regions, five [R,H] buffers and the
+ * dropped flags. */
+static bt_status
+alloc_stage(struct bt__train *t, struct train_stage *st, bt_error_t *err)
+{
+  struct bt__resmlp *m = t->model;
+  size_t nl = st->last - st->first + 1, per_mb = 0, total, rh, off = 0;
+
+  for (size_t l = st->first; l <= st->last; l++) {
+    size_t b = bt__resmlp_layer_scratch_bytes(m, l, t->R);
+    if (b == 0 || __builtin_add_overflow(per_mb, round_up(b), &per_mb))
+      goto range;
+  }
+  if (!bt__mul_fits(t->R, m->cfg.H, &rh) ||
+      !bt__mul_fits(rh, sizeof(float), &rh) || rh > SIZE_MAX / 8 ||
+      !bt__mul_fits(per_mb, (size_t)t->m, &total) ||
+      __builtin_add_overflow(total, 5 * round_up(rh), &total) ||
+      __builtin_add_overflow(total, round_up((size_t)t->m), &total))
+    goto range;
+  st->mb_bytes = per_mb;
+  st->scratch = calloc((size_t)t->m * nl, sizeof *st->scratch);
+  st->block = aligned_alloc(ALIGN, total);
+  if (st->scratch == NULL || st->block == NULL)
+    return bt__errorf(err, BT_ENOMEM,
+                      "out of memory for stage %d's %zu bytes of "
+                      "activations (use more microbatches)",
+                      (int)st->s, total);
+  memset(st->block, 0, total);
+  for (int32_t k = 0; k < t->m; k++)
+    for (size_t l = st->first; l <= st->last; l++) {
+      st->scratch[(size_t)k * nl + (l - st->first)] = st->block + off;
+      off += round_up(bt__resmlp_layer_scratch_bytes(m, l, t->R));
+    }
+  st->tmp[0] = (float *)(void *)(st->block + off);
+  st->tmp[1] = (float *)(void *)(st->block + off + round_up(rh));
+  st->h0 = (float *)(void *)(st->block + off + 2 * round_up(rh));
+  st->z = (float *)(void *)(st->block + off + 3 * round_up(rh));
+  st->dz = (float *)(void *)(st->block + off + 4 * round_up(rh));
+  st->dropped = (bool *)(void *)(st->block + off + 5 * round_up(rh));
+  return BT_OK;
+range:
+  return bt__errorf(err, BT_ERANGE,
+                    "stage %d's activations for %zu rows overflow size_t "
+                    "(use more microbatches)",
+                    (int)st->s, t->R);
+}
+
+static bt_status
+check_config(const struct bt__train_config *cfg, bt_error_t *err)
+{
+  if (cfg == NULL || cfg->size < sizeof *cfg || cfg->model == NULL ||
+      cfg->schedule == NULL)
+    return bt__errorf(err, BT_EINVAL,
+                      "bt__train_create needs a config started from "
+                      "BT__TRAIN_CONFIG_INIT with a model and a schedule");
+  if (cfg->microbatches < 1 || cfg->devices < 1 || cfg->virtual_stages < 0)
+    return bt__errorf(err, BT_EINVAL,
+                      "training needs microbatches >= 1, devices >= 1 and "
+                      "virtual_stages >= 0 (got m=%d, p=%d, v=%d)",
+                      (int)cfg->microbatches, (int)cfg->devices,
+                      (int)cfg->virtual_stages);
+  if (cfg->batch == 0 || cfg->batch % (size_t)cfg->microbatches != 0)
+    return bt__errorf(err, BT_EINVAL,
+                      "the batch's %zu rows do not split evenly into %d "
+                      "microbatches; choose a microbatch count that divides "
+                      "N",
+                      cfg->batch, (int)cfg->microbatches);
+  if (cfg->checkpoint < BT__CKPT_NEVER || cfg->checkpoint > BT__CKPT_ALWAYS)
+    return bt__errorf(err, BT_EINVAL,
+                      "checkpoint mode %d is not one of never (%d), "
+                      "except_last (%d), always (%d)",
+                      (int)cfg->checkpoint, BT__CKPT_NEVER,
+                      BT__CKPT_EXCEPT_LAST, BT__CKPT_ALWAYS);
+  return BT_OK;
+}
+
+bt_status
+bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
+                 bt_error_t *err)
+{
+  bt_pipeline_config_t pc = BT_PIPELINE_CONFIG_INIT;
+  bt_stage_desc_t *desc = NULL;
+  bt_pipeline_skip_t skip;
+  struct bt__train *t;
+  int32_t v;
+  size_t rh_bytes;
+  bt_status rc;
+
+  if (out == NULL)
+    return bt__errorf(err, BT_EINVAL, "bt__train_create: NULL out");
+  *out = NULL;
+  rc = check_config(cfg, err);
+  if (rc != BT_OK)
+    return rc;
+  v = cfg->virtual_stages ? cfg->virtual_stages
+                          : bt_schedule_default_virtual(cfg->schedule);
+  if (cfg->devices > INT32_MAX / v)
+    return bt__errorf(err, BT_EINVAL,
+                      "%d devices x %d virtual stages is "
+                      "too many stages",
+                      (int)cfg->devices, (int)v);
+  t = calloc(1, sizeof *t);
+  if (t == NULL)
+    return bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
+  t->model = cfg->model;
+  t->N = cfg->batch;
+  t->m = cfg->microbatches;
+  t->R = t->N / (size_t)t->m;
+  t->S = cfg->devices * v;
+  t->p = cfg->devices;
+  t->checkpoint = cfg->checkpoint;
+  t->perturb = cfg->perturb;
+  if ((size_t)t->S > t->model->nlayers) {
+    /* Checked before sizing arrays by S. */
+    rc = partition(t, cfg->balance, cfg->nbalance, cfg->devices, v, err);
+    goto out_free;
+  }
+  t->st = calloc((size_t)t->S, sizeof *t->st);
+  t->layer_stage = calloc(t->model->nlayers, sizeof *t->layer_stage);
+  desc = calloc((size_t)t->S, sizeof *desc);
+  t->held = calloc((size_t)t->p, sizeof *t->held);
+  t->peak = calloc((size_t)t->p, sizeof *t->peak);
+  if (t->st == NULL || t->layer_stage == NULL || desc == NULL ||
+      t->held == NULL || t->peak == NULL) {
+    rc = bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
+    goto out_free;
+  }
+  rc = partition(t, cfg->balance, cfg->nbalance, cfg->devices, v, err);
+  if (rc != BT_OK)
+    goto out_free;
+  if (!bt__mul_fits(t->R, t->model->cfg.H, &rh_bytes) ||
+      !bt__mul_fits(rh_bytes, sizeof(float), &rh_bytes)) {
+    rc = bt__errorf(err, BT_ERANGE, "%zu rows of width %zu overflow size_t",
+                    t->R, t->model->cfg.H);
+    goto out_free;
+  }
+  for (int32_t s = 0; s < t->S; s++) {
+    struct train_stage *st = &t->st[s];
+    bool ls = t->model->cfg.long_skip;
+    st->t = t;
+    st->s = s;
+    st->inner_h0 = ls && t->S == 1;
+    st->stash_h0 = ls && t->S > 1 && s == 0;
+    st->pop_h0 = ls && t->S > 1 && s == t->S - 1;
+    rc = alloc_stage(t, st, err);
+    if (rc != BT_OK)
+      goto out_free;
+    desc[s] = (bt_stage_desc_t)BT_STAGE_DESC_INIT;
+    desc[s].forward = cb_forward;
+    desc[s].backward = cb_backward;
+    desc[s].input_grad = cb_input_grad;
+    desc[s].weight_grad = cb_weight_grad;
+    desc[s].recompute = cb_recompute;
+    desc[s].output_bytes = s == t->S - 1 ? sizeof(float) : rh_bytes;
+    desc[s].grad_input_bytes = s == 0 ? 0 : rh_bytes;
+    /* Relative costs for the cost-driven schedules: layers per stage. */
+    desc[s].cost_f = desc[s].cost_b = desc[s].cost_w =
+        (double)(st->last - st->first + 1);
+    desc[s].user = st;
+  }
+  pc.stages = t->S;
+  pc.stage = desc;
+  pc.devices = cfg->devices;
+  pc.virtual_stages = v;
+  pc.microbatches = t->m;
+  pc.schedule = cfg->schedule;
+  pc.threads = cfg->threads;
+  if (t->model->cfg.long_skip && t->S > 1) {
+    skip.name = "h0";
+    skip.stash_stage = 0;
+    skip.pop_stage = t->S - 1;
+    skip.bytes = rh_bytes;
+    pc.skips = &skip;
+    pc.nskips = 1;
+  }
+  rc = bt_pipeline_create(&pc, &t->pl, err);
+  if (rc != BT_OK)
+    goto out_free;
+  free(desc);
+  *out = t;
+  return BT_OK;
+
+out_free:
+  free(desc);
+  bt__train_destroy(t);
+  return rc;
+}
+
+bt_status
+bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
+               float *loss, bt_error_t *err)
+{
+  float sum = 0.0f;
+  bt_status rc;
+
+  if (t == NULL || x == NULL || y == NULL || loss == NULL)
+    return bt__errorf(err, BT_EINVAL,
+                      "bt__train_step: trainer, x, y and loss must not be "
+                      "NULL");
+  for (size_t r = 0; r < t->N; r++)
+    if (y[r] < 0 || (size_t)y[r] >= t->model->cfg.C)
+      return bt__errorf(err, BT_EINVAL,
+                        "label y[%zu] = %" PRId32 " is outside [0, C=%zu)", r,
+                        y[r], t->model->cfg.C);
+  t->x = x;
+  t->y = y;
+  bt__resmlp_zero_grad(t->model);
+  memset(t->held, 0, (size_t)t->p * sizeof *t->held);
+  memset(t->peak, 0, (size_t)t->p * sizeof *t->peak);
+  rc = bt_pipeline_step(t->pl, err);
+  t->x = NULL;
+  t->y = NULL;
+  if (rc != BT_OK)
+    return rc;
+  /* The shares in microbatch order, in float, as the reference adds them. */
+  for (int32_t k = 0; k < t->m; k++) {
+    const float *share = bt_pipeline_output(t->pl, t->S - 1, k, NULL);
+    sum += *share;
+  }
+  *loss = sum;
+  return BT_OK;
+}
+
+int32_t
+bt__train_stage_of_layer(const struct bt__train *t, size_t layer)
+{
+  if (t == NULL || layer >= t->model->nlayers)
+    return -1;
+  return t->layer_stage[layer];
+}
+
+size_t
+bt__train_held_bytes(const struct bt__train *t, int32_t device)
+{
+  if (t == NULL || device < 0 || device >= t->p)
+    return 0;
+  return t->held[device];
+}
+
+size_t
+bt__train_peak_held_bytes(const struct bt__train *t, int32_t device)
+{
+  if (t == NULL || device < 0 || device >= t->p)
+    return 0;
+  return t->peak[device];
+}
+
+int32_t
+bt__train_stages(const struct bt__train *t)
+{
+  return t != NULL ? t->S : 0;
+}
+
+void
+bt__train_destroy(struct bt__train *t)
+{
+  if (t == NULL)
+    return;
+  bt_pipeline_destroy(t->pl);
+  if (t->st != NULL)
+    for (int32_t s = 0; s < t->S; s++) {
+      free(t->st[s].scratch);
+      free(t->st[s].block);
+    }
+  free(t->st);
+  free(t->layer_stage);
+  free(t->held);
+  free(t->peak);
+  free(t);
+}

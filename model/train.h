@@ -1,0 +1,136 @@
+/* baton: pipelined training of the resmlp model through the embedding API
+ * (internal).
+ *
+ * The model's L + 2 layers (0 = in, 1 + i = blk{i}, L + 1 = head; see
+ * resmlp.h) are cut into S = devices * virtual_stages stages, each a
+ * contiguous range of layers, and driven by bt_pipeline (<baton/pipeline.h>)
+ * with one forward, backward, input_grad, weight_grad and recompute
+ * callback per stage, so every schedule (full or split backwards) runs it.
+ * One step computes the same loss and gradients as
+ * bt__resmlp_reference_step with the same microbatch count: the loss
+ * bitwise (the shares are summed in microbatch order, as the reference
+ * does), the gradients up to the order in which a stage accumulates its
+ * microbatches (the plan's order).
+ *
+ * Data flow, per microbatch k of R = N / microbatches rows:
+ *   stage output  the activation after the stage's last layer [R,H] floats;
+ *                 the last stage's output is its loss share (1 float).
+ *   grad_input    dL/d(stage input) [R,H] floats (none on stage 0).
+ *   stage 0       reads rows [kR, (k+1)R) of the step's x itself.
+ *   last stage    computes the head with the labels of its rows.
+ *   long skip     (model->cfg.long_skip) h0, layer 0's output: kept inside
+ *                 the stage when layer 0 and the head share one (only with
+ *                 S = 1), else a pipeline skip "h0" from stage 0 to stage
+ *                 S - 1: stage 0 stashes h0, the last stage adds it before
+ *                 the head and sends dz back, which stage 0 adds to the
+ *                 gradient entering layer 0.
+ *
+ * State: each (stage, microbatch) has its layers' scratch
+ * (bt__resmlp_layer_scratch_bytes), allocated at create; the buffers
+ * between a stage's layers are per stage (the layer functions copy their
+ * inputs into scratch), so a step allocates nothing.
+ *
+ * Checkpointing, with torch Pipe's meaning: microbatch k is recomputed
+ * before its backward iff k < m (BT__CKPT_ALWAYS), k < m - 1
+ * (BT__CKPT_EXCEPT_LAST), never (BT__CKPT_NEVER).  A checkpointed
+ * microbatch's scratch is marked dropped after its forward (and poisoned
+ * with NaNs, so a missing recompute cannot go unnoticed) and rebuilt by the
+ * recompute callback from the stage's input, which stays valid in the
+ * pipeline's buffer.  The forward is deterministic, so the results are
+ * bitwise those without checkpointing.  NOT YET: the scratch buffers are
+ * not pooled, so checkpointing does not lower memory yet (every
+ * (stage, microbatch) keeps its scratch allocated); a later change pools
+ * them.
+ *
+ * Held activation bytes, counted per device as the memory model would
+ * have them once buffers are pooled (not what is allocated now): a
+ * non-checkpointed microbatch's forward holds its stage's scratch (the
+ * sum of the stage's layers' bt__resmlp_layer_scratch_bytes) until its
+ * last backward (B, or W when split); a checkpointed one holds nothing of
+ * the trainer's after its forward (its stage input stays in the
+ * pipeline's buffer, not counted here), and its recompute holds the
+ * scratch again until that last backward.
+ *
+ * Threads: bt__train_step drives the pipeline's threads and returns when
+ * the step is over; one step at a time per trainer, and the model must not
+ * be touched by anyone else during it.  Different trainers on different
+ * models are independent. */
+#ifndef BATON_MODEL_TRAIN_H
+#define BATON_MODEL_TRAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "baton/schedule.h"
+#include "baton/status.h"
+#include "resmlp.h"
+
+enum { BT__CKPT_NEVER, BT__CKPT_EXCEPT_LAST, BT__CKPT_ALWAYS };
+
+struct bt__train_config {
+  size_t size;              /* sizeof(struct bt__train_config) */
+  struct bt__resmlp *model; /* borrowed; must outlive the trainer */
+  size_t batch;             /* N rows per step */
+  int32_t microbatches;     /* m, must divide N */
+  int32_t devices;          /* p */
+  int32_t virtual_stages;   /* v; 0 = the schedule's preference */
+  const int32_t *balance;   /* [nbalance] layers per stage, each >= 1,
+                               summing to L + 2, nbalance == S; NULL = as
+                               even as possible, earlier stages get the
+                               extra layers.  Read during create only. */
+  int32_t nbalance;
+  const bt_schedule_t *schedule; /* required; only used during create */
+  int32_t checkpoint;            /* BT__CKPT_* */
+  int32_t threads;               /* pipeline threads; 0 = online CPUs */
+  uint64_t perturb;              /* test hook: non-zero makes every stage
+                                    callback first sleep a pseudo-random
+                                    0..200 us derived from this seed and the
+                                    call; 0 = off */
+};
+
+#define BT__TRAIN_CONFIG_INIT                                                  \
+  {                                                                            \
+    sizeof(struct bt__train_config), NULL, 0, 1, 1, 1, NULL, 0, NULL,          \
+        BT__CKPT_NEVER, 0, 0                                                   \
+  }
+
+struct bt__train;
+
+/* Plans the pipeline and allocates every buffer.  BT_EINVAL, with a
+ * message that says what to fix, for NULL arguments, a config not started
+ * from BT__TRAIN_CONFIG_INIT, counts < 1, N not divisible by microbatches,
+ * more stages than layers, a balance with the wrong number of entries, an
+ * entry < 1, or entries not summing to L + 2, or a bad checkpoint mode;
+ * the pipeline's errors pass through (BT_EUNSUPPORTED when the schedule
+ * refuses p / v / m, ...); BT_ERANGE when sizes overflow; BT_ENOMEM.  On
+ * failure *out is NULL and nothing stays allocated. */
+bt_status bt__train_create(const struct bt__train_config *cfg,
+                           struct bt__train **out, bt_error_t *err);
+
+/* One step on x [N,D] and labels y [N] (in [0, C)): zeroes the model's
+ * gradients, runs forward and backward of every microbatch as the schedule
+ * orders them, and leaves the step's gradients in model->grads and the
+ * batch's mean loss in *loss.  No optimizer: run one after (e.g.
+ * bt__resmlp_sgd).  x and y are read during the call only.  BT_EINVAL for
+ * NULL arguments or a label out of range; a stage's failure as the
+ * pipeline reports it (then the gradients are unusable). */
+bt_status bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
+                         float *loss, bt_error_t *err);
+
+/* The stage that owns layer, or -1 (for tests and tools). */
+int32_t bt__train_stage_of_layer(const struct bt__train *t, size_t layer);
+
+/* Between steps: device's held activation bytes now (0 after a complete
+ * step) and their peak during the last step, as described above; 0 for a
+ * device out of range. */
+size_t bt__train_held_bytes(const struct bt__train *t, int32_t device);
+size_t bt__train_peak_held_bytes(const struct bt__train *t, int32_t device);
+
+/* The number of stages S. */
+int32_t bt__train_stages(const struct bt__train *t);
+
+/* Frees the trainer (not the model); NULL is accepted.  Not during a
+ * step. */
+void bt__train_destroy(struct bt__train *t);
+
+#endif /* BATON_MODEL_TRAIN_H */
