@@ -1,0 +1,185 @@
+/* baton: models and pipelined training on the CPU backend.
+ *
+ * A model is an ordered list of layers with named parameters.  A trainer
+ * cuts it into stages (a balance list, or automatically by measured time:
+ * contiguous blocks minimising the slowest stage, as torchgpipe's
+ * balance_by_time), places stages on devices, and runs each step as the
+ * chosen schedule orders it: forward and backward of every microbatch, then
+ * the optimizer.  Pipelining changes nothing but speed: a step's loss and
+ * gradients equal the plain mini-batch step's (bt_model_reference_step)
+ * within floating-point summation order, and the same config gives the
+ * same bits run after run.
+ *
+ * The `resmlp` model (pinned so others can check it):
+ *   h0 = in(x); h(i+1) = h(i) + fc2(gelu(fc1(ln(h(i))))), i < L, E = 4H;
+ *   z = h(L) + h0 with long_skip (h0 stashed after `in`, popped before the
+ *   head; it travels straight between those stages), else z = h(L);
+ *   logits = head(ln_head(z)); loss = mean cross-entropy over the batch.
+ * Parameters: in.w [H,D], in.b, blk{i}.ln.g, blk{i}.ln.b, blk{i}.fc1.w
+ * [E,H], blk{i}.fc1.b, blk{i}.fc2.w [H,E], blk{i}.fc2.b, head.ln.g,
+ * head.ln.b, head.w [C,H], head.b.  Layers: in, blk0 .. blk{L-1}, head.
+ *
+ * Threads: a model and its trainer are used from one thread at a time; the
+ * trainer's own threads run the stages during bt_trainer_step only. */
+#ifndef BATON_MODEL_H
+#define BATON_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "baton/export.h"
+#include "baton/schedule.h"
+#include "baton/status.h"
+#include "baton/timeline.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct bt_model bt_model_t;
+typedef struct bt_trainer bt_trainer_t;
+
+typedef struct bt_resmlp_config {
+  size_t size;        /* sizeof(bt_resmlp_config_t) */
+  int32_t inputs;     /* D */
+  int32_t hidden;     /* H */
+  int32_t classes;    /* C */
+  int32_t blocks;     /* L (0 allowed) */
+  int32_t long_skip;  /* add h0 to z before the head */
+  uint64_t seed;      /* parameter initialization (counter-based, portable) */
+} bt_resmlp_config_t;
+
+#define BT_RESMLP_CONFIG_INIT                                                 \
+  { sizeof(bt_resmlp_config_t), 64, 64, 10, 4, 0, 1 }
+
+/* BT_EINVAL (a size < 1, classes < 2), BT_ENOMEM. */
+BT_API bt_status bt_model_create_resmlp(const bt_resmlp_config_t *config,
+                                        bt_model_t **out, bt_error_t *err);
+BT_API void bt_model_destroy(bt_model_t *model);
+
+/* Layers in order ("in", "blk0", ..., "head"). */
+BT_API int32_t bt_model_layer_count(const bt_model_t *model);
+BT_API const char *bt_model_layer_name(const bt_model_t *model,
+                                       int32_t layer);
+
+/* A parameter tensor: its name, shape, value and gradient (both float32,
+ * row-major, owned by the model). */
+typedef struct bt_param {
+  const char *name;
+  int32_t ndim;
+  int64_t shape[2];
+  float *value;
+  float *grad;
+  size_t count;
+  int32_t layer;
+} bt_param_t;
+
+BT_API size_t bt_model_param_count(const bt_model_t *model);
+/* BT_ERANGE for an index out of range. */
+BT_API bt_status bt_model_param(const bt_model_t *model, size_t index,
+                                bt_param_t *out);
+
+/* Parameters to / from a safetensors file (names as above).  Loading checks
+ * every name, dtype and shape and changes nothing on failure. */
+BT_API bt_status bt_model_save(const bt_model_t *model, const char *path,
+                               bt_error_t *err);
+BT_API bt_status bt_model_load(bt_model_t *model, const char *path,
+                               bt_error_t *err);
+
+/* The plain mini-batch step on one thread, no optimizer: zeroes the
+ * gradients, runs `microbatches` microbatches (n divisible by it) and
+ * leaves the gradients in the model.  The reference pipelined steps are
+ * checked against. */
+BT_API bt_status bt_model_reference_step(bt_model_t *model, const float *x,
+                                         const int32_t *y, size_t n,
+                                         int32_t microbatches, float *loss,
+                                         bt_error_t *err);
+
+/* Class predictions for n rows (one thread, forward only). */
+BT_API bt_status bt_model_predict(const bt_model_t *model, const float *x,
+                                  size_t n, int32_t *classes,
+                                  bt_error_t *err);
+
+typedef enum bt_checkpoint_mode {
+  BT_CHECKPOINT_NEVER = 0,       /* keep every microbatch's activations */
+  BT_CHECKPOINT_EXCEPT_LAST = 1, /* recompute microbatches 0 .. m-2 */
+  BT_CHECKPOINT_ALWAYS = 2       /* recompute every microbatch */
+} bt_checkpoint_mode;
+
+typedef enum bt_optimizer {
+  BT_OPTIMIZER_SGD = 0,
+  BT_OPTIMIZER_ADAMW = 1
+} bt_optimizer;
+
+typedef struct bt_trainer_config {
+  size_t size;              /* sizeof(bt_trainer_config_t) */
+  int32_t batch;            /* N rows per step */
+  int32_t microbatches;     /* m; must divide N */
+  int32_t devices;          /* p CPU devices */
+  int32_t virtual_stages;   /* v; 0 = the schedule's preference */
+  const int32_t *balance;   /* [nbalance] layers per stage, summing to the
+                               layer count; NULL = balance by measured time */
+  int32_t nbalance;
+  const bt_schedule_t *schedule; /* required; used during create only */
+  int32_t checkpoint;       /* a bt_checkpoint_mode (default EXCEPT_LAST) */
+  int32_t optimizer;        /* a bt_optimizer */
+  float lr, weight_decay, beta1, beta2, eps;
+  int32_t threads;          /* runtime threads; 0 = online CPUs */
+  int32_t trace;            /* record task times (bt_trainer_slices) */
+} bt_trainer_config_t;
+
+#define BT_TRAINER_CONFIG_INIT                                                \
+  { sizeof(bt_trainer_config_t), 32, 4, 2, 0, NULL, 0, NULL,                  \
+    BT_CHECKPOINT_EXCEPT_LAST, BT_OPTIMIZER_SGD, 0.1f, 0.0f, 0.9f, 0.999f,    \
+    1e-8f, 0, 0 }
+
+/* Partitions the model (measuring layer times when balance is NULL),
+ * plans the schedule and instantiates the step.  The model must outlive
+ * the trainer.  Errors say what to fix: a balance that does not cover the
+ * layers, N not divisible by m, more stages than layers, a schedule that
+ * refuses (BT_EUNSUPPORTED), BT_ENOMEM. */
+BT_API bt_status bt_trainer_create(bt_model_t *model,
+                                   const bt_trainer_config_t *config,
+                                   bt_trainer_t **out, bt_error_t *err);
+BT_API void bt_trainer_destroy(bt_trainer_t *trainer);
+
+/* Forward and backward of one batch (x [N, D], y [N] class indices),
+ * pipelined; leaves the gradients in the model and the loss in *loss; no
+ * optimizer step (so the parameters used and their gradients can be
+ * inspected, e.g. for a dump). */
+BT_API bt_status bt_trainer_backward(bt_trainer_t *trainer, const float *x,
+                                     const int32_t *y, float *loss,
+                                     bt_error_t *err);
+
+/* The optimizer step on every parameter from the current gradients. */
+BT_API bt_status bt_trainer_update(bt_trainer_t *trainer, bt_error_t *err);
+
+/* bt_trainer_backward then bt_trainer_update. */
+BT_API bt_status bt_trainer_step(bt_trainer_t *trainer, const float *x,
+                                 const int32_t *y, float *loss,
+                                 bt_error_t *err);
+
+/* The partition used: layers per stage, stages entries. */
+BT_API int32_t bt_trainer_stages(const bt_trainer_t *trainer);
+BT_API int32_t bt_trainer_stage_layers(const bt_trainer_t *trainer,
+                                       int32_t stage);
+BT_API const bt_plan_t *bt_trainer_plan(const bt_trainer_t *trainer);
+
+/* Peak bytes of activations a device held in the last step (the measured
+ * counterpart of the simulator's peak_mem), and the bytes one microbatch's
+ * activations of a stage take (the simulator's M_B). */
+BT_API double bt_trainer_peak_activation_bytes(const bt_trainer_t *trainer,
+                                               int32_t device);
+BT_API double bt_trainer_stage_activation_bytes(const bt_trainer_t *trainer,
+                                                int32_t stage);
+
+/* With trace on: the last step's task times (as bt_exec_slices); call with
+ * slices NULL to get the count. */
+BT_API bt_status bt_trainer_slices(const bt_trainer_t *trainer,
+                                   bt_slice_t *slices, size_t *count);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BATON_MODEL_H */
