@@ -68,7 +68,9 @@ add_tensor(struct table_builder *tb, int ndim, size_t d0, size_t d1,
 {
   struct bt__resmlp_tensor *t = &tb->m->tensors[tb->next];
 
-  snprintf(t->name, sizeof(t->name), "%s%s", prefix, suffix);
+  /* Bounded so the compiler can see the name fits (prefix "blk<i>.",
+   * suffix at most "fc1.w"). */
+  snprintf(t->name, sizeof(t->name), "%.20s%.10s", prefix, suffix);
   t->ndim = ndim;
   t->shape[0] = d0;
   t->shape[1] = ndim == 2 ? d1 : 0;

@@ -557,6 +557,7 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
   pc.microbatches = t->m;
   pc.schedule = cfg->schedule;
   pc.threads = cfg->threads;
+  pc.trace = cfg->trace;
   if (t->model->cfg.long_skip && t->S > 1) {
     skip.name = "h0";
     skip.stash_stage = 0;
@@ -641,6 +642,28 @@ int32_t
 bt__train_stages(const struct bt__train *t)
 {
   return t != NULL ? t->S : 0;
+}
+
+size_t
+bt__train_stage_bytes(const struct bt__train *t, int32_t s)
+{
+  if (t == NULL || s < 0 || s >= t->S)
+    return 0;
+  return t->st[s].mb_bytes;
+}
+
+const bt_plan_t *
+bt__train_plan(const struct bt__train *t)
+{
+  return t != NULL ? bt_pipeline_plan(t->pl) : NULL;
+}
+
+bt_status
+bt__train_slices(const struct bt__train *t, bt_slice_t *slices, size_t *count)
+{
+  if (t == NULL)
+    return BT_EINVAL;
+  return bt_pipeline_slices(t->pl, slices, count);
 }
 
 void

@@ -63,6 +63,7 @@
 
 #include "baton/schedule.h"
 #include "baton/status.h"
+#include "baton/timeline.h"
 #include "resmlp.h"
 
 enum { BT__CKPT_NEVER, BT__CKPT_EXCEPT_LAST, BT__CKPT_ALWAYS };
@@ -86,12 +87,13 @@ struct bt__train_config {
                                     callback first sleep a pseudo-random
                                     0..200 us derived from this seed and the
                                     call; 0 = off */
+  int32_t trace;                 /* record task times (bt__train_slices) */
 };
 
 #define BT__TRAIN_CONFIG_INIT                                                  \
   {                                                                            \
     sizeof(struct bt__train_config), NULL, 0, 1, 1, 1, NULL, 0, NULL,          \
-        BT__CKPT_NEVER, 0, 0                                                   \
+        BT__CKPT_NEVER, 0, 0, 0                                                \
   }
 
 struct bt__train;
@@ -128,6 +130,18 @@ size_t bt__train_peak_held_bytes(const struct bt__train *t, int32_t device);
 
 /* The number of stages S. */
 int32_t bt__train_stages(const struct bt__train *t);
+
+/* The held bytes one microbatch's activations of stage s take (the
+ * accounting's unit above: the stage's layers' scratch bytes, each rounded
+ * up to 64), 0 for s out of range. */
+size_t bt__train_stage_bytes(const struct bt__train *t, int32_t s);
+
+/* The plan the pipeline runs (owned by the trainer), NULL for NULL. */
+const bt_plan_t *bt__train_plan(const struct bt__train *t);
+
+/* With trace on: the last step's task times (bt_pipeline_slices). */
+bt_status bt__train_slices(const struct bt__train *t, bt_slice_t *slices,
+                           size_t *count);
 
 /* Frees the trainer (not the model); NULL is accepted.  Not during a
  * step. */

@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
 # Installs the Debian packages baton needs to build and test, if missing.
 # Idempotent: does nothing (and needs no network) when all are present.
+#   --demo  also what the demo needs beyond the build and tests:
+#           python3-sklearn, whose bundled 8x8 digits data set
+#           scripts/digits.py converts for baton-train (no download).
 set -euo pipefail
 
 packages=(gcc g++ make cmake pkg-config python3 libjemalloc-dev libjansson-dev
   libopenblas-dev)
+demo_packages=(python3-sklearn)
+
+for arg in "$@"; do
+  case "$arg" in
+    --demo) packages+=("${demo_packages[@]}") ;;
+    *) echo "deps: unknown option '$arg'; usage: deps.sh [--demo]" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${packages[@]}"; do

@@ -13,6 +13,7 @@
 #include "baton/runtime.h"
 #include "baton/pipeline.h"
 #include "baton/safetensors.h"
+#include "baton/model.h"
 #include "baton/version.h"
 
 #endif /* BATON_BATON_H */

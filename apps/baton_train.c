@@ -1,0 +1,1146 @@
+/* baton-train: train the resmlp model pipelined over CPU devices.
+ *
+ * The reference client of <baton/model.h>: it loads a classification data
+ * set (the 8x8 digits, a generated one, or any safetensors file with x and
+ * y), splits it into a training and a held-out part, trains with the chosen
+ * schedule, and reports the held-out accuracy, the step time and each
+ * device's peak activation memory next to the simulator's prediction.  It
+ * uses only the public headers. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "baton/baton.h"
+#include "baton/model.h"
+#include "baton/safetensors.h"
+
+#define MAX_DEVICES 256
+#define MAX_BALANCE 1024
+#define DIGITS_PATH "data/digits.safetensors"
+
+enum { EXIT_USAGE = 2, EXIT_RUNTIME = 1 };
+
+struct options {
+  const char *model;
+  int layers, hidden, classes, batch, microbatches, virtual_stages;
+  int steps, threads, long_skip, json;
+  int ndevices;
+  int device_ids[MAX_DEVICES];
+  char *device_names[MAX_DEVICES];
+  int32_t balance[MAX_BALANCE];
+  int nbalance; /* 0 = auto */
+  const char *schedule;
+  int checkpoint, optimizer;
+  double lr, weight_decay;
+  uint64_t seed;
+  const char *data, *save, *load, *dump, *trace, *svg;
+};
+
+struct dataset {
+  char source[1024]; /* shown in messages: the file, or "synthetic" */
+  size_t n, d;
+  int32_t classes;
+  float *x;  /* [n, d] */
+  int32_t *y; /* [n] */
+};
+
+/* ---- small helpers -------------------------------------------------- */
+
+static int fail(int code, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Prints "baton-train: <message>" on stderr; returns code for
+ * `return fail(...)`. */
+static int
+fail(int code, const char *fmt, ...)
+{
+  va_list ap;
+
+  fputs("baton-train: ", stderr);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  return code;
+}
+
+static double
+now(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* splitmix64: the data shuffles and the synthetic set, the same bits on
+ * every platform. */
+static uint64_t
+rng_next(uint64_t *state)
+{
+  uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* Uniform in [0, 1) with 24 bits, exact as a float. */
+static float
+rng_float(uint64_t *state)
+{
+  return (float)(rng_next(state) >> 40) * (1.0f / 16777216.0f);
+}
+
+static size_t
+rng_below(uint64_t *state, size_t n)
+{
+  return (size_t)(rng_next(state) % (uint64_t)n);
+}
+
+static void
+shuffle(size_t *a, size_t n, uint64_t *state)
+{
+  for (size_t i = n; i > 1; i--) {
+    size_t j = rng_below(state, i), t = a[i - 1];
+    a[i - 1] = a[j];
+    a[j] = t;
+  }
+}
+
+static void
+usage(FILE *f)
+{
+  fputs(
+      "usage: baton-train [options]\n"
+      "  --data digits|synthetic|PATH  training data (default digits, from\n"
+      "                      " DIGITS_PATH "; scripts/setup.sh makes it);\n"
+      "                      PATH: a safetensors file with x [N,D] F32 and\n"
+      "                      y [N] I32\n"
+      "  --model resmlp      the model (resmlp only)\n"
+      "  --layers L          residual blocks (default 4)\n"
+      "  --hidden H          width (default 64)\n"
+      "  --classes C         classes (default: the data's max label + 1)\n"
+      "  --long-skip         add the input layer's output before the head\n"
+      "  --batch N           rows per step (default 64)\n"
+      "  --microbatches M    microbatches per step, dividing N (default 4)\n"
+      "  --devices LIST      comma-separated cpu:K, one per pipeline device\n"
+      "                      (default cpu:0,cpu:1)\n"
+      "  --virtual V         stages per device (default: the schedule's)\n"
+      "  --balance LIST|auto layers per stage, e.g. 2,3,1 (L+2 in all);\n"
+      "                      auto balances by measured time (default)\n"
+      "  --schedule S        NAME | PATH.so | PATH.csv (default 1f1b)\n"
+      "  --checkpoint always|except_last|never  (default except_last)\n"
+      "  --optimizer sgd|adamw  (default adamw)\n"
+      "  --lr X              learning rate (default 3e-3)\n"
+      "  --weight-decay X    AdamW weight decay (default 0)\n"
+      "  --steps K           training steps (default 300)\n"
+      "  --seed S            parameters, data split and order (default 1)\n"
+      "  --threads T         runtime threads (default: online CPUs)\n"
+      "  --load CKPT         start from a checkpoint (safetensors)\n"
+      "  --save CKPT         write the trained parameters\n"
+      "  --dump F.safetensors  after the first step: x, y, loss, and every\n"
+      "                      parameter p.NAME (as used in that step) and its\n"
+      "                      gradient g.NAME; training then continues\n"
+      "  --trace F.json      the last step's timeline as a Chrome trace\n"
+      "  --svg F.svg         the last step's timeline as a picture\n"
+      "  --json              one JSON object with the results on stdout\n",
+      f);
+}
+
+static int
+parse_int(const char *opt, const char *s, int min, int *out)
+{
+  char *end;
+  long v;
+
+  errno = 0;
+  v = strtol(s, &end, 10);
+  if (errno != 0 || end == s || *end != '\0' || v < min || v > 100000000)
+    return fail(EXIT_USAGE, "%s needs a whole number >= %d (got '%s'); see "
+                "--help", opt, min, s);
+  *out = (int)v;
+  return 0;
+}
+
+static int
+parse_double(const char *opt, const char *s, double *out)
+{
+  char *end;
+  double v;
+
+  errno = 0;
+  v = strtod(s, &end);
+  if (errno != 0 || end == s || *end != '\0' || !isfinite(v) || v < 0.0)
+    return fail(EXIT_USAGE, "%s needs a number >= 0 (got '%s'); see --help",
+                opt, s);
+  *out = v;
+  return 0;
+}
+
+static int
+parse_devices(const char *s, struct options *o)
+{
+  const char *p = s;
+
+  for (int i = 0; i < o->ndevices; i++)
+    free(o->device_names[i]);
+  o->ndevices = 0;
+  for (;;) {
+    const char *comma = strchr(p, ','), *end = comma ? comma : p + strlen(p);
+    size_t len = (size_t)(end - p);
+    char *num_end;
+    long k;
+
+    if (len < 5 || strncmp(p, "cpu:", 4) != 0)
+      return fail(EXIT_USAGE, "--devices: '%.*s' is not a device; write "
+                  "cpu:K, comma separated (e.g. cpu:0,cpu:1)", (int)len, p);
+    errno = 0;
+    k = strtol(p + 4, &num_end, 10);
+    if (errno != 0 || num_end != end || k < 0 || k >= MAX_DEVICES ||
+        p[4] == '-' || p[4] == '+')
+      return fail(EXIT_USAGE, "--devices: '%.*s' needs a device number "
+                  "0..%d after cpu: (e.g. cpu:0,cpu:1)", (int)len, p,
+                  MAX_DEVICES - 1);
+    for (int i = 0; i < o->ndevices; i++)
+      if (o->device_ids[i] == (int)k)
+        return fail(EXIT_USAGE, "--devices lists cpu:%ld twice; name each "
+                    "device once", k);
+    if (o->ndevices == MAX_DEVICES)
+      return fail(EXIT_USAGE, "--devices: at most %d devices", MAX_DEVICES);
+    o->device_ids[o->ndevices] = (int)k;
+    o->device_names[o->ndevices] = malloc(len + 1);
+    if (o->device_names[o->ndevices] == NULL)
+      return fail(EXIT_RUNTIME, "out of memory");
+    memcpy(o->device_names[o->ndevices], p, len);
+    o->device_names[o->ndevices][len] = '\0';
+    o->ndevices++;
+    if (comma == NULL)
+      return 0;
+    p = comma + 1;
+  }
+}
+
+static int
+parse_balance(const char *s, struct options *o)
+{
+  const char *p = s;
+
+  o->nbalance = 0;
+  if (strcmp(s, "auto") == 0)
+    return 0;
+  for (;;) {
+    char *end;
+    long v;
+
+    errno = 0;
+    v = strtol(p, &end, 10);
+    if (errno != 0 || end == p || (*end != ',' && *end != '\0') || v < 1 ||
+        v > 1000000 || p[0] == '+' || p[0] == ' ')
+      return fail(EXIT_USAGE, "--balance needs layers per stage, whole "
+                  "numbers >= 1, comma separated (e.g. 2,3,1), or auto "
+                  "(got '%s')", s);
+    if (o->nbalance == MAX_BALANCE)
+      return fail(EXIT_USAGE, "--balance: at most %d stages", MAX_BALANCE);
+    o->balance[o->nbalance++] = (int32_t)v;
+    if (*end == '\0')
+      return 0;
+    p = end + 1;
+  }
+}
+
+static const char value_options[] =
+    " --model --layers --hidden --classes --batch --microbatches --devices "
+    "--virtual --balance --schedule --checkpoint --optimizer --lr "
+    "--weight-decay --steps --seed --data --save --load --dump --trace --svg "
+    "--threads ";
+
+static int
+takes_value(const char *opt)
+{
+  char key[64];
+
+  snprintf(key, sizeof key, " %s ", opt);
+  return strlen(opt) < 60 && strstr(value_options, key) != NULL;
+}
+
+/* 0, -1 for --help (exit 0), or an exit code. */
+static int
+parse_args(int argc, char **argv, struct options *o)
+{
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    int rc = 0, takes = 1;
+
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      usage(stdout);
+      return -1;
+    } else if (strcmp(a, "--json") == 0) {
+      o->json = 1;
+      takes = 0;
+    } else if (strcmp(a, "--long-skip") == 0) {
+      o->long_skip = 1;
+      takes = 0;
+    } else if (!takes_value(a)) {
+      return fail(EXIT_USAGE, "unknown option '%s'; see --help", a);
+    } else if (v == NULL) {
+      return fail(EXIT_USAGE, "%s needs a value; see --help", a);
+    } else if (strcmp(a, "--model") == 0) {
+      if (strcmp(v, "resmlp") != 0)
+        rc = fail(EXIT_USAGE, "--model '%s' is not known; the model is "
+                  "resmlp", v);
+      o->model = v;
+    } else if (strcmp(a, "--layers") == 0) {
+      rc = parse_int(a, v, 0, &o->layers);
+    } else if (strcmp(a, "--hidden") == 0) {
+      rc = parse_int(a, v, 1, &o->hidden);
+    } else if (strcmp(a, "--classes") == 0) {
+      rc = parse_int(a, v, 2, &o->classes);
+    } else if (strcmp(a, "--batch") == 0) {
+      rc = parse_int(a, v, 1, &o->batch);
+    } else if (strcmp(a, "--microbatches") == 0) {
+      rc = parse_int(a, v, 1, &o->microbatches);
+    } else if (strcmp(a, "--devices") == 0) {
+      rc = parse_devices(v, o);
+    } else if (strcmp(a, "--virtual") == 0) {
+      rc = parse_int(a, v, 1, &o->virtual_stages);
+    } else if (strcmp(a, "--balance") == 0) {
+      rc = parse_balance(v, o);
+    } else if (strcmp(a, "--schedule") == 0) {
+      o->schedule = v;
+    } else if (strcmp(a, "--checkpoint") == 0) {
+      if (strcmp(v, "always") == 0)
+        o->checkpoint = BT_CHECKPOINT_ALWAYS;
+      else if (strcmp(v, "except_last") == 0)
+        o->checkpoint = BT_CHECKPOINT_EXCEPT_LAST;
+      else if (strcmp(v, "never") == 0)
+        o->checkpoint = BT_CHECKPOINT_NEVER;
+      else
+        rc = fail(EXIT_USAGE, "--checkpoint is always, except_last or never "
+                  "(got '%s')", v);
+    } else if (strcmp(a, "--optimizer") == 0) {
+      if (strcmp(v, "sgd") == 0)
+        o->optimizer = BT_OPTIMIZER_SGD;
+      else if (strcmp(v, "adamw") == 0)
+        o->optimizer = BT_OPTIMIZER_ADAMW;
+      else
+        rc = fail(EXIT_USAGE, "--optimizer is sgd or adamw (got '%s')", v);
+    } else if (strcmp(a, "--lr") == 0) {
+      rc = parse_double(a, v, &o->lr);
+      if (rc == 0 && o->lr <= 0.0)
+        rc = fail(EXIT_USAGE, "--lr needs a number > 0 (got '%s')", v);
+    } else if (strcmp(a, "--weight-decay") == 0) {
+      rc = parse_double(a, v, &o->weight_decay);
+    } else if (strcmp(a, "--steps") == 0) {
+      rc = parse_int(a, v, 1, &o->steps);
+    } else if (strcmp(a, "--seed") == 0) {
+      char *end;
+      errno = 0;
+      o->seed = strtoull(v, &end, 10);
+      if (errno != 0 || end == v || *end != '\0' || v[0] == '-')
+        rc = fail(EXIT_USAGE, "--seed needs a whole number >= 0 (got '%s')",
+                  v);
+    } else if (strcmp(a, "--threads") == 0) {
+      rc = parse_int(a, v, 1, &o->threads);
+    } else if (strcmp(a, "--data") == 0) {
+      o->data = v;
+    } else if (strcmp(a, "--save") == 0) {
+      o->save = v;
+    } else if (strcmp(a, "--load") == 0) {
+      o->load = v;
+    } else if (strcmp(a, "--dump") == 0) {
+      o->dump = v;
+    } else if (strcmp(a, "--trace") == 0) {
+      o->trace = v;
+    } else if (strcmp(a, "--svg") == 0) {
+      o->svg = v;
+    }
+    if (rc != 0)
+      return rc;
+    i += takes;
+  }
+  if (o->batch % o->microbatches != 0)
+    return fail(EXIT_USAGE, "--microbatches %d does not divide --batch %d; "
+                "pick m dividing N (e.g. --batch %d)", o->microbatches,
+                o->batch, o->batch + o->microbatches - o->batch % o->microbatches);
+  return 0;
+}
+
+/* An output file's directory must exist and be writable before training
+ * starts, so a typo does not waste the run. */
+static int
+check_output(const char *opt, const char *path)
+{
+  char dir[4096];
+  const char *slash;
+
+  if (path == NULL)
+    return 0;
+  if (path[0] == '\0')
+    return fail(EXIT_USAGE, "%s needs a file name", opt);
+  slash = strrchr(path, '/');
+  if (slash == NULL) {
+    strcpy(dir, ".");
+  } else if (slash == path) {
+    strcpy(dir, "/");
+  } else {
+    if ((size_t)(slash - path) >= sizeof dir)
+      return fail(EXIT_USAGE, "%s: path too long", opt);
+    memcpy(dir, path, (size_t)(slash - path));
+    dir[slash - path] = '\0';
+  }
+  if (access(dir, W_OK | X_OK) != 0)
+    return fail(EXIT_USAGE, "%s %s: cannot write in directory '%s' (%s); "
+                "create it or pick another path", opt, path, dir,
+                strerror(errno));
+  return 0;
+}
+
+/* ---- data ----------------------------------------------------------- */
+
+static void
+dataset_free(struct dataset *ds)
+{
+  free(ds->x);
+  free(ds->y);
+  memset(ds, 0, sizeof *ds);
+}
+
+/* A fixed random linear teacher labels uniform inputs: linearly separable,
+ * so a small model learns it in a few hundred steps.  Independent of
+ * --seed, so every run sees the same set. */
+static int
+make_synthetic(struct dataset *ds)
+{
+  const size_t n = 1024, d = 16;
+  const int32_t c = 4;
+  float w[4 * 16], b[4];
+  uint64_t st = 0x5eed0fba70a5ull;
+
+  snprintf(ds->source, sizeof ds->source, "synthetic");
+  ds->n = n;
+  ds->d = d;
+  ds->classes = c;
+  ds->x = malloc(n * d * sizeof *ds->x);
+  ds->y = malloc(n * sizeof *ds->y);
+  if (ds->x == NULL || ds->y == NULL)
+    return fail(EXIT_RUNTIME, "out of memory for the synthetic data");
+  for (size_t i = 0; i < (size_t)c * d; i++)
+    w[i] = 2.0f * rng_float(&st) - 1.0f;
+  for (int32_t k = 0; k < c; k++)
+    b[k] = 0.0f;
+  /* Centre each class's bias so that the classes are about balanced on
+   * inputs uniform in [0,1): subtract the logit at the mean input. */
+  for (int32_t k = 0; k < c; k++)
+    for (size_t j = 0; j < d; j++)
+      b[k] -= 0.5f * w[(size_t)k * d + j];
+  for (size_t r = 0; r < n; r++) {
+    float *xr = ds->x + r * d, best = -INFINITY;
+    int32_t arg = 0;
+    for (size_t j = 0; j < d; j++)
+      xr[j] = rng_float(&st);
+    for (int32_t k = 0; k < c; k++) {
+      float z = b[k];
+      for (size_t j = 0; j < d; j++)
+        z += w[(size_t)k * d + j] * xr[j];
+      if (z > best) {
+        best = z;
+        arg = k;
+      }
+    }
+    ds->y[r] = arg;
+  }
+  return 0;
+}
+
+static int
+load_file(const char *path, int classes, struct dataset *ds)
+{
+  bt_st_file_t *f = NULL;
+  bt_st_tensor_t tx, ty;
+  bt_error_t err;
+  bt_status st;
+  int rc = EXIT_RUNTIME;
+  int32_t maxy = -1;
+
+  snprintf(ds->source, sizeof ds->source, "%s", path);
+  st = bt_st_load(path, &f, &err);
+  if (st != BT_OK)
+    return fail(EXIT_RUNTIME, "cannot load data: %s ; check the file, or "
+                "use --data synthetic", err.message);
+  if (bt_st_find(f, "x", &tx) != BT_OK || bt_st_find(f, "y", &ty) != BT_OK) {
+    fail(EXIT_RUNTIME, "%s has no tensor '%s' ; a data file needs x [N,D] "
+         "F32 and y [N] I32", path,
+         bt_st_find(f, "x", NULL) != BT_OK ? "x" : "y");
+    goto out_close;
+  }
+  if (tx.dtype != BT_ST_F32 || tx.ndim != 2) {
+    fail(EXIT_RUNTIME, "%s: x is %s with %d dimensions ; it must be F32 "
+         "[N,D]", path, bt_st_dtype_name(tx.dtype), (int)tx.ndim);
+    goto out_close;
+  }
+  if (ty.dtype != BT_ST_I32 || ty.ndim != 1) {
+    fail(EXIT_RUNTIME, "%s: y is %s with %d dimensions ; it must be I32 [N] "
+         "(class indices)", path, bt_st_dtype_name(ty.dtype), (int)ty.ndim);
+    goto out_close;
+  }
+  if (tx.shape[0] != ty.shape[0]) {
+    fail(EXIT_RUNTIME, "%s: x has %lld rows but y has %lld labels ; they "
+         "must match", path, (long long)tx.shape[0], (long long)ty.shape[0]);
+    goto out_close;
+  }
+  if (tx.shape[0] < 2 || tx.shape[1] < 1) {
+    fail(EXIT_RUNTIME, "%s: x is [%lld,%lld] ; need at least 2 rows and 1 "
+         "column", path, (long long)tx.shape[0], (long long)tx.shape[1]);
+    goto out_close;
+  }
+  ds->n = (size_t)tx.shape[0];
+  ds->d = (size_t)tx.shape[1];
+  for (size_t i = 0; i < ds->n; i++) {
+    int32_t v = ((const int32_t *)ty.data)[i];
+    if (v < 0 || (classes > 0 && v >= classes)) {
+      fail(EXIT_RUNTIME, "%s: label y[%zu] = %d is outside [0, %d) ; fix "
+           "the labels%s", path, i, (int)v, classes > 0 ? classes : INT32_MAX,
+           classes > 0 ? " or raise --classes" : "");
+      goto out_close;
+    }
+    if (v > maxy)
+      maxy = v;
+  }
+  for (size_t i = 0; i < ds->n * ds->d; i++)
+    if (!isfinite(((const float *)tx.data)[i])) {
+      fail(EXIT_RUNTIME, "%s: x[%zu][%zu] is not finite ; clean the data",
+           path, i / ds->d, i % ds->d);
+      goto out_close;
+    }
+  ds->classes = classes > 0 ? classes : maxy + 1;
+  if (ds->classes < 2) {
+    fail(EXIT_RUNTIME, "%s: every label is %d ; need at least 2 classes "
+         "(or give --classes)", path, (int)maxy);
+    goto out_close;
+  }
+  ds->x = malloc(tx.bytes);
+  ds->y = malloc(ty.bytes);
+  if (ds->x == NULL || ds->y == NULL) {
+    fail(EXIT_RUNTIME, "out of memory for %s", path);
+    goto out_close;
+  }
+  memcpy(ds->x, tx.data, tx.bytes);
+  memcpy(ds->y, ty.data, ty.bytes);
+  rc = 0;
+out_close:
+  bt_st_close(f);
+  return rc;
+}
+
+static int
+load_data(const struct options *o, struct dataset *ds)
+{
+  if (strcmp(o->data, "synthetic") == 0) {
+    int rc = make_synthetic(ds);
+    if (rc == 0 && o->classes > 0) {
+      if (o->classes < ds->classes)
+        return fail(EXIT_USAGE, "--classes %d: the synthetic data has %d "
+                    "classes ; give at least %d", o->classes,
+                    (int)ds->classes, (int)ds->classes);
+      ds->classes = o->classes;
+    }
+    return rc;
+  }
+  if (strcmp(o->data, "digits") == 0) {
+    const char *path = DIGITS_PATH;
+#ifdef BATON_SOURCE_DIR
+    if (access(path, R_OK) != 0 &&
+        access(BATON_SOURCE_DIR "/" DIGITS_PATH, R_OK) == 0)
+      path = BATON_SOURCE_DIR "/" DIGITS_PATH;
+#endif
+    if (access(path, R_OK) != 0)
+      return fail(EXIT_RUNTIME, "no digits data (%s) ; run scripts/setup.sh "
+                  "(or python3 scripts/digits.py) to make it, or use --data "
+                  "synthetic", DIGITS_PATH);
+    return load_file(path, o->classes, ds);
+  }
+  return load_file(o->data, o->classes, ds);
+}
+
+/* ---- output ---------------------------------------------------------- */
+
+static void
+json_string(FILE *f, const char *s)
+{
+  fputc('"', f);
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\')
+      fprintf(f, "\\%c", c);
+    else if (c < 0x20)
+      fprintf(f, "\\u%04x", c);
+    else
+      fputc(c, f);
+  }
+  fputc('"', f);
+}
+
+/* Writes a timeline file through a temporary beside it, renamed when
+ * complete, so a failed write leaves no half file. */
+static int
+write_timeline(const char *path, int svg, const bt_timeline_t *tl)
+{
+  char tmp[4200];
+  bt_error_t err;
+  bt_status st;
+  FILE *f;
+
+  if (strlen(path) > 4096)
+    return fail(EXIT_RUNTIME, "%s: path too long", path);
+  snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+  f = fopen(tmp, "w");
+  if (f == NULL)
+    return fail(EXIT_RUNTIME, "cannot create %s: %s ; check the directory",
+                tmp, strerror(errno));
+  st = svg ? bt_timeline_write_svg(f, tl, 1, &err)
+           : bt_timeline_write_chrome(f, tl, 1, &err);
+  if (fclose(f) != 0 && st == BT_OK) {
+    st = BT_EIO;
+    snprintf(err.message, sizeof err.message, "write failed: %s",
+             strerror(errno));
+  }
+  if (st != BT_OK) {
+    remove(tmp);
+    return fail(EXIT_RUNTIME, "cannot write %s: %s", path, err.message);
+  }
+  if (rename(tmp, path) != 0) {
+    int e = errno;
+    remove(tmp);
+    return fail(EXIT_RUNTIME, "cannot write %s: %s", path, strerror(e));
+  }
+  return 0;
+}
+
+/* x, y and loss of the step, then p.NAME and g.NAME of every parameter. */
+static int
+write_dump(const struct options *o, bt_model_t *model, const float *x,
+           const int32_t *y, size_t n, size_t d, float loss)
+{
+  size_t np = bt_model_param_count(model), count = 0;
+  bt_st_tensor_t *t = calloc(3 + 2 * np, sizeof *t);
+  char **names = calloc(2 * np + 1, sizeof *names), seed[32], steps[32];
+  const char *meta[] = {"producer", "baton-train", "schedule", o->schedule,
+                        "seed", seed, "step", "0", "steps", steps, NULL};
+  bt_error_t err;
+  int rc = EXIT_RUNTIME;
+
+  snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed);
+  snprintf(steps, sizeof steps, "%d", o->steps);
+  if (t == NULL || names == NULL) {
+    fail(EXIT_RUNTIME, "out of memory for the dump");
+    goto out_free;
+  }
+  t[count++] = (bt_st_tensor_t){"x", BT_ST_F32, 2, {(int64_t)n, (int64_t)d},
+                                x, n * d * sizeof *x};
+  t[count++] = (bt_st_tensor_t){"y", BT_ST_I32, 1, {(int64_t)n}, y,
+                                n * sizeof *y};
+  t[count++] = (bt_st_tensor_t){"loss", BT_ST_F32, 1, {1}, &loss,
+                                sizeof loss};
+  for (size_t i = 0; i < np; i++) {
+    bt_param_t p;
+    size_t len;
+    if (bt_model_param(model, i, &p) != BT_OK) {
+      fail(EXIT_RUNTIME, "parameter %zu cannot be read for the dump", i);
+      goto out_free;
+    }
+    len = strlen(p.name) + 3;
+    names[2 * i] = malloc(len);
+    names[2 * i + 1] = malloc(len);
+    if (names[2 * i] == NULL || names[2 * i + 1] == NULL) {
+      fail(EXIT_RUNTIME, "out of memory for the dump");
+      goto out_free;
+    }
+    snprintf(names[2 * i], len, "p.%s", p.name);
+    snprintf(names[2 * i + 1], len, "g.%s", p.name);
+    for (int k = 0; k < 2; k++) {
+      bt_st_tensor_t *e = &t[count++];
+      e->name = names[2 * i + (size_t)k];
+      e->dtype = BT_ST_F32;
+      e->ndim = p.ndim;
+      for (int j = 0; j < p.ndim && j < 2; j++)
+        e->shape[j] = p.shape[j];
+      e->data = k == 0 ? p.value : p.grad;
+      e->bytes = p.count * sizeof(float);
+    }
+  }
+  if (bt_st_save(o->dump, t, count, meta, &err) != BT_OK) {
+    fail(EXIT_RUNTIME, "cannot write the dump: %s", err.message);
+    goto out_free;
+  }
+  rc = 0;
+out_free:
+  if (names)
+    for (size_t i = 0; i < 2 * np; i++)
+      free(names[i]);
+  free(names);
+  free(t);
+  return rc;
+}
+
+/* The simulator's peak activation bytes per device for the trainer's plan:
+ * each stage's mem_b is one microbatch's activation bytes, held from its
+ * F to its last backward (a split backward holds it until W). */
+static int
+simulate_peaks(const bt_trainer_t *tr, int p, double *peaks)
+{
+  const bt_plan_t *plan = bt_trainer_plan(tr);
+  bt_graph_config_t gc = BT_GRAPH_CONFIG_INIT;
+  bt_sim_config_t sc = BT_SIM_CONFIG_INIT;
+  bt_graph_t *g = NULL;
+  bt_sim_t *sim = NULL;
+  int32_t S = bt_trainer_stages(tr), *placement = NULL;
+  double *mem = NULL;
+  bt_error_t err;
+  int rc = EXIT_RUNTIME;
+
+  if (plan == NULL)
+    return fail(EXIT_RUNTIME, "the trainer has no plan to simulate");
+  placement = malloc((size_t)S * sizeof *placement);
+  mem = malloc((size_t)S * sizeof *mem);
+  if (placement == NULL || mem == NULL) {
+    fail(EXIT_RUNTIME, "out of memory");
+    goto out_free;
+  }
+  /* The placement is the plan's: the device that lists a stage owns it. */
+  for (int32_t s = 0; s < S; s++) {
+    placement[s] = s % p;
+    mem[s] = bt_trainer_stage_activation_bytes(tr, s);
+  }
+  for (int32_t dev = 0; dev < bt_plan_devices(plan); dev++)
+    for (size_t i = 0; i < bt_plan_length(plan, dev); i++) {
+      bt_action_t a = bt_plan_action(plan, dev, i);
+      if (a.kind != BT_ACT_IDLE && a.stage >= 0 && a.stage < S)
+        placement[a.stage] = dev;
+    }
+  gc.plan = plan;
+  gc.stage_device = placement;
+  if (bt_graph_create(&gc, &g, &err) != BT_OK) {
+    fail(EXIT_RUNTIME, "cannot build the plan's graph: %s", err.message);
+    goto out_free;
+  }
+  sc.mem_b = mem;
+  sc.mem_w = mem;
+  if (bt_sim_run(g, &sc, &sim, &err) != BT_OK) {
+    fail(EXIT_RUNTIME, "cannot simulate the plan: %s", err.message);
+    goto out_graph;
+  }
+  for (int d = 0; d < p; d++)
+    peaks[d] = bt_sim_peak_mem(sim, d);
+  rc = 0;
+  bt_sim_destroy(sim);
+out_graph:
+  bt_graph_destroy(g);
+out_free:
+  free(placement);
+  free(mem);
+  return rc;
+}
+
+static void
+progress(int tty, int step, int steps, double loss, double ms, int final)
+{
+  if (tty) {
+    int width = 30, fill = (int)((double)width * step / steps);
+    fprintf(stderr, "\r[");
+    for (int i = 0; i < width; i++)
+      fputc(i < fill ? '#' : '.', stderr);
+    fprintf(stderr, "] step %d/%d  loss %.4f  %.2f ms/step\033[K", step,
+            steps, loss, ms);
+    if (final)
+      fputc('\n', stderr);
+  } else {
+    fprintf(stderr, "step %d/%d  loss %.4f  %.2f ms/step\n", step, steps,
+            loss, ms);
+  }
+  fflush(stderr);
+}
+
+static const char *
+checkpoint_name(int mode)
+{
+  return mode == BT_CHECKPOINT_ALWAYS  ? "always"
+         : mode == BT_CHECKPOINT_NEVER ? "never"
+                                       : "except_last";
+}
+
+/* ---- main ------------------------------------------------------------ */
+
+static int
+train(struct options *o)
+{
+  bt_resmlp_config_t mc = BT_RESMLP_CONFIG_INIT;
+  bt_trainer_config_t tc = BT_TRAINER_CONFIG_INIT;
+  struct dataset ds = {0};
+  bt_schedule_t *sched = NULL;
+  bt_model_t *model = NULL;
+  bt_trainer_t *tr = NULL;
+  bt_error_t err;
+  bt_status st;
+  size_t ntrain, ntest, cursor, *order = NULL, *train_idx = NULL;
+  float *xb = NULL, *xtest = NULL;
+  int32_t *yb = NULL, *ytest = NULL, *pred = NULL, S;
+  double *peaks = NULL, *sim_peaks = NULL, t_total = 0.0, win_loss = 0.0;
+  double win_ms = 0.0, loss_tail = 0.0, first_loss = 0.0, last_loss = 0.0;
+  int rc = EXIT_RUNTIME, tty = isatty(STDERR_FILENO), win_n = 0, tail_n;
+  int next_report = 1, correct = 0, p = o->ndevices, boundary;
+  uint64_t rng;
+
+  if ((rc = check_output("--save", o->save)) != 0 ||
+      (rc = check_output("--dump", o->dump)) != 0 ||
+      (rc = check_output("--trace", o->trace)) != 0 ||
+      (rc = check_output("--svg", o->svg)) != 0)
+    return rc;
+  rc = EXIT_RUNTIME;
+  if ((st = bt_schedule_open(o->schedule, &sched, &err)) != BT_OK) {
+    fail(st == BT_ENOENT ? EXIT_USAGE : EXIT_RUNTIME, "--schedule %s: %s",
+         o->schedule, err.message);
+    return st == BT_ENOENT ? EXIT_USAGE : EXIT_RUNTIME;
+  }
+  if ((rc = load_data(o, &ds)) != 0)
+    goto out;
+  rc = EXIT_RUNTIME;
+
+  mc.inputs = (int32_t)ds.d;
+  mc.hidden = o->hidden;
+  mc.classes = ds.classes;
+  mc.blocks = o->layers;
+  mc.long_skip = o->long_skip;
+  mc.seed = o->seed;
+  if ((st = bt_model_create_resmlp(&mc, &model, &err)) != BT_OK) {
+    rc = fail(st == BT_EINVAL ? EXIT_USAGE : EXIT_RUNTIME,
+              "cannot create the model: %s", err.message);
+    goto out;
+  }
+  if (o->nbalance > 0) {
+    int32_t sum = 0, layers = bt_model_layer_count(model);
+    for (int i = 0; i < o->nbalance; i++)
+      sum += o->balance[i];
+    if (sum != layers) {
+      rc = fail(EXIT_USAGE, "--balance covers %d layers but the model has %d "
+                "(in, %d blocks, head: --layers + 2) ; give per-stage "
+                "counts summing to %d, or --balance auto", (int)sum,
+                (int)layers, o->layers, (int)layers);
+      goto out;
+    }
+  }
+  if (o->load && (st = bt_model_load(model, o->load, &err)) != BT_OK) {
+    fail(EXIT_RUNTIME, "--load: %s ; check that it is a checkpoint of this "
+         "model (same --layers, --hidden, classes and data width)",
+         err.message);
+    goto out;
+  }
+
+  tc.batch = o->batch;
+  tc.microbatches = o->microbatches;
+  tc.devices = p;
+  tc.virtual_stages = o->virtual_stages;
+  tc.balance = o->nbalance > 0 ? o->balance : NULL;
+  tc.nbalance = o->nbalance;
+  tc.schedule = sched;
+  tc.checkpoint = o->checkpoint;
+  tc.optimizer = o->optimizer;
+  tc.lr = (float)o->lr;
+  tc.weight_decay = (float)o->weight_decay;
+  tc.threads = o->threads;
+  tc.trace = o->trace != NULL || o->svg != NULL;
+  if ((st = bt_trainer_create(model, &tc, &tr, &err)) != BT_OK) {
+    rc = fail(st == BT_EINVAL || st == BT_EUNSUPPORTED ? EXIT_USAGE
+                                                       : EXIT_RUNTIME,
+              "cannot set up the pipeline: %s", err.message);
+    goto out;
+  }
+  S = bt_trainer_stages(tr);
+
+  /* A seeded shuffle; the first 80% train, the rest is held out. */
+  rng = o->seed ^ 0xd1b54a32d192ed03ull;
+  order = malloc(ds.n * sizeof *order);
+  if (order == NULL)
+    goto out_oom;
+  for (size_t i = 0; i < ds.n; i++)
+    order[i] = i;
+  shuffle(order, ds.n, &rng);
+  ntrain = ds.n * 4 / 5;
+  if (ntrain < 1)
+    ntrain = 1;
+  if (ntrain >= ds.n)
+    ntrain = ds.n - 1;
+  ntest = ds.n - ntrain;
+  train_idx = order;
+
+  xb = malloc((size_t)o->batch * ds.d * sizeof *xb);
+  yb = malloc((size_t)o->batch * sizeof *yb);
+  xtest = malloc(ntest * ds.d * sizeof *xtest);
+  ytest = malloc(ntest * sizeof *ytest);
+  pred = malloc(ntest * sizeof *pred);
+  peaks = calloc((size_t)p, sizeof *peaks);
+  sim_peaks = calloc((size_t)p, sizeof *sim_peaks);
+  if (!xb || !yb || !xtest || !ytest || !pred || !peaks || !sim_peaks)
+    goto out_oom;
+  for (size_t i = 0; i < ntest; i++) {
+    memcpy(xtest + i * ds.d, ds.x + order[ntrain + i] * ds.d,
+           ds.d * sizeof *xtest);
+    ytest[i] = ds.y[order[ntrain + i]];
+  }
+
+  if (!o->json) {
+    printf("baton-train: resmlp L=%d H=%d D=%zu C=%d%s, %zu rows from %s "
+           "(%zu train, %zu held out)\n", o->layers, o->hidden, ds.d,
+           (int)ds.classes, o->long_skip ? " long-skip" : "", ds.n,
+           ds.source, ntrain, ntest);
+    printf("pipeline: %s on ", bt_schedule_name(sched));
+    for (int d = 0; d < p; d++)
+      printf("%s%s", d ? "," : "", o->device_names[d]);
+    printf(", %d stages, balance ", (int)S);
+    for (int32_t s = 0; s < S; s++)
+      printf("%s%d", s ? "," : "", (int)bt_trainer_stage_layers(tr, s));
+    printf("%s; N=%d m=%d, checkpoint %s, %s lr %g, %d steps\n",
+           o->nbalance ? "" : " (auto)", o->batch, o->microbatches,
+           checkpoint_name(o->checkpoint),
+           o->optimizer == BT_OPTIMIZER_SGD ? "sgd" : "adamw", o->lr,
+           o->steps);
+    fflush(stdout);
+  }
+
+  /* Training rows are drawn in a seeded order, reshuffled every epoch. */
+  cursor = 0;
+  tail_n = o->steps / 10 > 0 ? o->steps / 10 : 1;
+  for (int step = 0; step < o->steps; step++) {
+    double t0, dt;
+    float loss;
+
+    for (int r = 0; r < o->batch; r++) {
+      size_t row;
+      if (cursor == ntrain) {
+        shuffle(train_idx, ntrain, &rng);
+        cursor = 0;
+      }
+      row = train_idx[cursor++];
+      memcpy(xb + (size_t)r * ds.d, ds.x + row * ds.d, ds.d * sizeof *xb);
+      yb[r] = ds.y[row];
+    }
+    t0 = now();
+    if (step == 0 && o->dump) {
+      st = bt_trainer_backward(tr, xb, yb, &loss, &err);
+      if (st == BT_OK) {
+        dt = now() - t0;
+        if ((rc = write_dump(o, model, xb, yb, (size_t)o->batch, ds.d,
+                             loss)) != 0)
+          goto out;
+        rc = EXIT_RUNTIME;
+        t0 = now() - dt;
+        st = bt_trainer_update(tr, &err);
+      }
+    } else {
+      st = bt_trainer_step(tr, xb, yb, &loss, &err);
+    }
+    dt = now() - t0;
+    if (st != BT_OK) {
+      if (tty)
+        fputc('\n', stderr);
+      fail(EXIT_RUNTIME, "step %d failed: %s", step + 1, err.message);
+      goto out;
+    }
+    if (!isfinite(loss)) {
+      if (tty)
+        fputc('\n', stderr);
+      fail(EXIT_RUNTIME, "step %d: the loss is %g ; lower --lr", step + 1,
+           (double)loss);
+      goto out;
+    }
+    if (step == 0)
+      first_loss = loss;
+    last_loss = loss;
+    if (step >= o->steps - tail_n)
+      loss_tail += loss;
+    t_total += dt;
+    win_loss += loss;
+    win_ms += dt * 1e3;
+    win_n++;
+    /* A TTY gets a bar redrawn every step, a log a line per 10% of the
+     * steps; both show the means since the last 10% mark. */
+    boundary = (long)(step + 1) * 10 >= (long)next_report * o->steps;
+    if (tty || boundary || step + 1 == o->steps)
+      progress(tty, step + 1, o->steps, win_loss / win_n, win_ms / win_n,
+               step + 1 == o->steps);
+    if (boundary) {
+      while ((long)next_report * o->steps <= (long)(step + 1) * 10)
+        next_report++;
+      win_loss = win_ms = 0.0;
+      win_n = 0;
+    }
+  }
+  loss_tail /= tail_n;
+
+  if ((st = bt_model_predict(model, xtest, ntest, pred, &err)) != BT_OK) {
+    fail(EXIT_RUNTIME, "prediction failed: %s", err.message);
+    goto out;
+  }
+  for (size_t i = 0; i < ntest; i++)
+    correct += pred[i] == ytest[i];
+  for (int d = 0; d < p; d++)
+    peaks[d] = bt_trainer_peak_activation_bytes(tr, d);
+  if ((rc = simulate_peaks(tr, p, sim_peaks)) != 0)
+    goto out;
+  rc = EXIT_RUNTIME;
+
+  if (o->trace || o->svg) {
+    bt_timeline_t tl = BT_TIMELINE_INIT;
+    bt_slice_t *slices = NULL;
+    size_t count = 0;
+    char subtitle[160];
+
+    if ((st = bt_trainer_slices(tr, NULL, &count)) != BT_OK ||
+        (slices = malloc((count + 1) * sizeof *slices)) == NULL ||
+        (st = bt_trainer_slices(tr, slices, &count)) != BT_OK) {
+      free(slices);
+      fail(EXIT_RUNTIME, "cannot read the last step's timeline (%s)",
+           bt_strerror(st));
+      goto out;
+    }
+    snprintf(subtitle, sizeof subtitle, "baton-train, last of %d steps, "
+             "N=%d m=%d", o->steps, o->batch, o->microbatches);
+    tl.title = bt_schedule_name(sched);
+    tl.subtitle = subtitle;
+    tl.devices = p;
+    tl.stages = S;
+    tl.slices = slices;
+    tl.count = count;
+    tl.unit_us = 1.0;
+    tl.device_names = (const char *const *)o->device_names;
+    if ((o->trace && (rc = write_timeline(o->trace, 0, &tl)) != 0) ||
+        (o->svg && (rc = write_timeline(o->svg, 1, &tl)) != 0)) {
+      free(slices);
+      goto out;
+    }
+    free(slices);
+    rc = EXIT_RUNTIME;
+  }
+  if (o->save && (st = bt_model_save(model, o->save, &err)) != BT_OK) {
+    fail(EXIT_RUNTIME, "--save: %s", err.message);
+    goto out;
+  }
+
+  if (o->json) {
+    printf("{\"schedule\":");
+    json_string(stdout, bt_schedule_name(sched));
+    printf(",\"devices\":[");
+    for (int d = 0; d < p; d++) {
+      if (d)
+        putchar(',');
+      json_string(stdout, o->device_names[d]);
+    }
+    printf("],\"stages\":%d,\"virtual\":%d,\"microbatches\":%d,\"batch\":%d,"
+           "\"steps\":%d,\"layers\":%d,\"hidden\":%d,\"inputs\":%zu,"
+           "\"classes\":%d,\"checkpoint\":\"%s\",\"optimizer\":\"%s\","
+           "\"lr\":%.9g,\"seed\":%llu,\"data\":",
+           (int)S, (int)(S / p), o->microbatches, o->batch, o->steps,
+           o->layers, o->hidden, ds.d, (int)ds.classes,
+           checkpoint_name(o->checkpoint),
+           o->optimizer == BT_OPTIMIZER_SGD ? "sgd" : "adamw", o->lr,
+           (unsigned long long)o->seed);
+    json_string(stdout, ds.source);
+    printf(",\"train_rows\":%zu,\"heldout_rows\":%zu,\"balance\":[", ntrain,
+           ntest);
+    for (int32_t s = 0; s < S; s++)
+      printf("%s%d", s ? "," : "", (int)bt_trainer_stage_layers(tr, s));
+    printf("],\"loss\":%.9g,\"first_loss\":%.9g,\"last_loss\":%.9g,"
+           "\"accuracy\":%.9g,\"step_ms\":%.6g,\"peak_activation_bytes\":[",
+           loss_tail, first_loss, last_loss, (double)correct / (double)ntest,
+           1e3 * t_total / o->steps);
+    for (int d = 0; d < p; d++)
+      printf("%s%.17g", d ? "," : "", peaks[d]);
+    printf("],\"sim_peak_activation_bytes\":[");
+    for (int d = 0; d < p; d++)
+      printf("%s%.17g", d ? "," : "", sim_peaks[d]);
+    printf("]}\n");
+  } else {
+    printf("done: loss %.4f (first step %.4f), held-out accuracy %.1f%% "
+           "(%d/%zu), %.2f ms/step\n", loss_tail, first_loss,
+           100.0 * correct / (double)ntest, correct, ntest,
+           1e3 * t_total / o->steps);
+    printf("peak activation bytes per device: measured (simulated for this "
+           "plan, without checkpointing)\n");
+    for (int d = 0; d < p; d++)
+      printf("  %-8s %12.0f (%.0f)\n", o->device_names[d], peaks[d],
+             sim_peaks[d]);
+    if (o->save)
+      printf("saved %s\n", o->save);
+    if (o->dump)
+      printf("dumped step 1 to %s\n", o->dump);
+    if (o->trace)
+      printf("trace of the last step in %s\n", o->trace);
+    if (o->svg)
+      printf("timeline of the last step in %s\n", o->svg);
+  }
+  if (fflush(stdout) != 0) {
+    fail(EXIT_RUNTIME, "cannot write the results: %s", strerror(errno));
+    goto out;
+  }
+  rc = 0;
+  goto out;
+out_oom:
+  fail(EXIT_RUNTIME, "out of memory");
+out:
+  free(order);
+  free(xb);
+  free(yb);
+  free(xtest);
+  free(ytest);
+  free(pred);
+  free(peaks);
+  free(sim_peaks);
+  bt_trainer_destroy(tr);
+  bt_model_destroy(model);
+  bt_schedule_destroy(sched);
+  dataset_free(&ds);
+  return rc;
+}
+
+int
+main(int argc, char **argv)
+{
+  struct options o;
+  int rc;
+
+  /* Debian's OpenBLAS is the pthread build and starts its thread pool when
+   * it loads, before main; baton runs BLAS on one thread per stage (the
+   * pipeline owns the cores), so re-run with the pool kept from starting.
+   * OPENBLAS_NUM_THREADS set by the caller is left alone. */
+  if (getenv("OPENBLAS_NUM_THREADS") == NULL &&
+      setenv("OPENBLAS_NUM_THREADS", "1", 1) == 0)
+    execv("/proc/self/exe", argv); /* on failure, go on as we are */
+
+  memset(&o, 0, sizeof o);
+  o.model = "resmlp";
+  o.layers = 4;
+  o.hidden = 64;
+  o.batch = 64;
+  o.microbatches = 4;
+  o.schedule = "1f1b";
+  o.checkpoint = BT_CHECKPOINT_EXCEPT_LAST;
+  o.optimizer = BT_OPTIMIZER_ADAMW;
+  o.lr = 3e-3;
+  o.steps = 300;
+  o.seed = 1;
+  o.data = "digits";
+  rc = parse_devices("cpu:0,cpu:1", &o);
+  if (rc == 0)
+    rc = parse_args(argc, argv, &o);
+  if (rc == 0)
+    rc = train(&o);
+  for (int i = 0; i < o.ndevices; i++)
+    free(o.device_names[i]);
+  return rc < 0 ? 0 : rc;
+}
