@@ -691,9 +691,12 @@ out_free:
 
 /* The simulator's peak activation bytes per device for the trainer's plan:
  * each stage's mem_b is one microbatch's activation bytes, held from its
- * F to its last backward (a split backward holds it until W). */
+ * F to its last backward (a split backward holds it until W); checkpointed
+ * microbatches hold them from their recomputation (the backward's start)
+ * instead. */
 static int
-simulate_peaks(const bt_trainer_t *tr, int p, double *peaks)
+simulate_peaks(const bt_trainer_t *tr, int p, int checkpoint, int m,
+               double *peaks)
 {
   const bt_plan_t *plan = bt_trainer_plan(tr);
   bt_graph_config_t gc = BT_GRAPH_CONFIG_INIT;
@@ -732,6 +735,10 @@ simulate_peaks(const bt_trainer_t *tr, int p, double *peaks)
   }
   sc.mem_b = mem;
   sc.mem_w = mem;
+  sc.recompute_microbatches = checkpoint == BT_CHECKPOINT_ALWAYS ? m
+                              : checkpoint == BT_CHECKPOINT_EXCEPT_LAST
+                                  ? m - 1
+                                  : 0;
   if (bt_sim_run(g, &sc, &sim, &err) != BT_OK) {
     fail(EXIT_RUNTIME, "cannot simulate the plan: %s", err.message);
     goto out_graph;
@@ -991,7 +998,7 @@ train(struct options *o)
     correct += pred[i] == ytest[i];
   for (int d = 0; d < p; d++)
     peaks[d] = bt_trainer_peak_activation_bytes(tr, d);
-  if ((rc = simulate_peaks(tr, p, sim_peaks)) != 0)
+  if ((rc = simulate_peaks(tr, p, o->checkpoint, o->microbatches, sim_peaks)) != 0)
     goto out;
   rc = EXIT_RUNTIME;
 
@@ -1071,7 +1078,7 @@ train(struct options *o)
            100.0 * correct / (double)ntest, correct, ntest,
            1e3 * t_total / o->steps);
     printf("peak activation bytes per device: measured (simulated for this "
-           "plan, without checkpointing)\n");
+           "plan and checkpoint mode)\n");
     for (int d = 0; d < p; d++)
       printf("  %-8s %12.0f (%.0f)\n", o->device_names[d], peaks[d],
              sim_peaks[d]);

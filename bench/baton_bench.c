@@ -29,6 +29,7 @@ struct options {
   int json;
   const char *dump_plan, *trace, *svg;
   struct synth_opts synth; /* --backend synthetic */
+  int checkpoint;          /* 0 never, 1 except_last, 2 always */
 };
 
 struct result {
@@ -75,6 +76,8 @@ usage(FILE *f)
       "                      device's share: held from F to B (or I), and\n"
       "                      from I to W\n"
       "  --comm LATENCY      latency of every cross-device edge (default 0)\n"
+      "  --checkpoint never|except_last|always  activation memory with\n"
+      "                      recomputation, as torch Pipe's modes (never)\n"
       "  --mem-limit X       per-device activation memory cap (for 'auto')\n"
       "  --placement loop|LIST  stage -> device ('loop': s %% P)\n"
       "  --backend sim|synthetic\n"
@@ -166,7 +169,7 @@ static const char value_options[] =
     " --schedule --devices --virtual --microbatches --cost --mem "
     "--stage-costs --placement --comm --mem-limit --backend --dump-plan "
     "--trace --svg --unit-us --task-mode --runtime-mode --threads --repeat "
-    "--sleep-margin-us --spin-us ";
+    "--sleep-margin-us --spin-us --checkpoint ";
 
 static int
 takes_value(const char *opt)
@@ -224,6 +227,16 @@ parse_args(int argc, char **argv, struct options *o)
       rc = parse_double(a, v, &o->mem_limit);
     } else if (strcmp(a, "--backend") == 0) {
       o->backend = v;
+    } else if (strcmp(a, "--checkpoint") == 0) {
+      if (strcmp(v, "never") == 0)
+        o->checkpoint = 0;
+      else if (strcmp(v, "except_last") == 0)
+        o->checkpoint = 1;
+      else if (strcmp(v, "always") == 0)
+        o->checkpoint = 2;
+      else
+        rc = fail("--checkpoint is never, except_last or always (got '%s')",
+                  v);
     } else if (strcmp(a, "--unit-us") == 0) {
       rc = parse_double(a, v, &o->synth.unit_us);
       if (rc == 0 && o->synth.unit_us <= 0.0)
@@ -419,6 +432,11 @@ plan_and_simulate(const struct options *o, const bt_schedule_t *s,
   params.mem_b = sc.mem_b = a + 3 * S;
   params.mem_w = sc.mem_w = a + 4 * S;
   params.comm_latency = sc.comm_latency = o->comm;
+  /* torch Pipe: `always` recomputes every microbatch, `except_last` all
+   * but the last. */
+  sc.recompute_microbatches = o->checkpoint == 2   ? r->m
+                              : o->checkpoint == 1 ? r->m - 1
+                                                   : 0;
   params.mem_limit = o->mem_limit;
   t0 = now();
   if (bt_schedule_make_plan(s, &params, &r->plan, &err) != BT_OK)
@@ -507,10 +525,15 @@ print_json(const struct options *o, const struct result *r)
   for (int d = 0; d < r->p; d++)
     printf("%s%.17g", d ? "," : "", bt_sim_peak_mem(r->sim, d));
   printf("],\"cost\":{\"F\":%.17g,\"B\":%.17g,\"W\":%.17g},"
-         "\"mem\":{\"B\":%.17g,\"W\":%.17g},\"comm\":%.17g,"
+         "\"mem\":{\"B\":%.17g,\"W\":%.17g},\"checkpoint\":\"%s\","
+         "\"comm\":%.17g,"
          "\"mem_limit\":%.17g,\"plan_seconds\":%.6g,"
          "\"graph_seconds\":%.6g,\"sim_seconds\":%.6g}\n",
-         o->cost[0], o->cost[1], o->cost[2], o->mem[0], o->mem[1], o->comm,
+         o->cost[0], o->cost[1], o->cost[2], o->mem[0], o->mem[1],
+         o->checkpoint == 2   ? "always"
+         : o->checkpoint == 1 ? "except_last"
+                              : "never",
+         o->comm,
          o->mem_limit, r->seconds[0], r->seconds[1], r->seconds[2]);
 }
 
@@ -646,7 +669,7 @@ main(int argc, char **argv)
 {
   struct options o = {"1f1b", 0, 0, 0, {1, 1, 1}, {1, 0}, NULL, NULL, 0, 0,
                       "sim", 0, NULL, NULL, NULL,
-                      {1000.0, 0, 1, 0, 5, 120.0, 5}};
+                      {1000.0, 0, 1, 0, 5, 120.0, 5}, 0};
   struct result rs[MAX_SCHEDULES];
   char names[4096], *save = NULL, *tok;
   int n = 0, failed = 0;

@@ -1,5 +1,6 @@
 /* Discrete-event simulator of a task graph under a per-stage cost model. */
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -91,6 +92,7 @@ heap_pop(struct heap *h)
 struct costs {
   const double *f, *b, *w, *mb, *mw;
   double latency;
+  int32_t recompute; /* microbatches below this are recomputed */
   double *owned;
 };
 
@@ -130,6 +132,7 @@ resolve_costs(const struct bt_graph *g, const bt_sim_config_t *cfg,
   c->mb = res[3];
   c->mw = res[4];
   c->latency = cfg->comm_latency;
+  c->recompute = cfg->recompute_microbatches;
   return BT_OK;
 }
 
@@ -160,16 +163,20 @@ static void
 mem_effect(const struct costs *c, bt_action_t a, double *at_start,
            double *at_end)
 {
+  int recomputed = a.microbatch < c->recompute;
+
   *at_start = 0.0;
   *at_end = 0.0;
   switch (a.kind) {
   case BT_ACT_F:
-    *at_start = c->mb[a.stage];
+    *at_start = recomputed ? 0.0 : c->mb[a.stage];
     break;
   case BT_ACT_B:
+    *at_start = recomputed ? c->mb[a.stage] : 0.0;
     *at_end = -c->mb[a.stage];
     break;
   case BT_ACT_I:
+    *at_start = recomputed ? c->mb[a.stage] : 0.0;
     *at_end = c->mw[a.stage] - c->mb[a.stage];
     break;
   default:
@@ -270,8 +277,8 @@ bt_status
 bt_sim_run(const bt_graph_t *graph, const bt_sim_config_t *cfg,
            bt_sim_t **out, bt_error_t *err)
 {
-  bt_sim_config_t dflt = BT_SIM_CONFIG_INIT;
-  struct costs c = {NULL, NULL, NULL, NULL, NULL, 0.0, NULL};
+  bt_sim_config_t dflt = BT_SIM_CONFIG_INIT, local;
+  struct costs c = {NULL, NULL, NULL, NULL, NULL, 0.0, 0, NULL};
   struct heap h = {NULL, 0, 0};
   struct bt_sim *sim = NULL;
   int32_t *npred = NULL;
@@ -283,11 +290,19 @@ bt_sim_run(const bt_graph_t *graph, const bt_sim_config_t *cfg,
     return bt__errorf(err, BT_EINVAL, "bt_sim_run: NULL graph or out");
   if (cfg == NULL)
     cfg = &dflt;
-  if (cfg->size < sizeof(bt_sim_config_t))
+  /* The first version ended with comm_latency; zero-extend older configs. */
+  if (cfg->size < offsetof(bt_sim_config_t, comm_latency) + sizeof(double))
     return bt__errorf(err, BT_EINVAL,
                       "bt_sim_run: config size %zu is too small; start from "
                       "BT_SIM_CONFIG_INIT",
                       cfg->size);
+  memset(&local, 0, sizeof local);
+  memcpy(&local, cfg, cfg->size < sizeof local ? cfg->size : sizeof local);
+  cfg = &local;
+  if (cfg->recompute_microbatches < 0)
+    return bt__errorf(err, BT_EINVAL,
+                      "recompute_microbatches = %d: must be >= 0",
+                      (int)cfg->recompute_microbatches);
   rc = resolve_costs(graph, cfg, &c, err);
   if (rc != BT_OK)
     goto out_free;

@@ -58,6 +58,17 @@ def json_fields():
     assert h1["tasks"] == 96 and g["tasks"] == 64
 
 
+def checkpoint_memory():
+    # torch Pipe's modes: never keeps m microbatches (GPipe), always one.
+    peaks = {}
+    for mode in ("never", "except_last", "always"):
+        r = json.loads(run("--schedule", "gpipe", "--devices", "4", "--microbatches", "8",
+                           "--checkpoint", mode, "--json").stdout)
+        assert r["checkpoint"] == mode and r["makespan"] == 33, r
+        peaks[mode] = r["peak_mem"][0]
+    assert peaks == {"never": 8, "except_last": 2, "always": 1}, peaks
+
+
 def table():
     out = run("--schedule", "gpipe,1f1b", "--devices", "2", "--microbatches", "4").stdout
     lines = out.splitlines()
@@ -219,6 +230,7 @@ check("json_fields", json_fields)
 check("synthetic_backend", synthetic_backend)
 check("overhead_subcommand", overhead_subcommand)
 check("docs_plugin_example", docs_plugin_example)
+check("checkpoint_memory", checkpoint_memory)
 check("table", table)
 check("costs_and_comm", costs_and_comm)
 check("dump_and_reload", dump_and_reload)

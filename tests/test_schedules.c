@@ -214,3 +214,32 @@ TEST(auto_refuses_an_impossible_limit)
   EXPECT_STR_CONTAINS(r.err.message, "leanest one found needs 1");
   run_free(&r);
 }
+
+TEST(sim_checkpointing_memory_model)
+{
+  /* GPipe, p=4, m=8, M_B=1: keeping everything holds 8 microbatches;
+   * recomputing all (torch's `always`) holds one, during its backward;
+   * recomputing all but the last (`except_last`) holds the kept last one
+   * plus the one being recomputed. */
+  struct run_costs c = {1, 1, 1, 1, 0, 0, 0};
+  struct run r;
+  bt_sim_config_t sc = BT_SIM_CONFIG_INIT;
+  const int32_t want[3][2] = {{0, 8}, {8, 1}, {7, 2}};
+
+  ASSERT_INT_EQ(run_schedule("gpipe", 4, 1, 8, &c, &r), BT_OK);
+  for (int i = 0; i < 3; i++) {
+    bt_sim_t *sim = NULL;
+    sc.recompute_microbatches = want[i][0];
+    ASSERT_INT_EQ(bt_sim_run(r.graph, &sc, &sim, &r.err), BT_OK);
+    EXPECT_NEAR(bt_sim_peak_mem(sim, 0), want[i][1], 1e-12);
+    /* Memory never changes the timing. */
+    EXPECT_NEAR(bt_sim_makespan(sim), bt_sim_makespan(r.sim), 1e-12);
+    bt_sim_destroy(sim);
+  }
+  sc.recompute_microbatches = -1;
+  {
+    bt_sim_t *sim = NULL;
+    EXPECT_INT_EQ(bt_sim_run(r.graph, &sc, &sim, &r.err), BT_EINVAL);
+  }
+  run_free(&r);
+}

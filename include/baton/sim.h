@@ -6,8 +6,10 @@
  * input-grad (I), W for a weight-grad; a full backward (B task) costs B + W.
  * Activation memory: F allocates mem_b of its stage at its start; a full
  * backward frees it at its end; an I frees it and allocates mem_w at its
- * end, freed when the W ends.  Frees at an instant happen before
- * allocations at that instant.
+ * end, freed when the W ends.  With activation checkpointing, microbatches
+ * 0 .. recompute_microbatches-1 keep nothing from their forward and
+ * allocate mem_b when their backward (B or I) starts, the recomputation.
+ * Frees at an instant happen before allocations at that instant.
  *
  * Results are exact for the given costs (no sampling, no randomness). */
 #ifndef BATON_SIM_H
@@ -32,10 +34,14 @@ typedef struct bt_sim_config {
   const double *mem_b;  /* [stages]; NULL = 1 each */
   const double *mem_w;  /* [stages]; NULL = 0 each */
   double comm_latency;  /* per cross-device data or skip edge, >= 0 */
+  /* Checkpointing: the first k microbatches are recomputed in their
+   * backward (torch Pipe: k = m for `always`, m - 1 for `except_last`, 0
+   * for `never`).  Appended in 0.1; older callers get 0. */
+  int32_t recompute_microbatches;
 } bt_sim_config_t;
 
 #define BT_SIM_CONFIG_INIT                                                    \
-  { sizeof(bt_sim_config_t), NULL, NULL, NULL, NULL, NULL, 0.0 }
+  { sizeof(bt_sim_config_t), NULL, NULL, NULL, NULL, NULL, 0.0, 0 }
 
 typedef struct bt_sim bt_sim_t;
 
