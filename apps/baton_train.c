@@ -40,6 +40,7 @@ struct options {
   double lr, weight_decay;
   uint64_t seed;
   const char *data, *save, *load, *dump, *trace, *svg;
+  int perturb; /* test hook: random sleeps in stage callbacks */
 };
 
 struct dataset {
@@ -143,6 +144,8 @@ usage(FILE *f)
       "  --steps K           training steps (default 300)\n"
       "  --seed S            parameters, data split and order (default 1)\n"
       "  --threads T         runtime threads (default: online CPUs)\n"
+      "  --perturb SEED      test hook: every stage callback first sleeps a\n"
+      "                      random 0..200 us; results must not change\n"
       "  --load CKPT         start from a checkpoint (safetensors)\n"
       "  --save CKPT         write the trained parameters\n"
       "  --dump F.safetensors  after the first step: x, y, loss, and every\n"
@@ -259,7 +262,7 @@ static const char value_options[] =
     " --model --layers --hidden --classes --batch --microbatches --devices "
     "--virtual --balance --schedule --checkpoint --optimizer --lr "
     "--weight-decay --steps --seed --data --save --load --dump --trace --svg "
-    "--threads ";
+    "--threads --perturb ";
 
 static int
 takes_value(const char *opt)
@@ -348,6 +351,8 @@ parse_args(int argc, char **argv, struct options *o)
                   v);
     } else if (strcmp(a, "--threads") == 0) {
       rc = parse_int(a, v, 1, &o->threads);
+    } else if (strcmp(a, "--perturb") == 0) {
+      rc = parse_int(a, v, 1, &o->perturb);
     } else if (strcmp(a, "--data") == 0) {
       o->data = v;
     } else if (strcmp(a, "--save") == 0) {
@@ -861,6 +866,7 @@ train(struct options *o)
   tc.lr = (float)o->lr;
   tc.weight_decay = (float)o->weight_decay;
   tc.threads = o->threads;
+  tc.perturb_seed = (uint32_t)o->perturb;
   tc.trace = o->trace != NULL || o->svg != NULL;
   if ((st = bt_trainer_create(model, &tc, &tr, &err)) != BT_OK) {
     rc = fail(st == BT_EINVAL || st == BT_EUNSUPPORTED ? EXIT_USAGE

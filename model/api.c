@@ -646,6 +646,8 @@ bt_trainer_create(bt_model_t *model, const bt_trainer_config_t *config,
   tc.checkpoint = c.checkpoint;
   tc.threads = c.threads;
   tc.trace = c.trace != 0;
+  tc.stage_device = c.stage_device;
+  tc.perturb = c.perturb_seed;
   rc = bt__train_create(&tc, &tr->t, err);
   if (rc != BT_OK)
     goto out_free_trainer;
@@ -657,6 +659,7 @@ bt_trainer_create(bt_model_t *model, const bt_trainer_config_t *config,
   c.balance = NULL;
   c.nbalance = 0;
   c.schedule = NULL;
+  c.stage_device = NULL;
   c.virtual_stages = v;
   tr->cfg = c;
   free(cost);

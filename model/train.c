@@ -556,6 +556,7 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
   pc.virtual_stages = v;
   pc.microbatches = t->m;
   pc.schedule = cfg->schedule;
+  pc.stage_device = cfg->stage_device;
   pc.threads = cfg->threads;
   pc.trace = cfg->trace;
   if (t->model->cfg.long_skip && t->S > 1) {

@@ -88,12 +88,14 @@ struct bt__train_config {
                                     0..200 us derived from this seed and the
                                     call; 0 = off */
   int32_t trace;                 /* record task times (bt__train_slices) */
+  const int32_t *stage_device;   /* [S] placement; NULL = stage s on
+                                    device s % devices.  Create only. */
 };
 
 #define BT__TRAIN_CONFIG_INIT                                                  \
   {                                                                            \
     sizeof(struct bt__train_config), NULL, 0, 1, 1, 1, NULL, 0, NULL,          \
-        BT__CKPT_NEVER, 0, 0, 0                                                \
+        BT__CKPT_NEVER, 0, 0, 0, NULL                                          \
   }
 
 struct bt__train;

@@ -746,3 +746,48 @@ TEST(trainer_bad_configs)
   bt_trainer_destroy(NULL);
   bt_model_destroy(m);
 }
+
+TEST(explicit_placement)
+{
+  /* Stages placed against the loop order (stage 0 on device 1, stage 1 on
+   * device 0) give the reference's results; a device outside the trainer's
+   * devices is refused. */
+  static const int32_t swapped[2] = {1, 0}, outside[2] = {0, 2};
+  static const int32_t balance[2] = {3, 3};
+  bt_trainer_config_t tc = BT_TRAINER_CONFIG_INIT;
+  bt_model_t *a = make_model(GD, GH, GC, 4, 1, 7);
+  bt_model_t *b = make_model(GD, GH, GC, 4, 1, 7);
+  bt_schedule_t *s = schedule("1f1b");
+  bt_trainer_t *t = NULL;
+  float x[GN * GD], la = NAN, lb = NAN;
+  int32_t y[GN];
+  bt_error_t err;
+
+  make_batch(x, y, GN, GD, GC, 43);
+  tc.batch = GN;
+  tc.microbatches = 4;
+  tc.devices = 2;
+  tc.balance = balance;
+  tc.nbalance = 2;
+  tc.schedule = s;
+  tc.threads = 2;
+  tc.stage_device = outside;
+  EXPECT_STATUS(bt_trainer_create(a, &tc, &t, &err), BT_EINVAL, &err);
+  EXPECT_STR_CONTAINS(err.message, "device 2");
+  tc.stage_device = swapped;
+  EXPECT_STATUS(bt_trainer_create(a, &tc, &t, &err), BT_OK, &err);
+  if (t != NULL) {
+    const bt_plan_t *plan = bt_trainer_plan(t);
+    /* Device 0 runs stage 1's actions. */
+    EXPECT_INT_EQ(bt_plan_action(plan, 0, 0).stage, 1);
+    EXPECT_STATUS(bt_trainer_backward(t, x, y, &la, &err), BT_OK, &err);
+    EXPECT_STATUS(bt_model_reference_step(b, x, y, GN, 4, &lb, &err), BT_OK,
+                  &err);
+    EXPECT_NEAR(la, lb, TOL);
+    tensors_close(a, b, true, TOL, "swapped placement");
+  }
+  bt_trainer_destroy(t);
+  bt_schedule_destroy(s);
+  bt_model_destroy(a);
+  bt_model_destroy(b);
+}

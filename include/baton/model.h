@@ -126,12 +126,18 @@ typedef struct bt_trainer_config {
   float lr, weight_decay, beta1, beta2, eps;
   int32_t threads;          /* runtime threads; 0 = online CPUs */
   int32_t trace;            /* record task times (bt_trainer_slices) */
+  const int32_t *stage_device; /* [stages] stage -> device; NULL = stage s
+                                  on device s % devices.  Create only. */
+  uint32_t perturb_seed;    /* test hook: non-zero makes every stage
+                               callback first sleep a pseudo-random 0..200
+                               us, to show results do not depend on thread
+                               timing; 0 = off */
 } bt_trainer_config_t;
 
 #define BT_TRAINER_CONFIG_INIT                                                \
   { sizeof(bt_trainer_config_t), 32, 4, 2, 0, NULL, 0, NULL,                  \
     BT_CHECKPOINT_EXCEPT_LAST, BT_OPTIMIZER_SGD, 0.1f, 0.0f, 0.9f, 0.999f,    \
-    1e-8f, 0, 0 }
+    1e-8f, 0, 0, NULL, 0 }
 
 /* Partitions the model (measuring layer times when balance is NULL),
  * plans the schedule and instantiates the step.  The model must outlive
