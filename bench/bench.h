@@ -7,8 +7,36 @@
 int bench_overhead(int argc, char **argv);
 
 #include <stddef.h>
+#include <stdlib.h>
+#include <time.h>
 
 #include "baton/baton.h"
+
+/* CLOCK_MONOTONIC in seconds. */
+static inline double
+bench_now_s(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static inline int
+bench_dbl_cmp(const void *a, const void *b)
+{
+  double x = *(const double *)a, y = *(const double *)b;
+
+  return (x > y) - (x < y);
+}
+
+/* Median of v[0..n) (sorts v); n >= 1. */
+static inline double
+bench_median(double *v, int n)
+{
+  qsort(v, (size_t)n, sizeof *v, bench_dbl_cmp);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
 
 /* The synthetic backend (bench/synthetic.c): the real runtime running a
  * graph whose tasks take their simulated cost in wall time. */

@@ -40,29 +40,8 @@ empty_task(const bt_task_call_t *call, char *errbuf, size_t errlen)
   return 0;
 }
 
-static double
-now_s(void)
-{
-  struct timespec ts;
 
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
-static int
-dbl_cmp(const void *a, const void *b)
-{
-  double x = *(const double *)a, y = *(const double *)b;
-
-  return (x > y) - (x < y);
-}
-
-static double
-median(double *v, int n)
-{
-  qsort(v, (size_t)n, sizeof *v, dbl_cmp);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static int
 int_arg(const char *opt, const char *v, int *out)
@@ -175,12 +154,12 @@ bench_overhead(int argc, char **argv)
   ec.fn = empty_task;
   ec.user = &c;
   for (int r = 0; r < a.repeat; r++) {
-    double t0 = now_s();
+    double t0 = bench_now_s();
     if (bt_exec_create_dag(rt, &dag, &ec, &ex, &err) != BT_OK) {
       fprintf(stderr, "baton-bench overhead: %s\n", err.message);
       goto out;
     }
-    build[r] = (now_s() - t0) * 1e9 / shape.tasks;
+    build[r] = (bench_now_s() - t0) * 1e9 / shape.tasks;
     if (r + 1 < a.repeat) {
       bt_exec_destroy(ex);
       ex = NULL;
@@ -190,16 +169,16 @@ bench_overhead(int argc, char **argv)
     double t0;
     for (int32_t t = 0; t < shape.tasks; t++)
       atomic_store_explicit(&c.done[t], 0, memory_order_relaxed);
-    t0 = now_s();
+    t0 = bench_now_s();
     if (bt_exec_run(ex, &err) != BT_OK) {
       fprintf(stderr, "baton-bench overhead: %s\n", err.message);
       goto out;
     }
     if (r >= 0)
-      run[r] = (now_s() - t0) * 1e9 / shape.tasks;
+      run[r] = (bench_now_s() - t0) * 1e9 / shape.tasks;
   }
   {
-    double b = median(build, a.repeat), x = median(run, a.repeat);
+    double b = bench_median(build, a.repeat), x = bench_median(run, a.repeat);
     long v = atomic_load(&c.violations);
     if (a.json)
       printf("{\"runtime\":\"baton\",\"mode\":\"%s\",\"shape\":\"%s\","

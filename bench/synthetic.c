@@ -103,13 +103,6 @@ synthetic_task(const bt_task_call_t *call, char *errbuf, size_t errlen)
   return 0;
 }
 
-static int
-dbl_cmp(const void *a, const void *b)
-{
-  double x = *(const double *)a, y = *(const double *)b;
-
-  return (x > y) - (x < y);
-}
 
 void
 synth_out_free(struct synth_out *out)
@@ -161,7 +154,7 @@ bench_synthetic(const bt_graph_t *g, const double *f, const double *b,
     if (r >= 0)
       ms[r] = bt_exec_last_seconds(ex) * 1e6;
   }
-  qsort(ms, (size_t)o->repeat, sizeof *ms, dbl_cmp);
+  qsort(ms, (size_t)o->repeat, sizeof *ms, bench_dbl_cmp);
   out->makespan_us = o->repeat % 2 ? ms[o->repeat / 2]
                                    : 0.5 * (ms[o->repeat / 2 - 1] +
                                             ms[o->repeat / 2]);

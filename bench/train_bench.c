@@ -18,35 +18,15 @@
 #include <time.h>
 
 #include "baton/baton.h"
+#include "bench.h"
 
 struct opts {
   int layers, hidden, inputs, classes, batch, microbatches, steps;
   const char *schedule;
 };
 
-static double
-now_s(void)
-{
-  struct timespec ts;
 
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
-static int
-dbl_cmp(const void *a, const void *b)
-{
-  double x = *(const double *)a, y = *(const double *)b;
-
-  return (x > y) - (x < y);
-}
-
-static double
-median(double *v, int n)
-{
-  qsort(v, (size_t)n, sizeof *v, dbl_cmp);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static uint64_t rng = 88172645463325252ull;
 
@@ -122,15 +102,15 @@ time_trainer(bt_model_t *model, const bt_schedule_t *sched,
     goto out;
   }
   for (int s = -1; s < o->steps; s++) {
-    double t0 = now_s();
+    double t0 = bench_now_s();
     if (bt_trainer_backward(tr, x, y, &loss, &err) != BT_OK) {
       fprintf(stderr, "baton-train-bench: %s\n", err.message);
       goto out;
     }
     if (s >= 0)
-      t[s] = now_s() - t0;
+      t[s] = bench_now_s() - t0;
   }
-  *step_s = median(t, o->steps);
+  *step_s = bench_median(t, o->steps);
   if (idle != NULL && bt_trainer_slices(tr, NULL, &n) == BT_OK &&
       (sl = calloc(n + 1, sizeof *sl)) != NULL &&
       bt_trainer_slices(tr, sl, &n) == BT_OK) {
@@ -185,20 +165,20 @@ main(int argc, char **argv)
     goto out;
   }
   for (int s = -1; s < o.steps; s++) {
-    double t0 = now_s();
+    double t0 = bench_now_s();
     if (bt_model_reference_step(model, x, y, (size_t)o.batch, o.microbatches,
                                 &loss, &err) != BT_OK) {
       fprintf(stderr, "baton-train-bench: %s\n", err.message);
       goto out;
     }
     if (s >= 0)
-      plain[s] = now_s() - t0;
+      plain[s] = bench_now_s() - t0;
   }
   if (time_trainer(model, sched, &o, 1, x, y, &p1, NULL) != 0 ||
       time_trainer(model, sched, &o, 2, x, y, &p2, idle) != 0)
     goto out;
   {
-    double pl = median(plain, o.steps);
+    double pl = bench_median(plain, o.steps);
     printf("{\"model\":\"resmlp\",\"layers\":%d,\"hidden\":%d,\"batch\":%d,"
            "\"microbatches\":%d,\"schedule\":\"%s\",\"steps\":%d,"
            "\"plain_ms\":%.3f,\"p1_ms\":%.3f,\"p2_ms\":%.3f,"
