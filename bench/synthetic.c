@@ -154,10 +154,7 @@ bench_synthetic(const bt_graph_t *g, const double *f, const double *b,
     if (r >= 0)
       ms[r] = bt_exec_last_seconds(ex) * 1e6;
   }
-  qsort(ms, (size_t)o->repeat, sizeof *ms, bench_dbl_cmp);
-  out->makespan_us = o->repeat % 2 ? ms[o->repeat / 2]
-                                   : 0.5 * (ms[o->repeat / 2 - 1] +
-                                            ms[o->repeat / 2]);
+  out->makespan_us = bench_median(ms, o->repeat);
   bt_exec_slices(ex, out->slices);
   for (int32_t t = 0; t < n; t++)
     out->busy_us[out->slices[t].device] +=
