@@ -7,7 +7,10 @@
  *
  * N = B*T rows (default 512), C channels (768; the MLP is C -> 4C -> C),
  * V classes for the cross-entropy (default 50257), S seconds per kernel
- * (default 0.2, after one warm-up call). */
+ * (default 0.2, after one warm-up call).  The GPT kernels see the N rows
+ * as one sequence (B = 1, T = N): the embedding with a V-token table, the
+ * attention with the largest head count <= 12 that divides C, dropout
+ * with p = 0.1. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -45,6 +48,10 @@ struct bench {
  * their gradients and optimizer state (largest weight). */
 static float *A, *B, *Y, *W, *G, *M, *V, *S1, *S2;
 static int32_t *labels;
+/* The GPT kernels': token table [V, C], position table [N, C], attention
+ * scratch; vocabulary size and head count. */
+static float *E, *P, *ATT;
+static size_t vocab, heads;
 
 static bt_status
 run_linear_fwd(const struct bench *b)
@@ -124,6 +131,43 @@ run_adamw(const struct bench *b)
 {
   return bt__adamw_update(W, M, V, G, b->N, 1e-6f, 0.9f, 0.999f, 1e-8f,
                           0.01f, 10);
+}
+
+static bt_status
+run_embedding_fwd(const struct bench *b)
+{
+  return bt__embedding_fwd(Y, labels, E, P, 1, b->N, b->IN, vocab, b->N, 0);
+}
+
+static bt_status
+run_embedding_bwd(const struct bench *b)
+{
+  return bt__embedding_bwd(E, P, Y, labels, 1, b->N, b->IN, vocab, b->N, 0);
+}
+
+static bt_status
+run_attention_fwd(const struct bench *b)
+{
+  return bt__attention_fwd(Y, ATT, A, 1, b->N, b->IN, heads);
+}
+
+/* Reads the probabilities the forward before it left in ATT. */
+static bt_status
+run_attention_bwd(const struct bench *b)
+{
+  return bt__attention_bwd(B, ATT, Y, A, 1, b->N, b->IN, heads);
+}
+
+static bt_status
+run_dropout_fwd(const struct bench *b)
+{
+  return bt__dropout_fwd(Y, A, b->N, b->IN, 0.1f, 1234, 1, 0, 0);
+}
+
+static bt_status
+run_dropout_bwd(const struct bench *b)
+{
+  return bt__dropout_bwd(B, Y, b->N, b->IN, 0.1f, 1234, 1, 0, 0);
 }
 
 static int
@@ -235,6 +279,16 @@ main(int argc, char **argv)
     return 1;
   for (size_t r = 0; r < N; r++)
     labels[r] = (int32_t)((r * 7919) % Vc);
+  vocab = Vc;
+  for (heads = C < 12 ? C : 12; C % heads != 0; heads--)
+    ;
+  size_t att_bytes = bt__attention_scratch_bytes(1, N, heads);
+  if (att_bytes == 0) {
+    fprintf(stderr, "baton-kernels-bench: attention scratch too large\n");
+    return 1;
+  }
+  E = alloc_random(Vc * C, 10), P = alloc_random(N * C, 11);
+  ATT = alloc_random(att_bytes / sizeof(float), 12);
 
   double f = sizeof(float);
   const struct bench benches[] = {
@@ -254,6 +308,15 @@ main(int argc, char **argv)
       /* The optimizers on the MLP's largest weight, H*C elements. */
       {"sgd_update", H * C, 0, 0, 0, 3.0 * H * C * f, run_sgd},
       {"adamw_update", H * C, 0, 0, 0, 7.0 * H * C * f, run_adamw},
+      /* Bytes: the rows gathered or scattered, read and written. */
+      {"embedding_fwd", N, C, 0, 0, 3.0 * N * C * f, run_embedding_fwd},
+      {"embedding_bwd", N, C, 0, 0, 5.0 * N * C * f, run_embedding_bwd},
+      /* FLOPs of the GEMMs over the whole T x T square, masked half too:
+       * two in the forward, four in the backward. */
+      {"attention_fwd", N, C, 0, 4.0 * N * N * C, 0, run_attention_fwd},
+      {"attention_bwd", N, C, 0, 8.0 * N * N * C, 0, run_attention_bwd},
+      {"dropout_fwd", N, C, 0, 0, 2.0 * N * C * f, run_dropout_fwd},
+      {"dropout_bwd", N, C, 0, 0, 2.0 * N * C * f, run_dropout_bwd},
   };
   int rc = 0;
   for (size_t i = 0; i < sizeof(benches) / sizeof(benches[0]); i++) {
@@ -270,7 +333,7 @@ main(int argc, char **argv)
       rc = 1;
   }
   free(A), free(B), free(Y), free(W), free(G), free(M), free(V);
-  free(S1), free(S2), free(labels);
+  free(S1), free(S2), free(labels), free(E), free(P), free(ATT);
   return rc;
 
 usage:

@@ -1,7 +1,8 @@
 /* baton: fp32 CPU kernels (internal).
  *
  * One operation per file (linear.c, gelu.c, layernorm.c, residual.c,
- * xent.c, sgd.c, adamw.c), each a kernels section then its launchers.  The
+ * xent.c, sgd.c, adamw.c, embedding.c, attention.c, dropout.c), each a
+ * kernels section then its launchers.  The
  * launchers are what the rest of baton calls; they are not part of the
  * public API (bt__ prefix, hidden in the shared library).
  *
@@ -142,6 +143,87 @@ bt_status bt__adamw_update(float *w, float *m, float *v, const float *g,
                            size_t n, float lr, float b1, float b2, float eps,
                            float wd, int64_t t);
 
+/* ---- token + position embedding (kernels/cpu/embedding.c) -----------------
+ * x [B, T] token ids, wte [V, C] token table, wpe [Tmax, C] position table,
+ * out [B, T, C]:  out[b,t,:] = wte[x[b,t],:] + wpe[t0 + t,:].  t0 is the
+ * position of the microbatch's first column (0 unless a sequence is split
+ * along T).  BT_EINVAL when a token is outside [0, V) or t0 + T > Tmax,
+ * checked before anything is written. */
+
+/* Writes out. */
+bt_status bt__embedding_fwd(float *out, const int32_t *x, const float *wte,
+                            const float *wpe, size_t B, size_t T, size_t C,
+                            size_t V, size_t Tmax, size_t t0);
+
+/* Accumulates dwte[x[b,t],:] += dout[b,t,:] and dwpe[t0+t,:] +=
+ * dout[b,t,:].  The scatter-add runs in one fixed order (b, then t, one
+ * thread), so repeated tokens add up in the same order every time and the
+ * result is bitwise reproducible. */
+bt_status bt__embedding_bwd(float *dwte, float *dwpe, const float *dout,
+                            const int32_t *x, size_t B, size_t T, size_t C,
+                            size_t V, size_t Tmax, size_t t0);
+
+/* ---- causal multi-head self-attention (kernels/cpu/attention.c) -----------
+ * The core between the qkv projection and the output projection.
+ * qkv [B, T, 3C]: each row is q | k | v, each [C]; head h owns the
+ * contiguous slice [h*hs, (h+1)*hs) of each, hs = C / nh (C % nh != 0 is
+ * BT_EINVAL).  out [B, T, C] = the heads' outputs side by side:
+ *   out_h = softmax(q_h k_h^T / sqrt(hs) + mask) v_h,
+ * mask[i,j] = -inf for j > i (the probability there is exactly 0).  The
+ * GEMMs run on OpenBLAS per (b, head), single-threaded as the linear's.
+ *
+ * scratch is the caller's, bt__attention_scratch_bytes(B, T, nh) bytes:
+ * first att [B, nh, T, T], the probabilities, which the forward writes and
+ * the backward reads (keep it from the forward to the backward of the same
+ * microbatch), then T*T floats of workspace the backward overwrites. */
+
+/* Bytes of scratch for one microbatch; 0 when a dimension is 0 or the
+ * size does not fit in size_t. */
+size_t bt__attention_scratch_bytes(size_t B, size_t T, size_t nh);
+
+/* Writes out and att (scratch's head).  out must not alias qkv. */
+bt_status bt__attention_fwd(float *out, float *scratch, const float *qkv,
+                            size_t B, size_t T, size_t C, size_t nh);
+
+/* Writes dqkv [B, T, 3C] from dout [B, T, C], the forward's qkv and the
+ * forward's scratch (att is read, the workspace after it written).  dqkv
+ * must not alias dout, qkv or scratch. */
+bt_status bt__attention_bwd(float *dqkv, float *scratch, const float *dout,
+                            const float *qkv, size_t B, size_t T, size_t C,
+                            size_t nh);
+
+/* ---- dropout (kernels/cpu/dropout.c) ---------------------------------------
+ * x, y [N, D]; the microbatch's rows are the global rows row_offset ..
+ * row_offset + N - 1 of the step's batch.  Element (row, col), row global,
+ * is kept iff u >= p and then scaled by 1/(1-p) (computed in float as
+ * 1.0f / (1.0f - p)), else zeroed, where u is drawn by Philox4x32-10
+ * (Salmon et al., SC'11; Random123's philox4x32, 10 rounds):
+ *   key     = { (uint32)seed, (uint32)(seed >> 32) }
+ *   counter = { col / 4, (uint32)row, step, layer }
+ *   w       = word (col % 4) of philox4x32_10(counter, key)
+ *   u       = (float)(w >> 8) * 2^-24, in [0, 1), exact in float.
+ * So a mask depends only on (seed, step, layer, global row, col): not on
+ * how the batch is split into microbatches or data-parallel replicas, nor
+ * on recomputation or the schedule.  Global rows must be < 2^32 and D
+ * <= 2^34 (BT_ERANGE otherwise); masks repeat after 2^32 steps.
+ * p in [0, 1), else BT_EINVAL; p = 0 is the identity.  Nothing is stored:
+ * the backward redraws the same mask.  y may alias x, dx may alias dy. */
+
+/* Writes y = x * mask / (1 - p). */
+bt_status bt__dropout_fwd(float *y, const float *x, size_t N, size_t D,
+                          float p, uint64_t seed, uint32_t step,
+                          uint32_t layer, size_t row_offset);
+
+/* Writes dx = dy * mask / (1 - p), the forward's mask for the same
+ * arguments. */
+bt_status bt__dropout_bwd(float *dx, const float *dy, size_t N, size_t D,
+                          float p, uint64_t seed, uint32_t step,
+                          uint32_t layer, size_t row_offset);
+
+/* Philox4x32-10 itself: out = the block for counter ctr under key. */
+void bt__philox4x32_10(uint32_t out[4], const uint32_t ctr[4],
+                       const uint32_t key[2]);
+
 /* ---- plain-C references (kernels/cpu/reference.c) --------------------------
  * The textbook loops, for tests and benchmarks to compare the kernels
  * against (the CUDA kernels too).  Same shapes and semantics (write or
@@ -173,6 +255,25 @@ void bt__ref_sgd_update(float *w, const float *g, size_t n, float lr,
 void bt__ref_adamw_update(float *w, float *m, float *v, const float *g,
                           size_t n, float lr, float b1, float b2, float eps,
                           float wd, int64_t t);
+
+void bt__ref_embedding_fwd(float *out, const int32_t *x, const float *wte,
+                           const float *wpe, size_t B, size_t T, size_t C,
+                           size_t t0);
+void bt__ref_embedding_bwd(float *dwte, float *dwpe, const float *dout,
+                           const int32_t *x, size_t B, size_t T, size_t C,
+                           size_t t0);
+/* att [B, nh, T, T] written by the forward, read by the backward. */
+void bt__ref_attention_fwd(float *out, float *att, const float *qkv,
+                           size_t B, size_t T, size_t C, size_t nh);
+void bt__ref_attention_bwd(float *dqkv, const float *dout, const float *qkv,
+                           const float *att, size_t B, size_t T, size_t C,
+                           size_t nh);
+/* An independent Philox4x32-10 and the per-element dropout built on it. */
+void bt__ref_philox4x32_10(uint32_t out[4], const uint32_t ctr[4],
+                           const uint32_t key[2]);
+void bt__ref_dropout_fwd(float *y, const float *x, size_t N, size_t D,
+                         float p, uint64_t seed, uint32_t step,
+                         uint32_t layer, size_t row_offset);
 
 /* ---- shared by the launchers ------------------------------------------- */
 

@@ -196,3 +196,151 @@ bt__ref_adamw_update(float *w, float *m, float *v, const float *g, size_t n,
     w[i] = w[i] - lr * (mhat / (sqrtf(vhat) + eps) + wd * w[i]);
   }
 }
+
+void
+bt__ref_embedding_fwd(float *out, const int32_t *x, const float *wte,
+                      const float *wpe, size_t B, size_t T, size_t C,
+                      size_t t0)
+{
+  for (size_t b = 0; b < B; b++)
+    for (size_t t = 0; t < T; t++)
+      for (size_t c = 0; c < C; c++)
+        out[(b * T + t) * C + c] =
+            wte[(size_t)x[b * T + t] * C + c] + wpe[(t0 + t) * C + c];
+}
+
+/* Accumulates, rows in order b then t, as the kernel. */
+void
+bt__ref_embedding_bwd(float *dwte, float *dwpe, const float *dout,
+                      const int32_t *x, size_t B, size_t T, size_t C,
+                      size_t t0)
+{
+  for (size_t b = 0; b < B; b++)
+    for (size_t t = 0; t < T; t++)
+      for (size_t c = 0; c < C; c++) {
+        float d = dout[(b * T + t) * C + c];
+        dwte[(size_t)x[b * T + t] * C + c] += d;
+        dwpe[(t0 + t) * C + c] += d;
+      }
+}
+
+void
+bt__ref_attention_fwd(float *out, float *att, const float *qkv, size_t B,
+                      size_t T, size_t C, size_t nh)
+{
+  size_t hs = C / nh, C3 = 3 * C;
+  float scale = 1.0f / sqrtf((float)hs);
+
+  for (size_t b = 0; b < B; b++)
+    for (size_t h = 0; h < nh; h++) {
+      const float *base = qkv + b * T * C3 + h * hs;
+      float *p = att + (b * nh + h) * T * T;
+      for (size_t i = 0; i < T; i++) {
+        float mx = -INFINITY;
+        for (size_t j = 0; j <= i; j++) {
+          float s = 0.0f;
+          for (size_t e = 0; e < hs; e++)
+            s += base[i * C3 + e] * base[j * C3 + C + e];
+          p[i * T + j] = s * scale;
+          if (p[i * T + j] > mx)
+            mx = p[i * T + j];
+        }
+        float sum = 0.0f;
+        for (size_t j = 0; j <= i; j++) {
+          p[i * T + j] = expf(p[i * T + j] - mx);
+          sum += p[i * T + j];
+        }
+        for (size_t j = 0; j < T; j++)
+          p[i * T + j] = j <= i ? p[i * T + j] / sum : 0.0f;
+        for (size_t e = 0; e < hs; e++) {
+          float o = 0.0f;
+          for (size_t j = 0; j <= i; j++)
+            o += p[i * T + j] * base[j * C3 + 2 * C + e];
+          out[(b * T + i) * C + h * hs + e] = o;
+        }
+      }
+    }
+}
+
+void
+bt__ref_attention_bwd(float *dqkv, const float *dout, const float *qkv,
+                      const float *att, size_t B, size_t T, size_t C,
+                      size_t nh)
+{
+  size_t hs = C / nh, C3 = 3 * C;
+  float scale = 1.0f / sqrtf((float)hs);
+
+  for (size_t i = 0; i < B * T * C3; i++)
+    dqkv[i] = 0.0f;
+  for (size_t b = 0; b < B; b++)
+    for (size_t h = 0; h < nh; h++) {
+      const float *base = qkv + b * T * C3 + h * hs;
+      float *dbase = dqkv + b * T * C3 + h * hs;
+      const float *p = att + (b * nh + h) * T * T;
+      const float *dO = dout + b * T * C + h * hs;
+      for (size_t i = 0; i < T; i++) {
+        /* dp[j] = dO[i] . v[j]; ds = p (dp - sum_j p dp). */
+        float dot = 0.0f;
+        for (size_t j = 0; j <= i; j++) {
+          float dp = 0.0f;
+          for (size_t e = 0; e < hs; e++)
+            dp += dO[i * C + e] * base[j * C3 + 2 * C + e];
+          dot += p[i * T + j] * dp;
+        }
+        for (size_t j = 0; j <= i; j++) {
+          float dp = 0.0f;
+          for (size_t e = 0; e < hs; e++)
+            dp += dO[i * C + e] * base[j * C3 + 2 * C + e];
+          float ds = p[i * T + j] * (dp - dot) * scale;
+          for (size_t e = 0; e < hs; e++) {
+            dbase[i * C3 + e] += ds * base[j * C3 + C + e];     /* dq */
+            dbase[j * C3 + C + e] += ds * base[i * C3 + e];     /* dk */
+            dbase[j * C3 + 2 * C + e] += p[i * T + j] * dO[i * C + e]; /* dv */
+          }
+        }
+      }
+    }
+}
+
+/* Philox4x32-10 as the paper writes it: ten rounds of two 32x32->64
+ * multiplies, the key bumped by the Weyl constants between rounds. */
+void
+bt__ref_philox4x32_10(uint32_t out[4], const uint32_t ctr[4],
+                      const uint32_t key[2])
+{
+  uint32_t x0 = ctr[0], x1 = ctr[1], x2 = ctr[2], x3 = ctr[3];
+  uint32_t k0 = key[0], k1 = key[1];
+
+  for (int r = 0; r < 10; r++) {
+    uint64_t a = (uint64_t)x0 * 0xD2511F53u;
+    uint64_t b = (uint64_t)x2 * 0xCD9E8D57u;
+    uint32_t y0 = (uint32_t)(b >> 32) ^ x1 ^ k0;
+    uint32_t y1 = (uint32_t)b;
+    uint32_t y2 = (uint32_t)(a >> 32) ^ x3 ^ k1;
+    uint32_t y3 = (uint32_t)a;
+    x0 = y0, x1 = y1, x2 = y2, x3 = y3;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  out[0] = x0, out[1] = x1, out[2] = x2, out[3] = x3;
+}
+
+/* One Philox block per element (the kernel shares one per 4 columns). */
+void
+bt__ref_dropout_fwd(float *y, const float *x, size_t N, size_t D, float p,
+                    uint64_t seed, uint32_t step, uint32_t layer,
+                    size_t row_offset)
+{
+  const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+  float scale = 1.0f / (1.0f - p);
+
+  for (size_t r = 0; r < N; r++)
+    for (size_t c = 0; c < D; c++) {
+      uint32_t ctr[4] = {(uint32_t)(c / 4), (uint32_t)(row_offset + r), step,
+                         layer};
+      uint32_t w[4];
+      bt__ref_philox4x32_10(w, ctr, key);
+      float u = (float)(w[c % 4] >> 8) / 16777216.0f;
+      y[r * D + c] = u >= p ? x[r * D + c] * scale : 0.0f;
+    }
+}
