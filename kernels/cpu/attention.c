@@ -11,27 +11,10 @@
 #include <cblas.h>
 #include <limits.h>
 #include <math.h>
-#include <pthread.h>
 
 #include "kernels.h"
 
 /* ---- kernels ------------------------------------------------------------ */
-
-/* Single-threaded OpenBLAS, for the reasons linear.c gives; setting the
- * process-wide count twice (once from each file) is harmless. */
-static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
-
-static void
-blas_single_thread(void)
-{
-  openblas_set_num_threads(1);
-}
-
-static void
-blas_init(void)
-{
-  pthread_once(&blas_once, blas_single_thread);
-}
 
 /* Row i of the scores s [T, T] becomes softmax over s[i, 0..i]; the rest
  * of the row exactly 0.  Subtracting the row's max keeps expf in range. */
@@ -181,7 +164,7 @@ bt__attention_fwd(float *out, float *scratch, const float *qkv, size_t B,
     return BT_EINVAL;
   if ((st = check_dims(B, T, C, nh)) != BT_OK)
     return st;
-  blas_init();
+  bt__blas_init();
   attention_fwd(out, scratch, qkv, (int)B, (int)T, (int)C, (int)nh);
   return BT_OK;
 }
@@ -196,7 +179,7 @@ bt__attention_bwd(float *dqkv, float *scratch, const float *dout,
     return BT_EINVAL;
   if ((st = check_dims(B, T, C, nh)) != BT_OK)
     return st;
-  blas_init();
+  bt__blas_init();
   attention_bwd(dqkv, scratch + att_floats(B, T, nh), dout, qkv, scratch,
                 (int)B, (int)T, (int)C, (int)nh);
   return BT_OK;

@@ -34,6 +34,10 @@
 
 #include "baton/status.h"
 
+/* Makes OpenBLAS single-threaded once per process, before the first GEMM
+ * (linear.c says why); every launcher that calls BLAS calls it first. */
+void bt__blas_init(void);
+
 /* ---- linear: y = x W^T + b (kernels/cpu/linear.c) -------------------------
  * x [N, IN], W [OUT, IN] (PyTorch's layout), b [OUT], y [N, OUT].  The GEMMs
  * run on OpenBLAS, single-threaded per call (linear.c says why; the first

@@ -30,8 +30,8 @@ blas_single_thread(void)
   openblas_set_num_threads(1);
 }
 
-static void
-blas_init(void)
+void
+bt__blas_init(void)
 {
   pthread_once(&blas_once, blas_single_thread);
 }
@@ -109,7 +109,7 @@ bt__linear_fwd(float *y, const float *x, const float *w, const float *b,
     return BT_EINVAL;
   if ((st = check_dims(N, IN, OUT)) != BT_OK)
     return st;
-  blas_init();
+  bt__blas_init();
   linear_fwd(y, x, w, b, (int)N, (int)IN, (int)OUT);
   return BT_OK;
 }
@@ -124,7 +124,7 @@ bt__linear_bwd_input(float *dx, const float *dy, const float *w, size_t N,
     return BT_EINVAL;
   if ((st = check_dims(N, IN, OUT)) != BT_OK)
     return st;
-  blas_init();
+  bt__blas_init();
   linear_bwd_input(dx, dy, w, (int)N, (int)IN, (int)OUT);
   return BT_OK;
 }
@@ -139,7 +139,7 @@ bt__linear_bwd_weight(float *dw, float *db, const float *dy, const float *x,
     return BT_EINVAL;
   if ((st = check_dims(N, IN, OUT)) != BT_OK)
     return st;
-  blas_init();
+  bt__blas_init();
   linear_bwd_weight(dw, db, dy, x, (int)N, (int)IN, (int)OUT);
   return BT_OK;
 }
@@ -155,7 +155,7 @@ bt__linear_bwd(float *dx, float *dw, float *db, const float *dy,
     return BT_EINVAL;
   if ((st = check_dims(N, IN, OUT)) != BT_OK)
     return st;
-  blas_init();
+  bt__blas_init();
   linear_bwd_input(dx, dy, w, (int)N, (int)IN, (int)OUT);
   linear_bwd_weight(dw, db, dy, x, (int)N, (int)IN, (int)OUT);
   return BT_OK;
