@@ -1,0 +1,1003 @@
+/* The GPT test model: parameters, per-layer forward and backward on the
+ * fp32 CPU kernels, and the unpipelined reference step.  gpt.h pins the
+ * model, the parameter order, the dropout keys, the initialization and
+ * each layer's scratch. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "baton/safetensors.h"
+#include "error.h"
+#include "gpt.h"
+#include "kernels.h"
+
+/* ---- parameters --------------------------------------------------------- */
+
+enum layer_kind { KIND_EMBED, KIND_BLK, KIND_HEAD };
+
+/* Tensors of the embed layer, a block and the head, relative to the
+ * layer's first. */
+enum { EMB_WTE, EMB_WPE };
+enum {
+  BLK_LN1_G,
+  BLK_LN1_B,
+  BLK_QKV_W,
+  BLK_QKV_B,
+  BLK_AP_W,
+  BLK_AP_B,
+  BLK_LN2_G,
+  BLK_LN2_B,
+  BLK_FC_W,
+  BLK_FC_B,
+  BLK_MP_W,
+  BLK_MP_B,
+  BLK_NTENSORS
+};
+enum { HEAD_LN_G, HEAD_LN_B, HEAD_W };
+
+static enum layer_kind
+layer_kind(const struct bt__gpt *m, size_t layer)
+{
+  if (layer == 0)
+    return KIND_EMBED;
+  return layer <= m->cfg.L ? KIND_BLK : KIND_HEAD;
+}
+
+static float *
+lparam(const struct bt__gpt *m, size_t layer, size_t i)
+{
+  return m->params + m->tensors[m->layer_tensor[layer] + i].offset;
+}
+
+static float *
+lgrad(const struct bt__gpt *m, size_t layer, size_t i)
+{
+  return m->grads + m->tensors[m->layer_tensor[layer] + i].offset;
+}
+
+/* The logits' weight [V,C]: wte when tied, head.w otherwise. */
+static float *
+head_w(const struct bt__gpt *m)
+{
+  return m->cfg.tied ? lparam(m, 0, EMB_WTE) : lparam(m, m->cfg.L + 1, HEAD_W);
+}
+
+static float *
+head_dw(const struct bt__gpt *m)
+{
+  return m->cfg.tied ? lgrad(m, 0, EMB_WTE) : lgrad(m, m->cfg.L + 1, HEAD_W);
+}
+
+static uint64_t
+splitmix64_at(uint64_t seed, uint64_t k)
+{
+  uint64_t z = seed + (k + 1) * 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+struct table_builder {
+  struct bt__gpt *m;
+  size_t next, offset;
+  size_t *fan_in; /* [ntensors]: 0 for bias and LayerNorm tensors */
+  bool *gamma;    /* [ntensors]: LayerNorm gammas start at 1 */
+};
+
+static void
+add_tensor(struct table_builder *tb, int ndim, size_t d0, size_t d1,
+           size_t fan_in, bool gamma, const char *prefix, const char *suffix)
+{
+  struct bt__gpt_tensor *t = &tb->m->tensors[tb->next];
+
+  snprintf(t->name, sizeof(t->name), "%.12s%.16s", prefix, suffix);
+  t->ndim = ndim;
+  t->shape[0] = d0;
+  t->shape[1] = ndim == 2 ? d1 : 0;
+  t->count = ndim == 2 ? d0 * d1 : d0;
+  t->offset = tb->offset;
+  tb->fan_in[tb->next] = fan_in;
+  tb->gamma[tb->next] = gamma;
+  tb->offset += t->count;
+  tb->next++;
+}
+
+/* The sum of the element counts, checked for overflow.  The caller has
+ * bounded C so that 4C, 12C^2 and small multiples of C fit. */
+static bool
+count_params(const struct bt__gpt_config *c, size_t *out)
+{
+  size_t C = c->C, t, blk, total;
+
+  if (!bt__mul_fits(c->V, C, &total) || !bt__mul_fits(c->Tmax, C, &t) ||
+      __builtin_add_overflow(total, t, &total))
+    return false;
+  /* one block: 4C (lns) + 3C^2 + 3C + C^2 + C + 4C^2 + 4C + 4C^2 + C */
+  if (!bt__mul_fits(C, C, &t) || !bt__mul_fits(t, 12, &blk) ||
+      __builtin_add_overflow(blk, 13 * C, &blk))
+    return false;
+  if (!bt__mul_fits(blk, c->L, &t) || __builtin_add_overflow(total, t, &total))
+    return false;
+  if (__builtin_add_overflow(total, 2 * C, &total))
+    return false;
+  if (!c->tied &&
+      (!bt__mul_fits(c->V, C, &t) || __builtin_add_overflow(total, t, &total)))
+    return false;
+  *out = total;
+  return true;
+}
+
+bt_status
+bt__gpt_create(const struct bt__gpt_config *cfg, uint64_t seed,
+               struct bt__gpt **out, bt_error_t *err)
+{
+  struct bt__gpt *m;
+  size_t nparams, ntensors, bytes;
+  size_t *fan_in = NULL;
+  bool *gamma = NULL;
+  char prefix[BT__GPT_NAME_MAX];
+  bt_status st;
+
+  if (out == NULL)
+    return bt__errorf(err, BT_EINVAL, "gpt: out is NULL");
+  *out = NULL;
+  if (cfg == NULL)
+    return bt__errorf(err, BT_EINVAL, "gpt: config is NULL");
+  if (cfg->V == 0 || cfg->C == 0 || cfg->nh == 0 || cfg->Tmax == 0)
+    return bt__errorf(err, BT_EINVAL,
+                      "gpt: V, C, nh and Tmax must be at least 1 (got V=%zu, "
+                      "C=%zu, nh=%zu, Tmax=%zu)",
+                      cfg->V, cfg->C, cfg->nh, cfg->Tmax);
+  if (cfg->C % cfg->nh != 0)
+    return bt__errorf(err, BT_EINVAL,
+                      "gpt: C=%zu does not split into nh=%zu heads (choose "
+                      "C a multiple of nh)",
+                      cfg->C, cfg->nh);
+  if (!(cfg->dropout >= 0.0f && cfg->dropout < 1.0f))
+    return bt__errorf(err, BT_EINVAL, "gpt: dropout %g is outside [0, 1)",
+                      (double)cfg->dropout);
+  if (cfg->C > SIZE_MAX / 64 || cfg->L > SIZE_MAX / 16 ||
+      !count_params(cfg, &nparams) ||
+      !bt__mul_fits(nparams, sizeof(float), &bytes))
+    return bt__errorf(err, BT_ERANGE,
+                      "gpt: V=%zu, C=%zu, L=%zu, Tmax=%zu: the parameter "
+                      "count overflows size_t",
+                      cfg->V, cfg->C, cfg->L, cfg->Tmax);
+  ntensors = 2 + BLK_NTENSORS * cfg->L + 2 + (cfg->tied ? 0 : 1);
+
+  m = calloc(1, sizeof(*m));
+  if (m == NULL)
+    return bt__errorf(err, BT_ENOMEM, "gpt: out of memory");
+  m->cfg = *cfg;
+  m->nlayers = cfg->L + 2;
+  m->ntensors = ntensors;
+  m->nparams = nparams;
+  m->params = malloc(bytes);
+  m->grads = calloc(nparams, sizeof(float));
+  m->tensors = calloc(ntensors, sizeof(*m->tensors));
+  m->layer_tensor = calloc(m->nlayers + 1, sizeof(*m->layer_tensor));
+  fan_in = calloc(ntensors, sizeof(*fan_in));
+  gamma = calloc(ntensors, sizeof(*gamma));
+  if (m->params == NULL || m->grads == NULL || m->tensors == NULL ||
+      m->layer_tensor == NULL || fan_in == NULL || gamma == NULL) {
+    st = bt__errorf(err, BT_ENOMEM, "gpt: out of memory for %zu parameters",
+                    nparams);
+    goto out_free_model;
+  }
+
+  struct table_builder tb = {m, 0, 0, fan_in, gamma};
+  size_t V = cfg->V, C = cfg->C;
+
+  m->layer_tensor[0] = tb.next;
+  add_tensor(&tb, 2, V, C, C, false, "", "wte");
+  add_tensor(&tb, 2, cfg->Tmax, C, C, false, "", "wpe");
+  for (size_t i = 0; i < cfg->L; i++) {
+    m->layer_tensor[1 + i] = tb.next;
+    snprintf(prefix, sizeof(prefix), "blk%zu.", i);
+    add_tensor(&tb, 1, C, 0, 0, true, prefix, "ln1.g");
+    add_tensor(&tb, 1, C, 0, 0, false, prefix, "ln1.b");
+    add_tensor(&tb, 2, 3 * C, C, C, false, prefix, "attn.qkv.w");
+    add_tensor(&tb, 1, 3 * C, 0, 0, false, prefix, "attn.qkv.b");
+    add_tensor(&tb, 2, C, C, C, false, prefix, "attn.proj.w");
+    add_tensor(&tb, 1, C, 0, 0, false, prefix, "attn.proj.b");
+    add_tensor(&tb, 1, C, 0, 0, true, prefix, "ln2.g");
+    add_tensor(&tb, 1, C, 0, 0, false, prefix, "ln2.b");
+    add_tensor(&tb, 2, 4 * C, C, C, false, prefix, "mlp.fc.w");
+    add_tensor(&tb, 1, 4 * C, 0, 0, false, prefix, "mlp.fc.b");
+    add_tensor(&tb, 2, C, 4 * C, 4 * C, false, prefix, "mlp.proj.w");
+    add_tensor(&tb, 1, C, 0, 0, false, prefix, "mlp.proj.b");
+  }
+  m->layer_tensor[cfg->L + 1] = tb.next;
+  add_tensor(&tb, 1, C, 0, 0, true, "", "lnf.g");
+  add_tensor(&tb, 1, C, 0, 0, false, "", "lnf.b");
+  if (!cfg->tied)
+    add_tensor(&tb, 2, V, C, C, false, "", "head.w");
+  m->layer_tensor[cfg->L + 2] = tb.next;
+
+  for (size_t t = 0; t < ntensors; t++) {
+    const struct bt__gpt_tensor *tt = &m->tensors[t];
+    float *p = m->params + tt->offset;
+
+    if (fan_in[t] > 0) {
+      float bound = 1.0f / sqrtf((float)fan_in[t]);
+      for (size_t j = 0; j < tt->count; j++) {
+        uint64_t bits = splitmix64_at(seed, (uint64_t)(tt->offset + j));
+        float u = (float)(bits >> 40) * 0x1.0p-24f;
+        p[j] = (2.0f * u - 1.0f) * bound;
+      }
+    } else {
+      for (size_t j = 0; j < tt->count; j++)
+        p[j] = gamma[t] ? 1.0f : 0.0f;
+    }
+  }
+  free(gamma);
+  free(fan_in);
+  *out = m;
+  return BT_OK;
+
+out_free_model:
+  free(gamma);
+  free(fan_in);
+  bt__gpt_destroy(m);
+  return st;
+}
+
+void
+bt__gpt_destroy(struct bt__gpt *m)
+{
+  if (m == NULL)
+    return;
+  free(m->params);
+  free(m->grads);
+  free(m->tensors);
+  free(m->layer_tensor);
+  free(m);
+}
+
+const struct bt__gpt_tensor *
+bt__gpt_find(const struct bt__gpt *m, const char *name)
+{
+  if (m == NULL || name == NULL)
+    return NULL;
+  for (size_t t = 0; t < m->ntensors; t++)
+    if (strcmp(m->tensors[t].name, name) == 0)
+      return &m->tensors[t];
+  return NULL;
+}
+
+void
+bt__gpt_zero_grad(struct bt__gpt *m)
+{
+  memset(m->grads, 0, m->nparams * sizeof(float));
+}
+
+/* ---- scratch layout ----------------------------------------------------- */
+
+#define SCRATCH_ALIGN 64
+#define MAX_REGIONS 20
+
+enum { EMB_X, EMB_DS, EMB_NREG };
+enum {
+  B_H,
+  B_MEAN1,
+  B_RSTD1,
+  B_A1,
+  B_QKV,
+  B_ATT,
+  B_Y,
+  B_H2,
+  B_MEAN2,
+  B_RSTD2,
+  B_A2,
+  B_P,
+  B_G,
+  B_DMO,
+  B_DP,
+  B_DAO,
+  B_DQKV,
+  B_WORK,
+  B_NREG
+};
+enum { H_H, H_MEAN, H_RSTD, H_U, H_LOGITS, H_LABELS, H_NREG };
+
+struct layout {
+  size_t off[MAX_REGIONS];
+  size_t bytes;
+};
+
+static bool
+layout_add(struct layout *l, int i, size_t rows, size_t cols, size_t elem)
+{
+  size_t n, b, start;
+
+  if (!bt__mul_fits(rows, cols, &n) || !bt__mul_fits(n, elem, &b))
+    return false;
+  start = l->bytes;
+  if (__builtin_add_overflow(start, SCRATCH_ALIGN - 1, &start))
+    return false;
+  start &= ~(size_t)(SCRATCH_ALIGN - 1);
+  l->off[i] = start;
+  return !__builtin_add_overflow(start, b, &l->bytes);
+}
+
+static bool
+layer_layout(const struct bt__gpt *m, size_t layer, size_t B, size_t T,
+             struct layout *l)
+{
+  size_t C = m->cfg.C, R, att;
+
+  memset(l, 0, sizeof(*l));
+  if (B == 0 || T == 0 || layer >= m->nlayers || !bt__mul_fits(B, T, &R))
+    return false;
+  switch (layer_kind(m, layer)) {
+  case KIND_EMBED:
+    return layout_add(l, EMB_X, R, 1, sizeof(int32_t)) &&
+           layout_add(l, EMB_DS, R, C, sizeof(float));
+  case KIND_BLK:
+    att = bt__attention_scratch_bytes(B, T, m->cfg.nh);
+    return att != 0 && layout_add(l, B_H, R, C, sizeof(float)) &&
+           layout_add(l, B_MEAN1, R, 1, sizeof(float)) &&
+           layout_add(l, B_RSTD1, R, 1, sizeof(float)) &&
+           layout_add(l, B_A1, R, C, sizeof(float)) &&
+           layout_add(l, B_QKV, R, 3 * C, sizeof(float)) &&
+           layout_add(l, B_ATT, 1, att, 1) &&
+           layout_add(l, B_Y, R, C, sizeof(float)) &&
+           layout_add(l, B_H2, R, C, sizeof(float)) &&
+           layout_add(l, B_MEAN2, R, 1, sizeof(float)) &&
+           layout_add(l, B_RSTD2, R, 1, sizeof(float)) &&
+           layout_add(l, B_A2, R, C, sizeof(float)) &&
+           layout_add(l, B_P, R, 4 * C, sizeof(float)) &&
+           layout_add(l, B_G, R, 4 * C, sizeof(float)) &&
+           layout_add(l, B_DMO, R, C, sizeof(float)) &&
+           layout_add(l, B_DP, R, 4 * C, sizeof(float)) &&
+           layout_add(l, B_DAO, R, C, sizeof(float)) &&
+           layout_add(l, B_DQKV, R, 3 * C, sizeof(float)) &&
+           layout_add(l, B_WORK, R, C, sizeof(float));
+  case KIND_HEAD:
+    return layout_add(l, H_H, R, C, sizeof(float)) &&
+           layout_add(l, H_MEAN, R, 1, sizeof(float)) &&
+           layout_add(l, H_RSTD, R, 1, sizeof(float)) &&
+           layout_add(l, H_U, R, C, sizeof(float)) &&
+           layout_add(l, H_LOGITS, R, m->cfg.V, sizeof(float)) &&
+           layout_add(l, H_LABELS, R, 1, sizeof(int32_t));
+  }
+  return false;
+}
+
+static float *
+region(void *scratch, const struct layout *l, int i)
+{
+  return (float *)(void *)((char *)scratch + l->off[i]);
+}
+
+size_t
+bt__gpt_layer_scratch_bytes(const struct bt__gpt *m, size_t layer, size_t B,
+                            size_t T)
+{
+  struct layout l;
+
+  if (m == NULL || !layer_layout(m, layer, B, T, &l))
+    return 0;
+  return l.bytes;
+}
+
+/* ---- layers ------------------------------------------------------------- */
+
+#define TRY(call)                                                              \
+  do {                                                                         \
+    bt_status st_ = (call);                                                    \
+    if (st_ != BT_OK)                                                          \
+      return st_;                                                              \
+  } while (0)
+
+/* Checks the common arguments and lays out the layer's scratch. */
+static bool
+valid_mb(const struct bt__gpt *m, size_t layer, const void *scratch,
+         const struct bt__gpt_mb *mb, struct layout *l)
+{
+  return m != NULL && scratch != NULL && mb != NULL && mb->T <= m->cfg.Tmax &&
+         layer_layout(m, layer, mb->B, mb->T, l);
+}
+
+/* Dropout id `id` over v [R,C] in place (forward and backward are the
+ * same operation); nothing when the probability is 0. */
+static bt_status
+drop_inplace(const struct bt__gpt *m, float *v, size_t R,
+             const struct bt__gpt_mb *mb, uint32_t id)
+{
+  if (m->cfg.dropout == 0.0f)
+    return BT_OK;
+  return bt__dropout_fwd(v, v, R, m->cfg.C, m->cfg.dropout, mb->seed, mb->step,
+                         id, mb->row0);
+}
+
+bt_status
+bt__gpt_embed_fwd(const struct bt__gpt *m, const int32_t *x, float *out,
+                  void *scratch, const struct bt__gpt_mb *mb)
+{
+  struct layout l;
+
+  if (x == NULL || out == NULL || !valid_mb(m, 0, scratch, mb, &l))
+    return BT_EINVAL;
+
+  size_t R = mb->B * mb->T;
+  int32_t *xs = (int32_t *)(void *)region(scratch, &l, EMB_X);
+
+  TRY(bt__embedding_fwd(out, x, lparam(m, 0, EMB_WTE), lparam(m, 0, EMB_WPE),
+                        mb->B, mb->T, m->cfg.C, m->cfg.V, m->cfg.Tmax, 0));
+  memcpy(xs, x, R * sizeof(int32_t));
+  return drop_inplace(m, out, R, mb, 0);
+}
+
+bt_status
+bt__gpt_layer_fwd(const struct bt__gpt *m, size_t layer, const float *in,
+                  float *out, void *scratch, const struct bt__gpt_mb *mb)
+{
+  struct layout l;
+
+  if (in == NULL || out == NULL || in == out ||
+      !valid_mb(m, layer, scratch, mb, &l) || layer_kind(m, layer) != KIND_BLK)
+    return BT_EINVAL;
+
+  size_t B = mb->B, T = mb->T, R = B * T, C = m->cfg.C;
+  uint32_t i = (uint32_t)(layer - 1);
+  float *h = region(scratch, &l, B_H);
+  float *mean1 = region(scratch, &l, B_MEAN1);
+  float *rstd1 = region(scratch, &l, B_RSTD1);
+  float *a1 = region(scratch, &l, B_A1);
+  float *qkv = region(scratch, &l, B_QKV);
+  float *att = region(scratch, &l, B_ATT);
+  float *y = region(scratch, &l, B_Y);
+  float *h2 = region(scratch, &l, B_H2);
+  float *mean2 = region(scratch, &l, B_MEAN2);
+  float *rstd2 = region(scratch, &l, B_RSTD2);
+  float *a2 = region(scratch, &l, B_A2);
+  float *p = region(scratch, &l, B_P);
+  float *g = region(scratch, &l, B_G);
+
+  memcpy(h, in, R * C * sizeof(float));
+  /* h2 = h + drop(attn.proj(attention(qkv(ln1(h))))) */
+  TRY(bt__layernorm_fwd(a1, mean1, rstd1, h, lparam(m, layer, BLK_LN1_G),
+                        lparam(m, layer, BLK_LN1_B), R, C));
+  TRY(bt__linear_fwd(qkv, a1, lparam(m, layer, BLK_QKV_W),
+                     lparam(m, layer, BLK_QKV_B), R, C, 3 * C));
+  TRY(bt__attention_fwd(y, att, qkv, B, T, C, m->cfg.nh));
+  TRY(bt__linear_fwd(h2, y, lparam(m, layer, BLK_AP_W),
+                     lparam(m, layer, BLK_AP_B), R, C, C));
+  TRY(drop_inplace(m, h2, R, mb, 1 + 2 * i));
+  TRY(bt__residual_fwd(h2, h2, h, R * C));
+  /* out = h2 + drop(mlp.proj(gelu(mlp.fc(ln2(h2))))) */
+  TRY(bt__layernorm_fwd(a2, mean2, rstd2, h2, lparam(m, layer, BLK_LN2_G),
+                        lparam(m, layer, BLK_LN2_B), R, C));
+  TRY(bt__linear_fwd(p, a2, lparam(m, layer, BLK_FC_W),
+                     lparam(m, layer, BLK_FC_B), R, C, 4 * C));
+  TRY(bt__gelu_fwd(g, p, R * 4 * C));
+  TRY(bt__linear_fwd(out, g, lparam(m, layer, BLK_MP_W),
+                     lparam(m, layer, BLK_MP_B), R, 4 * C, C));
+  TRY(drop_inplace(m, out, R, mb, 2 + 2 * i));
+  return bt__residual_fwd(out, out, h2, R * C);
+}
+
+bt_status
+bt__gpt_head_fwd(const struct bt__gpt *m, const float *h, const int32_t *y,
+                 size_t total_rows, void *scratch, const struct bt__gpt_mb *mb,
+                 float *loss)
+{
+  struct layout l;
+
+  if (h == NULL || y == NULL || loss == NULL || m == NULL ||
+      !valid_mb(m, m->cfg.L + 1, scratch, mb, &l))
+    return BT_EINVAL;
+
+  size_t R = mb->B * mb->T, C = m->cfg.C, V = m->cfg.V, layer = m->cfg.L + 1;
+  float *hs = region(scratch, &l, H_H);
+  float *mean = region(scratch, &l, H_MEAN);
+  float *rstd = region(scratch, &l, H_RSTD);
+  float *u = region(scratch, &l, H_U);
+  float *logits = region(scratch, &l, H_LOGITS);
+  int32_t *lab = (int32_t *)(void *)region(scratch, &l, H_LABELS);
+
+  if (total_rows < R)
+    return BT_EINVAL;
+  for (size_t r = 0; r < R; r++)
+    if (y[r] < 0 || (size_t)y[r] >= V)
+      return BT_EINVAL;
+  memcpy(hs, h, R * C * sizeof(float));
+  memcpy(lab, y, R * sizeof(int32_t));
+  TRY(bt__layernorm_fwd(u, mean, rstd, hs, lparam(m, layer, HEAD_LN_G),
+                        lparam(m, layer, HEAD_LN_B), R, C));
+  TRY(bt__linear_fwd(logits, u, head_w(m), NULL, R, C, V));
+  return bt__xent_fwd(loss, logits, lab, R, V, total_rows);
+}
+
+bt_status
+bt__gpt_layer_bwd_input(struct bt__gpt *m, size_t layer, const float *dout,
+                        float *din, void *scratch, const struct bt__gpt_mb *mb,
+                        size_t total_rows)
+{
+  struct layout l;
+
+  if (!valid_mb(m, layer, scratch, mb, &l))
+    return BT_EINVAL;
+
+  size_t B = mb->B, T = mb->T, R = B * T, C = m->cfg.C, V = m->cfg.V;
+
+  switch (layer_kind(m, layer)) {
+  case KIND_EMBED: {
+    float *ds = region(scratch, &l, EMB_DS);
+    if (dout == NULL || din != NULL)
+      return BT_EINVAL;
+    memcpy(ds, dout, R * C * sizeof(float));
+    return drop_inplace(m, ds, R, mb, 0);
+  }
+  case KIND_BLK: {
+    uint32_t i = (uint32_t)(layer - 1);
+    float *h = region(scratch, &l, B_H);
+    float *mean1 = region(scratch, &l, B_MEAN1);
+    float *rstd1 = region(scratch, &l, B_RSTD1);
+    float *qkv = region(scratch, &l, B_QKV);
+    float *att = region(scratch, &l, B_ATT);
+    float *h2 = region(scratch, &l, B_H2);
+    float *mean2 = region(scratch, &l, B_MEAN2);
+    float *rstd2 = region(scratch, &l, B_RSTD2);
+    float *p = region(scratch, &l, B_P);
+    float *dmo = region(scratch, &l, B_DMO);
+    float *dp = region(scratch, &l, B_DP);
+    float *dao = region(scratch, &l, B_DAO);
+    float *dqkv = region(scratch, &l, B_DQKV);
+    float *work = region(scratch, &l, B_WORK);
+
+    if (dout == NULL || din == NULL || dout == din)
+      return BT_EINVAL;
+    /* The MLP branch: dmo = drop(dout); dp = gelu'(p) (dmo W_mp). */
+    memcpy(dmo, dout, R * C * sizeof(float));
+    TRY(drop_inplace(m, dmo, R, mb, 2 + 2 * i));
+    TRY(bt__linear_bwd_input(dp, dmo, lparam(m, layer, BLK_MP_W), R, 4 * C, C));
+    TRY(bt__gelu_bwd(dp, dp, p, R * 4 * C));
+    /* dh2 = ln2'(dp W_fc) + dout, in din. */
+    TRY(bt__linear_bwd_input(din, dp, lparam(m, layer, BLK_FC_W), R, C, 4 * C));
+    TRY(bt__layernorm_bwd(din, lgrad(m, layer, BLK_LN2_G),
+                          lgrad(m, layer, BLK_LN2_B), din, h2,
+                          lparam(m, layer, BLK_LN2_G), mean2, rstd2, R, C));
+    TRY(bt__residual_bwd(din, NULL, dout, R * C));
+    /* The attention branch: dao = drop(dh2); dy = dao W_ap into work;
+     * dqkv from the attention's backward. */
+    memcpy(dao, din, R * C * sizeof(float));
+    TRY(drop_inplace(m, dao, R, mb, 1 + 2 * i));
+    TRY(bt__linear_bwd_input(work, dao, lparam(m, layer, BLK_AP_W), R, C, C));
+    TRY(bt__attention_bwd(dqkv, att, work, qkv, B, T, C, m->cfg.nh));
+    /* dh = ln1'(dqkv W_qkv) + dh2: the branch into work, then added. */
+    TRY(bt__linear_bwd_input(work, dqkv, lparam(m, layer, BLK_QKV_W), R, C,
+                             3 * C));
+    TRY(bt__layernorm_bwd(work, lgrad(m, layer, BLK_LN1_G),
+                          lgrad(m, layer, BLK_LN1_B), work, h,
+                          lparam(m, layer, BLK_LN1_G), mean1, rstd1, R, C));
+    return bt__residual_bwd(din, NULL, work, R * C);
+  }
+  case KIND_HEAD: {
+    float *hs = region(scratch, &l, H_H);
+    float *mean = region(scratch, &l, H_MEAN);
+    float *rstd = region(scratch, &l, H_RSTD);
+    float *logits = region(scratch, &l, H_LOGITS);
+    const int32_t *lab = (const int32_t *)(void *)region(scratch, &l, H_LABELS);
+
+    if (dout != NULL || din == NULL || total_rows < R)
+      return BT_EINVAL;
+    TRY(bt__xent_bwd(logits, logits, lab, R, V, total_rows));
+    TRY(bt__linear_bwd_input(din, logits, head_w(m), R, C, V));
+    return bt__layernorm_bwd(din, lgrad(m, layer, HEAD_LN_G),
+                             lgrad(m, layer, HEAD_LN_B), din, hs,
+                             lparam(m, layer, HEAD_LN_G), mean, rstd, R, C);
+  }
+  }
+  return BT_EINVAL;
+}
+
+bt_status
+bt__gpt_layer_bwd_weight(struct bt__gpt *m, size_t layer, void *scratch,
+                         const struct bt__gpt_mb *mb)
+{
+  struct layout l;
+
+  if (!valid_mb(m, layer, scratch, mb, &l))
+    return BT_EINVAL;
+
+  size_t R = mb->B * mb->T, C = m->cfg.C;
+
+  switch (layer_kind(m, layer)) {
+  case KIND_EMBED:
+    return bt__embedding_bwd(
+        lgrad(m, 0, EMB_WTE), lgrad(m, 0, EMB_WPE), region(scratch, &l, EMB_DS),
+        (const int32_t *)(void *)region(scratch, &l, EMB_X), mb->B, mb->T, C,
+        m->cfg.V, m->cfg.Tmax, 0);
+  case KIND_BLK:
+    TRY(bt__linear_bwd_weight(
+        lgrad(m, layer, BLK_MP_W), lgrad(m, layer, BLK_MP_B),
+        region(scratch, &l, B_DMO), region(scratch, &l, B_G), R, 4 * C, C));
+    TRY(bt__linear_bwd_weight(
+        lgrad(m, layer, BLK_FC_W), lgrad(m, layer, BLK_FC_B),
+        region(scratch, &l, B_DP), region(scratch, &l, B_A2), R, C, 4 * C));
+    TRY(bt__linear_bwd_weight(
+        lgrad(m, layer, BLK_AP_W), lgrad(m, layer, BLK_AP_B),
+        region(scratch, &l, B_DAO), region(scratch, &l, B_Y), R, C, C));
+    return bt__linear_bwd_weight(
+        lgrad(m, layer, BLK_QKV_W), lgrad(m, layer, BLK_QKV_B),
+        region(scratch, &l, B_DQKV), region(scratch, &l, B_A1), R, C, 3 * C);
+  case KIND_HEAD:
+    return bt__linear_bwd_weight(head_dw(m), NULL,
+                                 region(scratch, &l, H_LOGITS),
+                                 region(scratch, &l, H_U), R, C, m->cfg.V);
+  }
+  return BT_EINVAL;
+}
+
+bt_status
+bt__gpt_layer_bwd(struct bt__gpt *m, size_t layer, const float *dout,
+                  float *din, void *scratch, const struct bt__gpt_mb *mb,
+                  size_t total_rows)
+{
+  TRY(bt__gpt_layer_bwd_input(m, layer, dout, din, scratch, mb, total_rows));
+  return bt__gpt_layer_bwd_weight(m, layer, scratch, mb);
+}
+
+/* ---- the reference step ------------------------------------------------- */
+
+/* One microbatch through every layer and back; bufs are three [R,C]
+ * buffers (two alternating activations / gradients and one more). */
+static bt_status
+reference_microbatch(struct bt__gpt *m, const int32_t *x, const int32_t *y,
+                     const struct bt__gpt_mb *mb, size_t total_rows,
+                     void *const *scratch, float *bufs, float *loss)
+{
+  size_t L = m->cfg.L, RC = mb->B * mb->T * m->cfg.C;
+  float *buf[3] = {bufs, bufs + RC, bufs + 2 * RC};
+  float *cur = buf[0];
+
+  TRY(bt__gpt_embed_fwd(m, x, cur, scratch[0], mb));
+  for (size_t i = 0; i < L; i++) {
+    float *next = buf[(i + 1) % 2];
+    TRY(bt__gpt_layer_fwd(m, 1 + i, cur, next, scratch[1 + i], mb));
+    cur = next;
+  }
+  TRY(bt__gpt_head_fwd(m, cur, y, total_rows, scratch[L + 1], mb, loss));
+
+  float *dcur = buf[2];
+  TRY(bt__gpt_layer_bwd(m, L + 1, NULL, dcur, scratch[L + 1], mb, total_rows));
+  for (size_t i = L; i-- > 0;) {
+    float *dnext = dcur == buf[2] ? buf[0] : buf[2];
+    TRY(bt__gpt_layer_bwd(m, 1 + i, dcur, dnext, scratch[1 + i], mb,
+                          total_rows));
+    dcur = dnext;
+  }
+  return bt__gpt_layer_bwd(m, 0, dcur, NULL, scratch[0], mb, total_rows);
+}
+
+static bt_status
+range_error(bt_error_t *err, size_t Bm, size_t T)
+{
+  return bt__errorf(err, BT_ERANGE,
+                    "gpt reference step: the activations of %zu sequences "
+                    "of %zu tokens overflow size_t (use more microbatches)",
+                    Bm, T);
+}
+
+bt_status
+bt__gpt_reference_step(struct bt__gpt *m, const int32_t *x, const int32_t *y,
+                       size_t B, size_t T, size_t microbatches, uint64_t seed,
+                       uint32_t step, float *loss, bt_error_t *err)
+{
+  size_t Bm, N, total = 0, bufs_bytes, sizes_bytes;
+  void **scratch = NULL;
+  char *block = NULL;
+  float sum = 0.0f;
+  bt_status st = BT_OK;
+
+  if (m == NULL || x == NULL || y == NULL || loss == NULL)
+    return bt__errorf(err, BT_EINVAL,
+                      "gpt reference step: model, x, y and loss must not be "
+                      "NULL");
+  if (B == 0 || T == 0 || T > m->cfg.Tmax)
+    return bt__errorf(err, BT_EINVAL,
+                      "gpt reference step: B=%zu, T=%zu: need B >= 1 and "
+                      "1 <= T <= Tmax=%zu",
+                      B, T, m->cfg.Tmax);
+  if (microbatches == 0 || B % microbatches != 0)
+    return bt__errorf(err, BT_EINVAL,
+                      "gpt reference step: the batch's %zu sequences must "
+                      "split evenly into %zu microbatches (choose a "
+                      "microbatch count that divides B)",
+                      B, microbatches);
+  if (!bt__mul_fits(B, T, &N))
+    return range_error(err, B, T);
+  for (size_t r = 0; r < N; r++) {
+    if (x[r] < 0 || (size_t)x[r] >= m->cfg.V)
+      return bt__errorf(err, BT_EINVAL,
+                        "gpt reference step: token x[%zu] = %" PRId32
+                        " is outside [0, V=%zu)",
+                        r, x[r], m->cfg.V);
+    if (y[r] < 0 || (size_t)y[r] >= m->cfg.V)
+      return bt__errorf(err, BT_EINVAL,
+                        "gpt reference step: target y[%zu] = %" PRId32
+                        " is outside [0, V=%zu)",
+                        r, y[r], m->cfg.V);
+  }
+  Bm = B / microbatches;
+
+  for (size_t layer = 0; layer < m->nlayers; layer++) {
+    size_t b = bt__gpt_layer_scratch_bytes(m, layer, Bm, T);
+    if (b == 0 || __builtin_add_overflow(b, SCRATCH_ALIGN - 1, &b) ||
+        __builtin_add_overflow(total, b & ~(size_t)(SCRATCH_ALIGN - 1), &total))
+      return range_error(err, Bm, T);
+  }
+  if (!bt__mul_fits(Bm * T, m->cfg.C, &bufs_bytes) ||
+      !bt__mul_fits(bufs_bytes, 3 * sizeof(float), &bufs_bytes) ||
+      __builtin_add_overflow(total, bufs_bytes, &sizes_bytes) ||
+      sizes_bytes > SIZE_MAX - SCRATCH_ALIGN)
+    return range_error(err, Bm, T);
+  scratch = calloc(m->nlayers, sizeof(*scratch));
+  block = aligned_alloc(SCRATCH_ALIGN, (sizes_bytes + SCRATCH_ALIGN - 1) &
+                                           ~(size_t)(SCRATCH_ALIGN - 1));
+  if (scratch == NULL || block == NULL) {
+    st = bt__errorf(err, BT_ENOMEM,
+                    "gpt reference step: out of memory for %zu bytes of "
+                    "activations (use more microbatches)",
+                    sizes_bytes);
+    goto out_free;
+  }
+  total = 0;
+  for (size_t layer = 0; layer < m->nlayers; layer++) {
+    size_t b = bt__gpt_layer_scratch_bytes(m, layer, Bm, T);
+    scratch[layer] = block + total;
+    total += (b + SCRATCH_ALIGN - 1) & ~(size_t)(SCRATCH_ALIGN - 1);
+  }
+
+  bt__gpt_zero_grad(m);
+  for (size_t k = 0; k < microbatches; k++) {
+    struct bt__gpt_mb mb = {Bm, T, k * Bm * T, seed, step};
+    float share = 0.0f;
+    st =
+        reference_microbatch(m, x + k * Bm * T, y + k * Bm * T, &mb, N, scratch,
+                             (float *)(void *)(block + total), &share);
+    if (st != BT_OK) {
+      bt__errorf(err, st,
+                 "gpt reference step: microbatch %zu of %zu failed: %s", k,
+                 microbatches, bt_strerror(st));
+      goto out_free;
+    }
+    sum += share;
+  }
+  *loss = sum;
+
+out_free:
+  free(block);
+  free(scratch);
+  return st;
+}
+
+/* ---- optimizers --------------------------------------------------------- */
+
+bt_status
+bt__gpt_sgd(struct bt__gpt *m, float lr)
+{
+  if (m == NULL)
+    return BT_EINVAL;
+  return bt__sgd_update(m->params, m->grads, m->nparams, lr, 0.0f);
+}
+
+bt_status
+bt__gpt_adamw_init(const struct bt__gpt *m, struct bt__gpt_adamw_state *state)
+{
+  if (m == NULL || state == NULL)
+    return BT_EINVAL;
+  state->m = calloc(m->nparams, sizeof(float));
+  state->v = calloc(m->nparams, sizeof(float));
+  if (state->m == NULL || state->v == NULL) {
+    bt__gpt_adamw_deinit(state);
+    return BT_ENOMEM;
+  }
+  return BT_OK;
+}
+
+void
+bt__gpt_adamw_deinit(struct bt__gpt_adamw_state *state)
+{
+  if (state == NULL)
+    return;
+  free(state->m);
+  free(state->v);
+  state->m = NULL;
+  state->v = NULL;
+}
+
+bt_status
+bt__gpt_adamw(struct bt__gpt *m, float lr, float b1, float b2, float eps,
+              float wd, int64_t t, struct bt__gpt_adamw_state *state)
+{
+  if (m == NULL || state == NULL || state->m == NULL || state->v == NULL)
+    return BT_EINVAL;
+  return bt__adamw_update(m->params, state->m, state->v, m->grads, m->nparams,
+                          lr, b1, b2, eps, wd, t);
+}
+
+/* ---- files -------------------------------------------------------------- */
+
+static void
+describe(bt_st_tensor_t *st, const char *name, const struct bt__gpt_tensor *t,
+         const float *data)
+{
+  memset(st, 0, sizeof(*st));
+  st->name = name;
+  st->dtype = BT_ST_F32;
+  st->ndim = t->ndim;
+  for (int d = 0; d < t->ndim; d++)
+    st->shape[d] = (int64_t)t->shape[d];
+  st->data = data;
+  st->bytes = t->count * sizeof(float);
+}
+
+#define PREFIXED_MAX (BT__GPT_NAME_MAX + 2)
+
+bt_status
+bt__gpt_dump(const struct bt__gpt *m, const char *path, const int32_t *x,
+             const int32_t *y, size_t B, size_t T, float loss, bt_error_t *err)
+{
+  size_t count, nx;
+  bt_st_tensor_t *ts;
+  char(*names)[PREFIXED_MAX];
+  bt_status st;
+
+  if (m == NULL || path == NULL || x == NULL || y == NULL || B == 0 || T == 0)
+    return bt__errorf(err, BT_EINVAL,
+                      "gpt dump: model, path, x and y must not be NULL and "
+                      "B, T at least 1");
+  if (!bt__mul_fits(B, T, &nx) || !bt__mul_fits(nx, sizeof(int32_t), &nx))
+    return bt__errorf(err, BT_ERANGE, "gpt dump: x of %zu x %zu overflows", B,
+                      T);
+  count = 3 + 2 * m->ntensors;
+  ts = calloc(count, sizeof(*ts));
+  names = calloc(2 * m->ntensors, sizeof(*names));
+  if (ts == NULL || names == NULL) {
+    st = bt__errorf(err, BT_ENOMEM, "gpt dump: out of memory");
+    goto out_free;
+  }
+  ts[0] = (bt_st_tensor_t){.name = "x",
+                           .dtype = BT_ST_I32,
+                           .ndim = 2,
+                           .shape = {(int64_t)B, (int64_t)T},
+                           .data = x,
+                           .bytes = nx};
+  ts[1] = (bt_st_tensor_t){.name = "y",
+                           .dtype = BT_ST_I32,
+                           .ndim = 2,
+                           .shape = {(int64_t)B, (int64_t)T},
+                           .data = y,
+                           .bytes = nx};
+  ts[2] = (bt_st_tensor_t){.name = "loss",
+                           .dtype = BT_ST_F32,
+                           .ndim = 1,
+                           .shape = {1},
+                           .data = &loss,
+                           .bytes = sizeof(float)};
+  for (size_t t = 0; t < m->ntensors; t++) {
+    const struct bt__gpt_tensor *tt = &m->tensors[t];
+    snprintf(names[2 * t], PREFIXED_MAX, "p.%s", tt->name);
+    snprintf(names[2 * t + 1], PREFIXED_MAX, "g.%s", tt->name);
+    describe(&ts[3 + 2 * t], names[2 * t], tt, m->params + tt->offset);
+    describe(&ts[3 + 2 * t + 1], names[2 * t + 1], tt, m->grads + tt->offset);
+  }
+  st = bt_st_save(path, ts, count, NULL, err);
+
+out_free:
+  free(names);
+  free(ts);
+  return st;
+}
+
+bt_status
+bt__gpt_save(const struct bt__gpt *m, const char *path, bt_error_t *err)
+{
+  bt_st_tensor_t *ts;
+  bt_status st;
+
+  if (m == NULL || path == NULL)
+    return bt__errorf(err, BT_EINVAL,
+                      "gpt save: model and path must not be NULL");
+  ts = calloc(m->ntensors, sizeof(*ts));
+  if (ts == NULL)
+    return bt__errorf(err, BT_ENOMEM, "gpt save: out of memory");
+  for (size_t t = 0; t < m->ntensors; t++)
+    describe(&ts[t], m->tensors[t].name, &m->tensors[t],
+             m->params + m->tensors[t].offset);
+  st = bt_st_save(path, ts, m->ntensors, NULL, err);
+  free(ts);
+  return st;
+}
+
+static void
+format_shape(char *buf, size_t n, int ndim, const int64_t *shape)
+{
+  size_t used = 0;
+
+  used += (size_t)snprintf(buf, n, "[");
+  for (int d = 0; d < ndim && used < n; d++)
+    used += (size_t)snprintf(buf + used, n - used, "%s%" PRId64,
+                             d > 0 ? ", " : "", shape[d]);
+  if (used < n)
+    snprintf(buf + used, n - used, "]");
+}
+
+bt_status
+bt__gpt_load(struct bt__gpt *m, const char *path, bt_error_t *err)
+{
+  bt_st_file_t *f = NULL;
+  bt_status st;
+
+  if (m == NULL || path == NULL)
+    return bt__errorf(err, BT_EINVAL,
+                      "gpt load: model and path must not be NULL");
+  if ((st = bt_st_load(path, &f, err)) != BT_OK)
+    return st;
+
+  /* Everything is checked before anything is copied, so a bad file leaves
+   * the model as it was. */
+  for (size_t t = 0; t < m->ntensors; t++) {
+    const struct bt__gpt_tensor *tt = &m->tensors[t];
+    int64_t want[2] = {(int64_t)tt->shape[0], (int64_t)tt->shape[1]};
+    bt_st_tensor_t ft;
+    char got_s[96], want_s[64];
+
+    if (bt_st_find(f, tt->name, &ft) != BT_OK) {
+      st = bt__errorf(err, BT_EINVAL,
+                      "%s: tensor '%s' is missing (a checkpoint of a model "
+                      "with V=%zu, C=%zu, L=%zu, Tmax=%zu, %s?)",
+                      path, tt->name, m->cfg.V, m->cfg.C, m->cfg.L, m->cfg.Tmax,
+                      m->cfg.tied ? "tied" : "untied");
+      goto out_close;
+    }
+    if (ft.dtype != BT_ST_F32) {
+      const char *dn = bt_st_dtype_name(ft.dtype);
+      st = bt__errorf(err, BT_EINVAL,
+                      "%s: tensor '%s' has dtype %s; the model needs F32", path,
+                      tt->name, dn != NULL ? dn : "?");
+      goto out_close;
+    }
+    bool same = ft.ndim == tt->ndim;
+    for (int d = 0; same && d < tt->ndim; d++)
+      same = ft.shape[d] == want[d];
+    if (!same) {
+      format_shape(got_s, sizeof(got_s), ft.ndim, ft.shape);
+      format_shape(want_s, sizeof(want_s), tt->ndim, want);
+      st = bt__errorf(err, BT_EINVAL,
+                      "%s: tensor '%s' has shape %s; the model (V=%zu, "
+                      "C=%zu, L=%zu, Tmax=%zu) needs %s",
+                      path, tt->name, got_s, m->cfg.V, m->cfg.C, m->cfg.L,
+                      m->cfg.Tmax, want_s);
+      goto out_close;
+    }
+  }
+  for (size_t i = 0; i < bt_st_count(f); i++) {
+    bt_st_tensor_t ft = bt_st_get(f, i);
+    if (bt__gpt_find(m, ft.name) == NULL) {
+      st = bt__errorf(err, BT_EINVAL,
+                      "%s: tensor '%s' is not a parameter of this model "
+                      "(V=%zu, C=%zu, L=%zu, %s): a checkpoint of another "
+                      "config?",
+                      path, ft.name, m->cfg.V, m->cfg.C, m->cfg.L,
+                      m->cfg.tied ? "tied" : "untied");
+      goto out_close;
+    }
+  }
+  for (size_t t = 0; t < m->ntensors; t++) {
+    const struct bt__gpt_tensor *tt = &m->tensors[t];
+    bt_st_tensor_t ft;
+    bt_st_find(f, tt->name, &ft);
+    memcpy(m->params + tt->offset, ft.data, tt->count * sizeof(float));
+  }
+  st = BT_OK;
+
+out_close:
+  bt_st_close(f);
+  return st;
+}
