@@ -48,7 +48,7 @@ struct bt_trainer {
   int32_t S;
   int32_t *stage_layers;     /* [S] */
   int64_t updates;           /* optimizer steps taken */
-  struct bt__resmlp_adamw_state adam; /* allocated at the first AdamW step */
+  struct bt__params_adamw_state adam; /* allocated at the first AdamW step */
 };
 
 /* ---- model ---------------------------------------------------------------- */
@@ -144,7 +144,7 @@ bt_status
 bt_model_param(const bt_model_t *model, size_t index, bt_param_t *out)
 {
   const struct bt__resmlp *m;
-  const struct bt__resmlp_tensor *t;
+  const struct bt__params_tensor *t;
   int32_t layer = 0;
 
   if (model == NULL || out == NULL)
@@ -213,10 +213,10 @@ predict_rows(const struct bt__resmlp *m, const float *x, size_t R,
              void *scratch, float *a, float *b, float *h0, float *u,
              float *mean, float *rstd, float *logits, int32_t *classes)
 {
-  const struct bt__resmlp_tensor *g = bt__resmlp_find(m, "head.ln.g");
-  const struct bt__resmlp_tensor *be = bt__resmlp_find(m, "head.ln.b");
-  const struct bt__resmlp_tensor *w = bt__resmlp_find(m, "head.w");
-  const struct bt__resmlp_tensor *bias = bt__resmlp_find(m, "head.b");
+  const struct bt__params_tensor *g = bt__resmlp_find(m, "head.ln.g");
+  const struct bt__params_tensor *be = bt__resmlp_find(m, "head.ln.b");
+  const struct bt__params_tensor *w = bt__resmlp_find(m, "head.w");
+  const struct bt__params_tensor *bias = bt__resmlp_find(m, "head.b");
   size_t H = m->cfg.H, C = m->cfg.C;
   float *cur = a, *next = b;
   bt_status rc;

@@ -70,40 +70,6 @@ head_dw(const struct bt__gpt *m)
   return m->cfg.tied ? lgrad(m, 0, EMB_WTE) : lgrad(m, m->cfg.L + 1, HEAD_W);
 }
 
-static uint64_t
-splitmix64_at(uint64_t seed, uint64_t k)
-{
-  uint64_t z = seed + (k + 1) * 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-struct table_builder {
-  struct bt__gpt *m;
-  size_t next, offset;
-  size_t *fan_in; /* [ntensors]: 0 for bias and LayerNorm tensors */
-  bool *gamma;    /* [ntensors]: LayerNorm gammas start at 1 */
-};
-
-static void
-add_tensor(struct table_builder *tb, int ndim, size_t d0, size_t d1,
-           size_t fan_in, bool gamma, const char *prefix, const char *suffix)
-{
-  struct bt__gpt_tensor *t = &tb->m->tensors[tb->next];
-
-  snprintf(t->name, sizeof(t->name), "%.12s%.16s", prefix, suffix);
-  t->ndim = ndim;
-  t->shape[0] = d0;
-  t->shape[1] = ndim == 2 ? d1 : 0;
-  t->count = ndim == 2 ? d0 * d1 : d0;
-  t->offset = tb->offset;
-  tb->fan_in[tb->next] = fan_in;
-  tb->gamma[tb->next] = gamma;
-  tb->offset += t->count;
-  tb->next++;
-}
-
 /* The sum of the element counts, checked for overflow.  The caller has
  * bounded C so that 4C, 12C^2 and small multiples of C fit. */
 static bool
@@ -135,8 +101,6 @@ bt__gpt_create(const struct bt__gpt_config *cfg, uint64_t seed,
 {
   struct bt__gpt *m;
   size_t nparams, ntensors, bytes;
-  size_t *fan_in = NULL;
-  bool *gamma = NULL;
   char prefix[BT__GPT_NAME_MAX];
   bt_status st;
 
@@ -171,77 +135,42 @@ bt__gpt_create(const struct bt__gpt_config *cfg, uint64_t seed,
   if (m == NULL)
     return bt__errorf(err, BT_ENOMEM, "gpt: out of memory");
   m->cfg = *cfg;
-  m->nlayers = cfg->L + 2;
-  m->ntensors = ntensors;
-  m->nparams = nparams;
-  m->params = malloc(bytes);
-  m->grads = calloc(nparams, sizeof(float));
-  m->tensors = calloc(ntensors, sizeof(*m->tensors));
-  m->layer_tensor = calloc(m->nlayers + 1, sizeof(*m->layer_tensor));
-  fan_in = calloc(ntensors, sizeof(*fan_in));
-  gamma = calloc(ntensors, sizeof(*gamma));
-  if (m->params == NULL || m->grads == NULL || m->tensors == NULL ||
-      m->layer_tensor == NULL || fan_in == NULL || gamma == NULL) {
-    st = bt__errorf(err, BT_ENOMEM, "gpt: out of memory for %zu parameters",
-                    nparams);
-    goto out_free_model;
+  st = bt__params_alloc(&m->table, cfg->L + 2, ntensors, nparams, "gpt", err);
+  if (st != BT_OK) {
+    free(m);
+    return st;
   }
 
-  struct table_builder tb = {m, 0, 0, fan_in, gamma};
+  struct bt__params_builder tb = {&m->table, seed, 0, 0};
   size_t V = cfg->V, C = cfg->C;
 
-  m->layer_tensor[0] = tb.next;
-  add_tensor(&tb, 2, V, C, C, false, "", "wte");
-  add_tensor(&tb, 2, cfg->Tmax, C, C, false, "", "wpe");
+  bt__params_layer(&tb, 0);
+  bt__params_add(&tb, "", "wte", 2, V, C, C, 0.0f);
+  bt__params_add(&tb, "", "wpe", 2, cfg->Tmax, C, C, 0.0f);
   for (size_t i = 0; i < cfg->L; i++) {
-    m->layer_tensor[1 + i] = tb.next;
+    bt__params_layer(&tb, 1 + i);
     snprintf(prefix, sizeof(prefix), "blk%zu.", i);
-    add_tensor(&tb, 1, C, 0, 0, true, prefix, "ln1.g");
-    add_tensor(&tb, 1, C, 0, 0, false, prefix, "ln1.b");
-    add_tensor(&tb, 2, 3 * C, C, C, false, prefix, "attn.qkv.w");
-    add_tensor(&tb, 1, 3 * C, 0, 0, false, prefix, "attn.qkv.b");
-    add_tensor(&tb, 2, C, C, C, false, prefix, "attn.proj.w");
-    add_tensor(&tb, 1, C, 0, 0, false, prefix, "attn.proj.b");
-    add_tensor(&tb, 1, C, 0, 0, true, prefix, "ln2.g");
-    add_tensor(&tb, 1, C, 0, 0, false, prefix, "ln2.b");
-    add_tensor(&tb, 2, 4 * C, C, C, false, prefix, "mlp.fc.w");
-    add_tensor(&tb, 1, 4 * C, 0, 0, false, prefix, "mlp.fc.b");
-    add_tensor(&tb, 2, C, 4 * C, 4 * C, false, prefix, "mlp.proj.w");
-    add_tensor(&tb, 1, C, 0, 0, false, prefix, "mlp.proj.b");
+    bt__params_add(&tb, prefix, "ln1.g", 1, C, 0, 0, 1.0f);
+    bt__params_add(&tb, prefix, "ln1.b", 1, C, 0, 0, 0.0f);
+    bt__params_add(&tb, prefix, "attn.qkv.w", 2, 3 * C, C, C, 0.0f);
+    bt__params_add(&tb, prefix, "attn.qkv.b", 1, 3 * C, 0, 0, 0.0f);
+    bt__params_add(&tb, prefix, "attn.proj.w", 2, C, C, C, 0.0f);
+    bt__params_add(&tb, prefix, "attn.proj.b", 1, C, 0, 0, 0.0f);
+    bt__params_add(&tb, prefix, "ln2.g", 1, C, 0, 0, 1.0f);
+    bt__params_add(&tb, prefix, "ln2.b", 1, C, 0, 0, 0.0f);
+    bt__params_add(&tb, prefix, "mlp.fc.w", 2, 4 * C, C, C, 0.0f);
+    bt__params_add(&tb, prefix, "mlp.fc.b", 1, 4 * C, 0, 0, 0.0f);
+    bt__params_add(&tb, prefix, "mlp.proj.w", 2, C, 4 * C, 4 * C, 0.0f);
+    bt__params_add(&tb, prefix, "mlp.proj.b", 1, C, 0, 0, 0.0f);
   }
-  m->layer_tensor[cfg->L + 1] = tb.next;
-  add_tensor(&tb, 1, C, 0, 0, true, "", "lnf.g");
-  add_tensor(&tb, 1, C, 0, 0, false, "", "lnf.b");
+  bt__params_layer(&tb, cfg->L + 1);
+  bt__params_add(&tb, "", "lnf.g", 1, C, 0, 0, 1.0f);
+  bt__params_add(&tb, "", "lnf.b", 1, C, 0, 0, 0.0f);
   if (!cfg->tied)
-    add_tensor(&tb, 2, V, C, C, false, "", "head.w");
-  m->layer_tensor[cfg->L + 2] = tb.next;
-
-  for (size_t t = 0; t < ntensors; t++) {
-    const struct bt__gpt_tensor *tt = &m->tensors[t];
-    float *p = m->params + tt->offset;
-
-    if (fan_in[t] > 0) {
-      float bound = 1.0f / sqrtf((float)fan_in[t]);
-      for (size_t j = 0; j < tt->count; j++) {
-        uint64_t bits = splitmix64_at(seed, (uint64_t)(tt->offset + j));
-        float u = (float)(bits >> 40) * 0x1.0p-24f;
-        p[j] = (2.0f * u - 1.0f) * bound;
-      }
-    } else {
-      for (size_t j = 0; j < tt->count; j++)
-        p[j] = gamma[t] ? 1.0f : 0.0f;
-    }
-  }
-  free(gamma);
-  free(fan_in);
+    bt__params_add(&tb, "", "head.w", 2, V, C, C, 0.0f);
+  bt__params_layer(&tb, cfg->L + 2);
   *out = m;
   return BT_OK;
-
-out_free_model:
-  free(gamma);
-  free(fan_in);
-  bt__gpt_destroy(m);
-  return st;
 }
 
 void
@@ -249,28 +178,20 @@ bt__gpt_destroy(struct bt__gpt *m)
 {
   if (m == NULL)
     return;
-  free(m->params);
-  free(m->grads);
-  free(m->tensors);
-  free(m->layer_tensor);
+  bt__params_free(&m->table);
   free(m);
 }
 
-const struct bt__gpt_tensor *
+const struct bt__params_tensor *
 bt__gpt_find(const struct bt__gpt *m, const char *name)
 {
-  if (m == NULL || name == NULL)
-    return NULL;
-  for (size_t t = 0; t < m->ntensors; t++)
-    if (strcmp(m->tensors[t].name, name) == 0)
-      return &m->tensors[t];
-  return NULL;
+  return m != NULL ? bt__params_find(&m->table, name) : NULL;
 }
 
 void
 bt__gpt_zero_grad(struct bt__gpt *m)
 {
-  memset(m->grads, 0, m->nparams * sizeof(float));
+  bt__params_zero_grad(&m->table);
 }
 
 /* ---- scratch layout ----------------------------------------------------- */
@@ -781,72 +702,36 @@ out_free:
 bt_status
 bt__gpt_sgd(struct bt__gpt *m, float lr)
 {
-  if (m == NULL)
-    return BT_EINVAL;
-  return bt__sgd_update(m->params, m->grads, m->nparams, lr, 0.0f);
+  return bt__params_sgd(m != NULL ? &m->table : NULL, lr);
 }
 
 bt_status
-bt__gpt_adamw_init(const struct bt__gpt *m, struct bt__gpt_adamw_state *state)
+bt__gpt_adamw_init(const struct bt__gpt *m, struct bt__params_adamw_state *state)
 {
-  if (m == NULL || state == NULL)
-    return BT_EINVAL;
-  state->m = calloc(m->nparams, sizeof(float));
-  state->v = calloc(m->nparams, sizeof(float));
-  if (state->m == NULL || state->v == NULL) {
-    bt__gpt_adamw_deinit(state);
-    return BT_ENOMEM;
-  }
-  return BT_OK;
+  return bt__params_adamw_init(m != NULL ? &m->table : NULL, state);
 }
 
 void
-bt__gpt_adamw_deinit(struct bt__gpt_adamw_state *state)
+bt__gpt_adamw_deinit(struct bt__params_adamw_state *state)
 {
-  if (state == NULL)
-    return;
-  free(state->m);
-  free(state->v);
-  state->m = NULL;
-  state->v = NULL;
+  bt__params_adamw_deinit(state);
 }
 
 bt_status
 bt__gpt_adamw(struct bt__gpt *m, float lr, float b1, float b2, float eps,
-              float wd, int64_t t, struct bt__gpt_adamw_state *state)
+              float wd, int64_t t, struct bt__params_adamw_state *state)
 {
-  if (m == NULL || state == NULL || state->m == NULL || state->v == NULL)
-    return BT_EINVAL;
-  return bt__adamw_update(m->params, state->m, state->v, m->grads, m->nparams,
-                          lr, b1, b2, eps, wd, t);
+  return bt__params_adamw(m != NULL ? &m->table : NULL, lr, b1, b2, eps, wd,
+                          t, state);
 }
 
 /* ---- files -------------------------------------------------------------- */
-
-static void
-describe(bt_st_tensor_t *st, const char *name, const struct bt__gpt_tensor *t,
-         const float *data)
-{
-  memset(st, 0, sizeof(*st));
-  st->name = name;
-  st->dtype = BT_ST_F32;
-  st->ndim = t->ndim;
-  for (int d = 0; d < t->ndim; d++)
-    st->shape[d] = (int64_t)t->shape[d];
-  st->data = data;
-  st->bytes = t->count * sizeof(float);
-}
-
-#define PREFIXED_MAX (BT__GPT_NAME_MAX + 2)
 
 bt_status
 bt__gpt_dump(const struct bt__gpt *m, const char *path, const int32_t *x,
              const int32_t *y, size_t B, size_t T, float loss, bt_error_t *err)
 {
-  size_t count, nx;
-  bt_st_tensor_t *ts;
-  char(*names)[PREFIXED_MAX];
-  bt_status st;
+  size_t nx;
 
   if (m == NULL || path == NULL || x == NULL || y == NULL || B == 0 || T == 0)
     return bt__errorf(err, BT_EINVAL,
@@ -855,149 +740,38 @@ bt__gpt_dump(const struct bt__gpt *m, const char *path, const int32_t *x,
   if (!bt__mul_fits(B, T, &nx) || !bt__mul_fits(nx, sizeof(int32_t), &nx))
     return bt__errorf(err, BT_ERANGE, "gpt dump: x of %zu x %zu overflows", B,
                       T);
-  count = 3 + 2 * m->ntensors;
-  ts = calloc(count, sizeof(*ts));
-  names = calloc(2 * m->ntensors, sizeof(*names));
-  if (ts == NULL || names == NULL) {
-    st = bt__errorf(err, BT_ENOMEM, "gpt dump: out of memory");
-    goto out_free;
-  }
-  ts[0] = (bt_st_tensor_t){.name = "x",
-                           .dtype = BT_ST_I32,
-                           .ndim = 2,
-                           .shape = {(int64_t)B, (int64_t)T},
-                           .data = x,
-                           .bytes = nx};
-  ts[1] = (bt_st_tensor_t){.name = "y",
-                           .dtype = BT_ST_I32,
-                           .ndim = 2,
-                           .shape = {(int64_t)B, (int64_t)T},
-                           .data = y,
-                           .bytes = nx};
-  ts[2] = (bt_st_tensor_t){.name = "loss",
-                           .dtype = BT_ST_F32,
-                           .ndim = 1,
-                           .shape = {1},
-                           .data = &loss,
-                           .bytes = sizeof(float)};
-  for (size_t t = 0; t < m->ntensors; t++) {
-    const struct bt__gpt_tensor *tt = &m->tensors[t];
-    snprintf(names[2 * t], PREFIXED_MAX, "p.%s", tt->name);
-    snprintf(names[2 * t + 1], PREFIXED_MAX, "g.%s", tt->name);
-    describe(&ts[3 + 2 * t], names[2 * t], tt, m->params + tt->offset);
-    describe(&ts[3 + 2 * t + 1], names[2 * t + 1], tt, m->grads + tt->offset);
-  }
-  st = bt_st_save(path, ts, count, NULL, err);
 
-out_free:
-  free(names);
-  free(ts);
-  return st;
+  const bt_st_tensor_t lead[3] = {
+      {.name = "x", .dtype = BT_ST_I32, .ndim = 2,
+       .shape = {(int64_t)B, (int64_t)T}, .data = x, .bytes = nx},
+      {.name = "y", .dtype = BT_ST_I32, .ndim = 2,
+       .shape = {(int64_t)B, (int64_t)T}, .data = y, .bytes = nx},
+      {.name = "loss", .dtype = BT_ST_F32, .ndim = 1, .shape = {1},
+       .data = &loss, .bytes = sizeof(float)}};
+  return bt__params_dump(&m->table, path, lead, 3, "gpt", err);
 }
 
 bt_status
 bt__gpt_save(const struct bt__gpt *m, const char *path, bt_error_t *err)
 {
-  bt_st_tensor_t *ts;
-  bt_status st;
-
-  if (m == NULL || path == NULL)
-    return bt__errorf(err, BT_EINVAL,
-                      "gpt save: model and path must not be NULL");
-  ts = calloc(m->ntensors, sizeof(*ts));
-  if (ts == NULL)
-    return bt__errorf(err, BT_ENOMEM, "gpt save: out of memory");
-  for (size_t t = 0; t < m->ntensors; t++)
-    describe(&ts[t], m->tensors[t].name, &m->tensors[t],
-             m->params + m->tensors[t].offset);
-  st = bt_st_save(path, ts, m->ntensors, NULL, err);
-  free(ts);
-  return st;
-}
-
-static void
-format_shape(char *buf, size_t n, int ndim, const int64_t *shape)
-{
-  size_t used = 0;
-
-  used += (size_t)snprintf(buf, n, "[");
-  for (int d = 0; d < ndim && used < n; d++)
-    used += (size_t)snprintf(buf + used, n - used, "%s%" PRId64,
-                             d > 0 ? ", " : "", shape[d]);
-  if (used < n)
-    snprintf(buf + used, n - used, "]");
+  return bt__params_save(m != NULL ? &m->table : NULL, path, "gpt", err);
 }
 
 bt_status
 bt__gpt_load(struct bt__gpt *m, const char *path, bt_error_t *err)
 {
-  bt_st_file_t *f = NULL;
-  bt_status st;
+  char missing[160] = "", shape[128] = "", extra[128] = "";
 
-  if (m == NULL || path == NULL)
-    return bt__errorf(err, BT_EINVAL,
-                      "gpt load: model and path must not be NULL");
-  if ((st = bt_st_load(path, &f, err)) != BT_OK)
-    return st;
-
-  /* Everything is checked before anything is copied, so a bad file leaves
-   * the model as it was. */
-  for (size_t t = 0; t < m->ntensors; t++) {
-    const struct bt__gpt_tensor *tt = &m->tensors[t];
-    int64_t want[2] = {(int64_t)tt->shape[0], (int64_t)tt->shape[1]};
-    bt_st_tensor_t ft;
-    char got_s[96], want_s[64];
-
-    if (bt_st_find(f, tt->name, &ft) != BT_OK) {
-      st = bt__errorf(err, BT_EINVAL,
-                      "%s: tensor '%s' is missing (a checkpoint of a model "
-                      "with V=%zu, C=%zu, L=%zu, Tmax=%zu, %s?)",
-                      path, tt->name, m->cfg.V, m->cfg.C, m->cfg.L, m->cfg.Tmax,
-                      m->cfg.tied ? "tied" : "untied");
-      goto out_close;
-    }
-    if (ft.dtype != BT_ST_F32) {
-      const char *dn = bt_st_dtype_name(ft.dtype);
-      st = bt__errorf(err, BT_EINVAL,
-                      "%s: tensor '%s' has dtype %s; the model needs F32", path,
-                      tt->name, dn != NULL ? dn : "?");
-      goto out_close;
-    }
-    bool same = ft.ndim == tt->ndim;
-    for (int d = 0; same && d < tt->ndim; d++)
-      same = ft.shape[d] == want[d];
-    if (!same) {
-      format_shape(got_s, sizeof(got_s), ft.ndim, ft.shape);
-      format_shape(want_s, sizeof(want_s), tt->ndim, want);
-      st = bt__errorf(err, BT_EINVAL,
-                      "%s: tensor '%s' has shape %s; the model (V=%zu, "
-                      "C=%zu, L=%zu, Tmax=%zu) needs %s",
-                      path, tt->name, got_s, m->cfg.V, m->cfg.C, m->cfg.L,
-                      m->cfg.Tmax, want_s);
-      goto out_close;
-    }
+  if (m != NULL) {
+    const char *tie = m->cfg.tied ? "tied" : "untied";
+    snprintf(missing, sizeof(missing), "V=%zu, C=%zu, L=%zu, Tmax=%zu, %s",
+             m->cfg.V, m->cfg.C, m->cfg.L, m->cfg.Tmax, tie);
+    snprintf(shape, sizeof(shape), "V=%zu, C=%zu, L=%zu, Tmax=%zu", m->cfg.V,
+             m->cfg.C, m->cfg.L, m->cfg.Tmax);
+    snprintf(extra, sizeof(extra), "V=%zu, C=%zu, L=%zu, %s", m->cfg.V,
+             m->cfg.C, m->cfg.L, tie);
   }
-  for (size_t i = 0; i < bt_st_count(f); i++) {
-    bt_st_tensor_t ft = bt_st_get(f, i);
-    if (bt__gpt_find(m, ft.name) == NULL) {
-      st = bt__errorf(err, BT_EINVAL,
-                      "%s: tensor '%s' is not a parameter of this model "
-                      "(V=%zu, C=%zu, L=%zu, %s): a checkpoint of another "
-                      "config?",
-                      path, ft.name, m->cfg.V, m->cfg.C, m->cfg.L,
-                      m->cfg.tied ? "tied" : "untied");
-      goto out_close;
-    }
-  }
-  for (size_t t = 0; t < m->ntensors; t++) {
-    const struct bt__gpt_tensor *tt = &m->tensors[t];
-    bt_st_tensor_t ft;
-    bt_st_find(f, tt->name, &ft);
-    memcpy(m->params + tt->offset, ft.data, tt->count * sizeof(float));
-  }
-  st = BT_OK;
-
-out_close:
-  bt_st_close(f);
-  return st;
+  const struct bt__params_load_desc desc = {missing, shape, extra};
+  return bt__params_load(m != NULL ? &m->table : NULL, path, "gpt", &desc,
+                         err);
 }

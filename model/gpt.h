@@ -53,12 +53,12 @@
  * so with tying their calls must not run at once.  (The pipelined version
  * keeps a copy of wte on the head's stage and sums the two gradients.)
  *
- * Initialization (bt__gpt_create), counter-based as resmlp's (resmlp.h
- * gives the formula): element k of the flat parameter block of a matrix
- * with fan-in F is (2u - 1) / sqrtf(F), u from splitmix64 output k of
- * seed.  Fan-ins: wte, wpe and head.w C (their rows are C-vectors),
- * attn.qkv.w C, attn.proj.w C, mlp.fc.w C, mlp.proj.w 4C.  Biases and
- * betas 0, gammas 1.
+ * Initialization (bt__gpt_create), counter-based as params.h gives the
+ * formula: element k of the flat parameter block of a matrix with fan-in
+ * F is (2u - 1) / sqrtf(F), u from splitmix64 output k of seed.  Fan-ins:
+ * wte, wpe and head.w C (their rows are C-vectors), attn.qkv.w C,
+ * attn.proj.w C, mlp.fc.w C, mlp.proj.w 4C.  Biases and betas 0, gammas
+ * 1.
  *
  * Threads: as resmlp's, calls on different layers touch disjoint slices
  * (except embed and head when tied, above); calls on one layer must be
@@ -71,6 +71,7 @@
 #include <stdint.h>
 
 #include "baton/status.h"
+#include "params.h"
 
 /* Model shape: V vocabulary, C channels (C % nh == 0), nh heads, L blocks
  * (0 allowed), Tmax positions, tied head, dropout probability in [0, 1). */
@@ -84,27 +85,21 @@ struct bt__gpt_config {
 #define BT__GPT_CONFIG_INIT(V_, C_, nh_, L_, Tmax_)                            \
   ((struct bt__gpt_config){(V_), (C_), (nh_), (L_), (Tmax_), true, 0.0f})
 
-#define BT__GPT_NAME_MAX 32
+#define BT__GPT_NAME_MAX BT__PARAMS_NAME_MAX
 
-/* One named parameter tensor: shape[0..ndim), its count elements at
- * offset in both the params and the grads blocks. */
-struct bt__gpt_tensor {
-  char name[BT__GPT_NAME_MAX];
-  int ndim; /* 1 or 2 */
-  size_t shape[2];
-  size_t offset, count;
-};
-
+/* The table and the blocks are params.h's members, read directly
+ * (m->params, m->tensors, ...) or as m->table by params.h's functions:
+ *   nlayers L + 2, ntensors 2 + 12L + 2 (+ 1 untied), nparams, params and
+ *   grads [nparams], tensors [ntensors] in the order above, layer_tensor
+ *   [nlayers + 1]. */
 struct bt__gpt {
   struct bt__gpt_config cfg;
-  size_t nlayers;                 /* L + 2 */
-  size_t ntensors;                /* 2 + 12L + 2 (+ 1 untied) */
-  size_t nparams;                 /* elements in params (and grads) */
-  float *params;                  /* [nparams] */
-  float *grads;                   /* [nparams] */
-  struct bt__gpt_tensor *tensors; /* [ntensors], in the order above */
-  size_t *layer_tensor;           /* [nlayers + 1]: layer l owns tensors
-                                     [layer_tensor[l], layer_tensor[l+1]) */
+  union {
+    struct bt__params table;
+    struct {
+      BT__PARAMS_MEMBERS
+    };
+  };
 };
 
 /* Creates a model with parameters initialized from seed and gradients
@@ -118,7 +113,7 @@ bt_status bt__gpt_create(const struct bt__gpt_config *cfg, uint64_t seed,
 void bt__gpt_destroy(struct bt__gpt *m);
 
 /* The tensor named name, or NULL. */
-const struct bt__gpt_tensor *bt__gpt_find(const struct bt__gpt *m,
+const struct bt__params_tensor *bt__gpt_find(const struct bt__gpt *m,
                                           const char *name);
 
 /* Sets every gradient to 0. */
@@ -233,27 +228,24 @@ bt_status bt__gpt_reference_step(struct bt__gpt *m, const int32_t *x,
                                  uint32_t step, float *loss, bt_error_t *err);
 
 /* ---- optimizers ------------------------------------------------------------
- * Over every parameter (a tied wte once, with its summed gradient). */
+ * Over every parameter (a tied wte once, with its summed gradient):
+ * params.h's bt__params_sgd and bt__params_adamw. */
 
 /* w -= lr * g (no weight decay). */
 bt_status bt__gpt_sgd(struct bt__gpt *m, float lr);
 
-/* AdamW's moments, [nparams] each, zero before step 1. */
-struct bt__gpt_adamw_state {
-  float *m, *v;
-};
-
+/* AdamW's moments: struct bt__params_adamw_state (params.h). */
 /* Allocates zeroed moments (BT_ENOMEM); deinit frees them (a zeroed or
  * deinited state is accepted). */
 bt_status bt__gpt_adamw_init(const struct bt__gpt *m,
-                             struct bt__gpt_adamw_state *state);
-void bt__gpt_adamw_deinit(struct bt__gpt_adamw_state *state);
+                             struct bt__params_adamw_state *state);
+void bt__gpt_adamw_deinit(struct bt__params_adamw_state *state);
 
 /* One AdamW step t (1-based) with decoupled weight decay wd on every
  * parameter; hyperparameter errors as bt__adamw_update's. */
 bt_status bt__gpt_adamw(struct bt__gpt *m, float lr, float b1, float b2,
                         float eps, float wd, int64_t t,
-                        struct bt__gpt_adamw_state *state);
+                        struct bt__params_adamw_state *state);
 
 /* ---- files -----------------------------------------------------------------
  * safetensors (see <baton/safetensors.h>), written atomically. */

@@ -43,44 +43,6 @@ lgrad(const struct bt__resmlp *m, size_t layer, size_t i)
   return m->grads + m->tensors[m->layer_tensor[layer] + i].offset;
 }
 
-/* splitmix64's output number k (0-based) from state seed, computed
- * directly from the counter. */
-static uint64_t
-splitmix64_at(uint64_t seed, uint64_t k)
-{
-  uint64_t z = seed + (k + 1) * 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-/* Appends tensor name (formatted) of shape [d0] or [d0, d1] to the table;
- * fan_in > 0 marks a linear weight.  Sizes were checked by the caller. */
-struct table_builder {
-  struct bt__resmlp *m;
-  size_t next, offset;
-  size_t *fan_in; /* [ntensors]: 0 for bias and LayerNorm tensors */
-};
-
-static void
-add_tensor(struct table_builder *tb, int ndim, size_t d0, size_t d1,
-           size_t fan_in, const char *prefix, const char *suffix)
-{
-  struct bt__resmlp_tensor *t = &tb->m->tensors[tb->next];
-
-  /* Bounded so the compiler can see the name fits (prefix "blk<i>.",
-   * suffix at most "fc1.w"). */
-  snprintf(t->name, sizeof(t->name), "%.20s%.10s", prefix, suffix);
-  t->ndim = ndim;
-  t->shape[0] = d0;
-  t->shape[1] = ndim == 2 ? d1 : 0;
-  t->count = ndim == 2 ? d0 * d1 : d0;
-  t->offset = tb->offset;
-  tb->fan_in[tb->next] = fan_in;
-  tb->offset += t->count;
-  tb->next++;
-}
-
 /* The sum of the element counts, checked for overflow. */
 static bool
 count_params(const struct bt__resmlp_config *c, size_t E, size_t *out)
@@ -110,7 +72,6 @@ bt__resmlp_create(const struct bt__resmlp_config *cfg, uint64_t seed,
 {
   struct bt__resmlp *m;
   size_t E, nparams, ntensors, bytes;
-  size_t *fan_in = NULL;
   char prefix[BT__RESMLP_NAME_MAX];
   bt_status st;
 
@@ -141,72 +102,37 @@ bt__resmlp_create(const struct bt__resmlp_config *cfg, uint64_t seed,
     return bt__errorf(err, BT_ENOMEM, "resmlp: out of memory");
   m->cfg = *cfg;
   m->E = E;
-  m->nlayers = cfg->L + 2;
-  m->ntensors = ntensors;
-  m->nparams = nparams;
-  m->params = malloc(nparams * sizeof(float));
-  m->grads = calloc(nparams, sizeof(float));
-  m->tensors = calloc(ntensors, sizeof(*m->tensors));
-  m->layer_tensor = calloc(m->nlayers + 1, sizeof(*m->layer_tensor));
-  fan_in = calloc(ntensors, sizeof(*fan_in));
-  if (m->params == NULL || m->grads == NULL || m->tensors == NULL ||
-      m->layer_tensor == NULL || fan_in == NULL) {
-    st = bt__errorf(err, BT_ENOMEM,
-                    "resmlp: out of memory for %zu parameters", nparams);
-    goto out_free_model;
+  st = bt__params_alloc(&m->table, cfg->L + 2, ntensors, nparams, "resmlp",
+                        err);
+  if (st != BT_OK) {
+    free(m);
+    return st;
   }
 
-  struct table_builder tb = {m, 0, 0, fan_in};
+  struct bt__params_builder tb = {&m->table, seed, 0, 0};
   size_t D = cfg->D, H = cfg->H, C = cfg->C;
 
-  m->layer_tensor[0] = tb.next;
-  add_tensor(&tb, 2, H, D, D, "in.", "w");
-  add_tensor(&tb, 1, H, 0, 0, "in.", "b");
+  bt__params_layer(&tb, 0);
+  bt__params_add(&tb, "in.", "w", 2, H, D, D, 0.0f);
+  bt__params_add(&tb, "in.", "b", 1, H, 0, 0, 0.0f);
   for (size_t i = 0; i < cfg->L; i++) {
-    m->layer_tensor[1 + i] = tb.next;
+    bt__params_layer(&tb, 1 + i);
     snprintf(prefix, sizeof(prefix), "blk%zu.", i);
-    add_tensor(&tb, 1, H, 0, 0, prefix, "ln.g");
-    add_tensor(&tb, 1, H, 0, 0, prefix, "ln.b");
-    add_tensor(&tb, 2, E, H, H, prefix, "fc1.w");
-    add_tensor(&tb, 1, E, 0, 0, prefix, "fc1.b");
-    add_tensor(&tb, 2, H, E, E, prefix, "fc2.w");
-    add_tensor(&tb, 1, H, 0, 0, prefix, "fc2.b");
+    bt__params_add(&tb, prefix, "ln.g", 1, H, 0, 0, 1.0f);
+    bt__params_add(&tb, prefix, "ln.b", 1, H, 0, 0, 0.0f);
+    bt__params_add(&tb, prefix, "fc1.w", 2, E, H, H, 0.0f);
+    bt__params_add(&tb, prefix, "fc1.b", 1, E, 0, 0, 0.0f);
+    bt__params_add(&tb, prefix, "fc2.w", 2, H, E, E, 0.0f);
+    bt__params_add(&tb, prefix, "fc2.b", 1, H, 0, 0, 0.0f);
   }
-  m->layer_tensor[cfg->L + 1] = tb.next;
-  add_tensor(&tb, 1, H, 0, 0, "head.", "ln.g");
-  add_tensor(&tb, 1, H, 0, 0, "head.", "ln.b");
-  add_tensor(&tb, 2, C, H, H, "head.", "w");
-  add_tensor(&tb, 1, C, 0, 0, "head.", "b");
-  m->layer_tensor[cfg->L + 2] = tb.next;
-
-  for (size_t t = 0; t < ntensors; t++) {
-    const struct bt__resmlp_tensor *tt = &m->tensors[t];
-    float *p = m->params + tt->offset;
-    /* LayerNorm gammas are the ".ln.g" tensors; everything else that is
-     * not a weight (biases, betas) starts at 0. */
-    size_t len = strlen(tt->name);
-    bool gamma = len >= 5 && strcmp(tt->name + len - 5, ".ln.g") == 0;
-
-    if (fan_in[t] > 0) {
-      float bound = 1.0f / sqrtf((float)fan_in[t]);
-      for (size_t j = 0; j < tt->count; j++) {
-        uint64_t bits = splitmix64_at(seed, (uint64_t)(tt->offset + j));
-        float u = (float)(bits >> 40) * 0x1.0p-24f;
-        p[j] = (2.0f * u - 1.0f) * bound;
-      }
-    } else {
-      for (size_t j = 0; j < tt->count; j++)
-        p[j] = gamma ? 1.0f : 0.0f;
-    }
-  }
-  free(fan_in);
+  bt__params_layer(&tb, cfg->L + 1);
+  bt__params_add(&tb, "head.", "ln.g", 1, H, 0, 0, 1.0f);
+  bt__params_add(&tb, "head.", "ln.b", 1, H, 0, 0, 0.0f);
+  bt__params_add(&tb, "head.", "w", 2, C, H, H, 0.0f);
+  bt__params_add(&tb, "head.", "b", 1, C, 0, 0, 0.0f);
+  bt__params_layer(&tb, cfg->L + 2);
   *out = m;
   return BT_OK;
-
-out_free_model:
-  free(fan_in);
-  bt__resmlp_destroy(m);
-  return st;
 }
 
 void
@@ -214,28 +140,20 @@ bt__resmlp_destroy(struct bt__resmlp *m)
 {
   if (m == NULL)
     return;
-  free(m->params);
-  free(m->grads);
-  free(m->tensors);
-  free(m->layer_tensor);
+  bt__params_free(&m->table);
   free(m);
 }
 
-const struct bt__resmlp_tensor *
+const struct bt__params_tensor *
 bt__resmlp_find(const struct bt__resmlp *m, const char *name)
 {
-  if (m == NULL || name == NULL)
-    return NULL;
-  for (size_t t = 0; t < m->ntensors; t++)
-    if (strcmp(m->tensors[t].name, name) == 0)
-      return &m->tensors[t];
-  return NULL;
+  return m != NULL ? bt__params_find(&m->table, name) : NULL;
 }
 
 void
 bt__resmlp_zero_grad(struct bt__resmlp *m)
 {
-  memset(m->grads, 0, m->nparams * sizeof(float));
+  bt__params_zero_grad(&m->table);
 }
 
 /* ---- scratch layout ----------------------------------------------------- */
@@ -683,75 +601,38 @@ out_free:
 bt_status
 bt__resmlp_sgd(struct bt__resmlp *m, float lr)
 {
-  if (m == NULL)
-    return BT_EINVAL;
-  return bt__sgd_update(m->params, m->grads, m->nparams, lr, 0.0f);
+  return bt__params_sgd(m != NULL ? &m->table : NULL, lr);
 }
 
 bt_status
 bt__resmlp_adamw_init(const struct bt__resmlp *m,
-                      struct bt__resmlp_adamw_state *state)
+                      struct bt__params_adamw_state *state)
 {
-  if (m == NULL || state == NULL)
-    return BT_EINVAL;
-  state->m = calloc(m->nparams, sizeof(float));
-  state->v = calloc(m->nparams, sizeof(float));
-  if (state->m == NULL || state->v == NULL) {
-    bt__resmlp_adamw_deinit(state);
-    return BT_ENOMEM;
-  }
-  return BT_OK;
+  return bt__params_adamw_init(m != NULL ? &m->table : NULL, state);
 }
 
 void
-bt__resmlp_adamw_deinit(struct bt__resmlp_adamw_state *state)
+bt__resmlp_adamw_deinit(struct bt__params_adamw_state *state)
 {
-  if (state == NULL)
-    return;
-  free(state->m);
-  free(state->v);
-  state->m = NULL;
-  state->v = NULL;
+  bt__params_adamw_deinit(state);
 }
 
 bt_status
 bt__resmlp_adamw(struct bt__resmlp *m, float lr, float b1, float b2,
                  float eps, float wd, int64_t t,
-                 struct bt__resmlp_adamw_state *state)
+                 struct bt__params_adamw_state *state)
 {
-  if (m == NULL || state == NULL || state->m == NULL || state->v == NULL)
-    return BT_EINVAL;
-  return bt__adamw_update(m->params, state->m, state->v, m->grads,
-                          m->nparams, lr, b1, b2, eps, wd, t);
+  return bt__params_adamw(m != NULL ? &m->table : NULL, lr, b1, b2, eps, wd,
+                          t, state);
 }
 
 /* ---- files -------------------------------------------------------------- */
-
-static void
-describe(bt_st_tensor_t *st, const char *name, const struct bt__resmlp_tensor *t,
-         const float *data)
-{
-  memset(st, 0, sizeof(*st));
-  st->name = name;
-  st->dtype = BT_ST_F32;
-  st->ndim = t->ndim;
-  for (int d = 0; d < t->ndim; d++)
-    st->shape[d] = (int64_t)t->shape[d];
-  st->data = data;
-  st->bytes = t->count * sizeof(float);
-}
-
-/* "p." or "g." and a tensor name. */
-#define PREFIXED_MAX (BT__RESMLP_NAME_MAX + 2)
 
 bt_status
 bt__resmlp_dump(const struct bt__resmlp *m, const char *path, const float *x,
                 const int32_t *y, size_t N, float loss, bt_error_t *err)
 {
-  size_t count, nx;
-  bt_st_tensor_t *ts;
-  char(*names)[PREFIXED_MAX];
-  bt_status st;
+  size_t nx;
 
   if (m == NULL || path == NULL || x == NULL || y == NULL || N == 0)
     return bt__errorf(err, BT_EINVAL,
@@ -760,141 +641,33 @@ bt__resmlp_dump(const struct bt__resmlp *m, const char *path, const float *x,
   if (!bt__mul_fits(N, m->cfg.D, &nx) || !bt__mul_fits(nx, sizeof(float), &nx))
     return bt__errorf(err, BT_ERANGE, "resmlp dump: x of %zu rows overflows",
                       N);
-  count = 3 + 2 * m->ntensors;
-  ts = calloc(count, sizeof(*ts));
-  names = calloc(2 * m->ntensors, sizeof(*names));
-  if (ts == NULL || names == NULL) {
-    st = bt__errorf(err, BT_ENOMEM, "resmlp dump: out of memory");
-    goto out_free;
-  }
-  ts[0] = (bt_st_tensor_t){.name = "x", .dtype = BT_ST_F32, .ndim = 2,
-                           .shape = {(int64_t)N, (int64_t)m->cfg.D},
-                           .data = x, .bytes = nx};
-  ts[1] = (bt_st_tensor_t){.name = "y", .dtype = BT_ST_I32, .ndim = 1,
-                           .shape = {(int64_t)N}, .data = y,
-                           .bytes = N * sizeof(int32_t)};
-  ts[2] = (bt_st_tensor_t){.name = "loss", .dtype = BT_ST_F32, .ndim = 1,
-                           .shape = {1}, .data = &loss,
-                           .bytes = sizeof(float)};
-  for (size_t t = 0; t < m->ntensors; t++) {
-    const struct bt__resmlp_tensor *tt = &m->tensors[t];
-    snprintf(names[2 * t], PREFIXED_MAX, "p.%s", tt->name);
-    snprintf(names[2 * t + 1], PREFIXED_MAX, "g.%s", tt->name);
-    describe(&ts[3 + 2 * t], names[2 * t], tt, m->params + tt->offset);
-    describe(&ts[3 + 2 * t + 1], names[2 * t + 1], tt, m->grads + tt->offset);
-  }
-  st = bt_st_save(path, ts, count, NULL, err);
 
-out_free:
-  free(names);
-  free(ts);
-  return st;
+  const bt_st_tensor_t lead[3] = {
+      {.name = "x", .dtype = BT_ST_F32, .ndim = 2,
+       .shape = {(int64_t)N, (int64_t)m->cfg.D}, .data = x, .bytes = nx},
+      {.name = "y", .dtype = BT_ST_I32, .ndim = 1, .shape = {(int64_t)N},
+       .data = y, .bytes = N * sizeof(int32_t)},
+      {.name = "loss", .dtype = BT_ST_F32, .ndim = 1, .shape = {1},
+       .data = &loss, .bytes = sizeof(float)}};
+  return bt__params_dump(&m->table, path, lead, 3, "resmlp", err);
 }
 
 bt_status
 bt__resmlp_save(const struct bt__resmlp *m, const char *path,
                 bt_error_t *err)
 {
-  bt_st_tensor_t *ts;
-  bt_status st;
-
-  if (m == NULL || path == NULL)
-    return bt__errorf(err, BT_EINVAL,
-                      "resmlp save: model and path must not be NULL");
-  ts = calloc(m->ntensors, sizeof(*ts));
-  if (ts == NULL)
-    return bt__errorf(err, BT_ENOMEM, "resmlp save: out of memory");
-  for (size_t t = 0; t < m->ntensors; t++)
-    describe(&ts[t], m->tensors[t].name, &m->tensors[t],
-             m->params + m->tensors[t].offset);
-  st = bt_st_save(path, ts, m->ntensors, NULL, err);
-  free(ts);
-  return st;
-}
-
-static void
-format_shape(char *buf, size_t n, int ndim, const int64_t *shape)
-{
-  size_t used = 0;
-
-  used += (size_t)snprintf(buf, n, "[");
-  for (int d = 0; d < ndim && used < n; d++)
-    used += (size_t)snprintf(buf + used, n - used, "%s%" PRId64,
-                             d > 0 ? ", " : "", shape[d]);
-  if (used < n)
-    snprintf(buf + used, n - used, "]");
+  return bt__params_save(m != NULL ? &m->table : NULL, path, "resmlp", err);
 }
 
 bt_status
 bt__resmlp_load(struct bt__resmlp *m, const char *path, bt_error_t *err)
 {
-  bt_st_file_t *f = NULL;
-  bt_status st;
+  char cfg_s[128] = "";
 
-  if (m == NULL || path == NULL)
-    return bt__errorf(err, BT_EINVAL,
-                      "resmlp load: model and path must not be NULL");
-  if ((st = bt_st_load(path, &f, err)) != BT_OK)
-    return st;
-
-  /* Everything is checked before anything is copied, so a bad file
-   * leaves the model as it was. */
-  for (size_t t = 0; t < m->ntensors; t++) {
-    const struct bt__resmlp_tensor *tt = &m->tensors[t];
-    int64_t want[2] = {(int64_t)tt->shape[0], (int64_t)tt->shape[1]};
-    bt_st_tensor_t ft;
-    char got_s[96], want_s[64];
-
-    if (bt_st_find(f, tt->name, &ft) != BT_OK) {
-      st = bt__errorf(err, BT_EINVAL,
-                      "%s: tensor '%s' is missing (a checkpoint of a "
-                      "model with D=%zu, H=%zu, C=%zu, L=%zu?)",
-                      path, tt->name, m->cfg.D, m->cfg.H, m->cfg.C,
-                      m->cfg.L);
-      goto out_close;
-    }
-    if (ft.dtype != BT_ST_F32) {
-      const char *dn = bt_st_dtype_name(ft.dtype);
-      st = bt__errorf(err, BT_EINVAL,
-                      "%s: tensor '%s' has dtype %s; the model needs F32",
-                      path, tt->name, dn != NULL ? dn : "?");
-      goto out_close;
-    }
-    bool same = ft.ndim == tt->ndim;
-    for (int d = 0; same && d < tt->ndim; d++)
-      same = ft.shape[d] == want[d];
-    if (!same) {
-      format_shape(got_s, sizeof(got_s), ft.ndim, ft.shape);
-      format_shape(want_s, sizeof(want_s), tt->ndim, want);
-      st = bt__errorf(err, BT_EINVAL,
-                      "%s: tensor '%s' has shape %s; the model (D=%zu, "
-                      "H=%zu, C=%zu, L=%zu) needs %s",
-                      path, tt->name, got_s, m->cfg.D, m->cfg.H, m->cfg.C,
-                      m->cfg.L, want_s);
-      goto out_close;
-    }
-  }
-  for (size_t i = 0; i < bt_st_count(f); i++) {
-    bt_st_tensor_t ft = bt_st_get(f, i);
-    if (bt__resmlp_find(m, ft.name) == NULL) {
-      st = bt__errorf(err, BT_EINVAL,
-                      "%s: tensor '%s' is not a parameter of this model "
-                      "(D=%zu, H=%zu, C=%zu, L=%zu): a checkpoint of "
-                      "another config?",
-                      path, ft.name, m->cfg.D, m->cfg.H, m->cfg.C,
-                      m->cfg.L);
-      goto out_close;
-    }
-  }
-  for (size_t t = 0; t < m->ntensors; t++) {
-    const struct bt__resmlp_tensor *tt = &m->tensors[t];
-    bt_st_tensor_t ft;
-    bt_st_find(f, tt->name, &ft);
-    memcpy(m->params + tt->offset, ft.data, tt->count * sizeof(float));
-  }
-  st = BT_OK;
-
-out_close:
-  bt_st_close(f);
-  return st;
+  if (m != NULL)
+    snprintf(cfg_s, sizeof(cfg_s), "D=%zu, H=%zu, C=%zu, L=%zu", m->cfg.D,
+             m->cfg.H, m->cfg.C, m->cfg.L);
+  const struct bt__params_load_desc desc = {cfg_s, cfg_s, cfg_s};
+  return bt__params_load(m != NULL ? &m->table : NULL, path, "resmlp", &desc,
+                         err);
 }

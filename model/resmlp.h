@@ -24,19 +24,12 @@
  * are consecutive in the table and in the flat blocks, so a range of
  * layers owns one contiguous slice of params and grads.
  *
- * Initialization (bt__resmlp_create), reproducible on every IEEE-754
- * platform that evaluates float in float (FLT_EVAL_METHOD 0: x86-64,
- * aarch64): element k of the flat parameter block (k counts from 0 over
- * all tensors in the order above) of a linear weight with fan-in F is
- *   bits = splitmix64 output number k (0-based) from state `seed`, that is
- *          mix(seed + (k + 1) * 0x9e3779b97f4a7c15), with splitmix64's mix
- *          z ^= z >> 30; z *= 0xbf58476d1ce4e5b9; z ^= z >> 27;
- *          z *= 0x94d049bb133111eb; z ^= z >> 31  (uint64 arithmetic);
- *   u    = (float)(bits >> 40) * 2^-24                    (exact, [0, 1))
- *   w    = (2u - 1) * (1.0f / sqrtf((float)F))  (float, one rounding each)
- * so w ~ U[-1/sqrt(F), 1/sqrt(F)) and every element depends only on seed
- * and k (counter-based).  Biases and LayerNorm betas are 0, LayerNorm
- * gammas 1.  Fan-ins: in.w D, fc1.w H, fc2.w E, head.w H.
+ * Initialization (bt__resmlp_create): counter-based, element k of the
+ * flat parameter block of a linear weight with fan-in F is
+ * (2u - 1) / sqrtf(F), u from splitmix64 output k of seed, exactly as
+ * params.h gives the formula (reproducible on every IEEE-754 platform
+ * that evaluates float in float).  Biases and LayerNorm betas are 0,
+ * LayerNorm gammas 1.  Fan-ins: in.w D, fc1.w H, fc2.w E, head.w H.
  *
  * Threads: a model's parameters are read by the layer functions and
  * written by the optimizer functions; gradients are accumulated by the
@@ -51,6 +44,7 @@
 #include <stdint.h>
 
 #include "baton/status.h"
+#include "params.h"
 
 /* Model shape.  D inputs, H hidden width (blocks widen to E = 4H), C
  * classes, L blocks (0 allowed), long_skip adds h0 to z before the head. */
@@ -59,28 +53,22 @@ struct bt__resmlp_config {
   bool long_skip;
 };
 
-#define BT__RESMLP_NAME_MAX 32
+#define BT__RESMLP_NAME_MAX BT__PARAMS_NAME_MAX
 
-/* One named parameter tensor: shape[0..ndim), its count elements at
- * offset in both the params and the grads blocks. */
-struct bt__resmlp_tensor {
-  char name[BT__RESMLP_NAME_MAX];
-  int ndim; /* 1 or 2 */
-  size_t shape[2];
-  size_t offset, count;
-};
-
+/* The table and the blocks are params.h's members, read directly
+ * (m->params, m->tensors, ...) or as m->table by params.h's functions:
+ *   nlayers L + 2, ntensors 2 + 6L + 4, nparams, params and grads
+ *   [nparams], tensors [ntensors] in the order above, layer_tensor
+ *   [nlayers + 1]. */
 struct bt__resmlp {
   struct bt__resmlp_config cfg;
-  size_t E;                          /* 4H */
-  size_t nlayers;                    /* L + 2 */
-  size_t ntensors;                   /* 2 + 6L + 4 */
-  size_t nparams;                    /* elements in params (and grads) */
-  float *params;                     /* [nparams] */
-  float *grads;                      /* [nparams] */
-  struct bt__resmlp_tensor *tensors; /* [ntensors], in the order above */
-  size_t *layer_tensor;              /* [nlayers + 1]: layer l owns tensors
-                                        [layer_tensor[l], layer_tensor[l+1]) */
+  size_t E; /* 4H */
+  union {
+    struct bt__params table;
+    struct {
+      BT__PARAMS_MEMBERS
+    };
+  };
 };
 
 /* Creates a model with parameters initialized from seed (see above) and
@@ -95,7 +83,7 @@ bt_status bt__resmlp_create(const struct bt__resmlp_config *cfg,
 void bt__resmlp_destroy(struct bt__resmlp *m);
 
 /* The tensor named name, or NULL. */
-const struct bt__resmlp_tensor *
+const struct bt__params_tensor *
 bt__resmlp_find(const struct bt__resmlp *m, const char *name);
 
 /* Sets every gradient to 0. */
@@ -213,27 +201,24 @@ bt_status bt__resmlp_reference_step(struct bt__resmlp *m, const float *x,
 
 /* ---- optimizers ------------------------------------------------------------
  * Over every parameter with the step's gradients (the kernels'
- * bt__sgd_update and bt__adamw_update on the whole flat block). */
+ * bt__sgd_update and bt__adamw_update on the whole flat block; params.h's
+ * bt__params_sgd and bt__params_adamw). */
 
 /* w -= lr * g (no weight decay). */
 bt_status bt__resmlp_sgd(struct bt__resmlp *m, float lr);
 
-/* AdamW's moments, [nparams] each, zero before step 1. */
-struct bt__resmlp_adamw_state {
-  float *m, *v;
-};
-
+/* AdamW's moments: struct bt__params_adamw_state (params.h). */
 /* Allocates zeroed moments for m (BT_ENOMEM); deinit frees them (a
  * zeroed or deinited state is accepted). */
 bt_status bt__resmlp_adamw_init(const struct bt__resmlp *m,
-                                struct bt__resmlp_adamw_state *state);
-void bt__resmlp_adamw_deinit(struct bt__resmlp_adamw_state *state);
+                                struct bt__params_adamw_state *state);
+void bt__resmlp_adamw_deinit(struct bt__params_adamw_state *state);
 
 /* One AdamW step t (1-based) with decoupled weight decay wd on every
  * parameter; hyperparameter errors as bt__adamw_update's. */
 bt_status bt__resmlp_adamw(struct bt__resmlp *m, float lr, float b1,
                            float b2, float eps, float wd, int64_t t,
-                           struct bt__resmlp_adamw_state *state);
+                           struct bt__params_adamw_state *state);
 
 /* ---- files -----------------------------------------------------------------
  * safetensors (see <baton/safetensors.h>), written atomically. */

@@ -17,42 +17,11 @@
 #include "gpt.h"
 #include "kernels.h"
 #include "test.h"
+#include "test_util.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static uint64_t rng_state;
-
-static void
-rng_seed(uint64_t seed)
-{
-  rng_state = seed * 0x9e3779b97f4a7c15ull + 1;
-}
-
-static uint64_t
-rng_next(void)
-{
-  uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-static double
-rng_uniform(double lo, double hi)
-{
-  return lo + (hi - lo) * ((double)(rng_next() >> 11) * 0x1.0p-53);
-}
-
-static void *
-xcalloc(size_t n, size_t k)
-{
-  void *p = calloc(n == 0 ? 1 : n, k);
-  if (p == NULL) {
-    fprintf(stderr, "test_gpt: out of memory\n");
-    exit(1);
-  }
-  return p;
-}
+static test_rng_t rng;
 
 /* The tiny shape: V=7, C=6, nh=2, L=2, Tmax=5. */
 static struct bt__gpt_config
@@ -64,27 +33,20 @@ tiny(bool tied, float dropout)
   return c;
 }
 
-static bool
-ends_with(const char *s, const char *suffix)
-{
-  size_t a = strlen(s), b = strlen(suffix);
-  return a >= b && strcmp(s + a - b, suffix) == 0;
-}
-
 /* Moves the biases, betas and gammas away from 0 and 1, so the gradient
  * check sees a generic point. */
 static void
 perturb(struct bt__gpt *m, uint64_t seed)
 {
-  rng_seed(seed);
+  test_rng_seed(&rng, seed);
   for (size_t t = 0; t < m->ntensors; t++) {
-    const struct bt__gpt_tensor *tt = &m->tensors[t];
+    const struct bt__params_tensor *tt = &m->tensors[t];
     float *p = m->params + tt->offset;
     if (tt->ndim == 2)
       continue;
     for (size_t j = 0; j < tt->count; j++)
-      p[j] = (float)((ends_with(tt->name, ".g") ? 1.0 : 0.0) +
-                     rng_uniform(-0.3, 0.3));
+      p[j] = (float)((test_ends_with(tt->name, ".g") ? 1.0 : 0.0) +
+                     test_rng_uniform(&rng, -0.3, 0.3));
   }
 }
 
@@ -108,12 +70,12 @@ static void
 make_batch(size_t B, size_t T, size_t V, uint64_t seed, int32_t **x,
            int32_t **y)
 {
-  rng_seed(seed);
-  *x = xcalloc(B * T, sizeof(int32_t));
-  *y = xcalloc(B * T, sizeof(int32_t));
+  test_rng_seed(&rng, seed);
+  *x = test_xcalloc(B * T, sizeof(int32_t));
+  *y = test_xcalloc(B * T, sizeof(int32_t));
   for (size_t r = 0; r < B * T; r++) {
-    (*x)[r] = (int32_t)(rng_next() % V);
-    (*y)[r] = (int32_t)(rng_next() % V);
+    (*x)[r] = (int32_t)(test_rng_next(&rng) % V);
+    (*y)[r] = (int32_t)(test_rng_next(&rng) % V);
   }
 }
 
@@ -125,7 +87,7 @@ make_batch(size_t B, size_t T, size_t V, uint64_t seed, int32_t **x,
 static const double *
 dparam(const struct bt__gpt *m, const double *p, const char *name)
 {
-  const struct bt__gpt_tensor *t = bt__gpt_find(m, name);
+  const struct bt__params_tensor *t = bt__gpt_find(m, name);
   if (t == NULL) {
     fprintf(stderr, "test_gpt: no tensor %s\n", name);
     exit(1);
@@ -185,9 +147,9 @@ make_masks(const struct bt__gpt *m, size_t B, size_t T, uint64_t seed,
            uint32_t step)
 {
   size_t N = B * T, C = m->cfg.C, nid = 1 + 2 * m->cfg.L;
-  double *mask = xcalloc(nid * N * C, sizeof(double));
-  float *ones = xcalloc(N * C, sizeof(float));
-  float *out = xcalloc(N * C, sizeof(float));
+  double *mask = test_xcalloc(nid * N * C, sizeof(double));
+  float *ones = test_xcalloc(N * C, sizeof(float));
+  float *out = test_xcalloc(N * C, sizeof(float));
 
   for (size_t i = 0; i < N * C; i++)
     ones[i] = 1.0f;
@@ -346,7 +308,7 @@ TEST(gpt_table)
     ASSERT_INT_EQ(m->ntensors, n);
     EXPECT_INT_EQ(m->nlayers, 4);
     for (size_t t = 0; t < n; t++) {
-      const struct bt__gpt_tensor *tt = &m->tensors[t];
+      const struct bt__params_tensor *tt = &m->tensors[t];
       size_t s0 = want[t].s0 == 100   ? V
                   : want[t].s0 == 101 ? Tm
                                       : want[t].s0 * C;
@@ -381,7 +343,7 @@ TEST(gpt_table)
     /* Pinned init: gammas 1, biases 0, weights within 1/sqrt(fan-in). */
     EXPECT_TRUE(m->params[bt__gpt_find(m, "lnf.g")->offset] == 1.0f);
     EXPECT_TRUE(m->params[bt__gpt_find(m, "blk1.mlp.fc.b")->offset] == 0.0f);
-    const struct bt__gpt_tensor *mp = bt__gpt_find(m, "blk0.mlp.proj.w");
+    const struct bt__params_tensor *mp = bt__gpt_find(m, "blk0.mlp.proj.w");
     for (size_t j = 0; j < mp->count; j++)
       EXPECT_TRUE(fabsf(m->params[mp->offset + j]) <=
                   1.0f / sqrtf(4.0f * (float)C));
@@ -456,7 +418,7 @@ check_against_double(bool tied, float dropout)
       &err);
 
   double *mask = dropout > 0.0f ? make_masks(m, B, T, dseed, step) : NULL;
-  double *p = xcalloc(m->nparams, sizeof(double));
+  double *p = test_xcalloc(m->nparams, sizeof(double));
   for (size_t k = 0; k < m->nparams; k++)
     p[k] = (double)m->params[k];
 
@@ -470,7 +432,7 @@ check_against_double(bool tied, float dropout)
 
   double worst = 0.0;
   for (size_t t = 0; t < m->ntensors; t++) {
-    const struct bt__gpt_tensor *tt = &m->tensors[t];
+    const struct bt__params_tensor *tt = &m->tensors[t];
     double maxabs;
     double rel = fd_check(m, p, p + tt->offset, m->grads + tt->offset,
                           tt->count, x, y, B, T, mask, NULL, &maxabs);
@@ -512,7 +474,7 @@ TEST(gpt_tied_parts)
   int32_t *x, *y;
   float loss = 0.0f, lref = 0.0f;
   bt_error_t err;
-  const struct bt__gpt_tensor *wte = bt__gpt_find(m, "wte");
+  const struct bt__params_tensor *wte = bt__gpt_find(m, "wte");
   size_t RC = B * T * m->cfg.C;
 
   make_batch(B, T, m->cfg.V, 9, &x, &y);
@@ -523,10 +485,12 @@ TEST(gpt_tied_parts)
   struct bt__gpt_mb mb = {B, T, 0, 0, 0};
   void *scr[4];
   for (size_t l = 0; l < L + 2; l++)
-    scr[l] = xcalloc(bt__gpt_layer_scratch_bytes(m, l, B, T), 1);
-  float *a0 = xcalloc(RC, sizeof(float)), *a1 = xcalloc(RC, sizeof(float));
-  float *d0 = xcalloc(RC, sizeof(float)), *d1 = xcalloc(RC, sizeof(float));
-  float *head_part = xcalloc(wte->count, sizeof(float));
+    scr[l] = test_xcalloc(bt__gpt_layer_scratch_bytes(m, l, B, T), 1);
+  float *a0 = test_xcalloc(RC, sizeof(float)),
+        *a1 = test_xcalloc(RC, sizeof(float));
+  float *d0 = test_xcalloc(RC, sizeof(float)),
+        *d1 = test_xcalloc(RC, sizeof(float));
+  float *head_part = test_xcalloc(wte->count, sizeof(float));
 
   bt__gpt_zero_grad(m);
   EXPECT_STATUS(bt__gpt_embed_fwd(m, x, a0, scr[0], &mb), BT_OK, NULL);
@@ -558,9 +522,9 @@ TEST(gpt_tied_parts)
   /* Each part against finite differences of the double model with the
    * logits' weight a separate copy of wte: varying wte alone gives the
    * embedding's part, varying the copy the head's. */
-  double *p = xcalloc(m->nparams, sizeof(double));
-  double *wh = xcalloc(wte->count, sizeof(double));
-  float *emb_part = xcalloc(wte->count, sizeof(float));
+  double *p = test_xcalloc(m->nparams, sizeof(double));
+  double *wh = test_xcalloc(wte->count, sizeof(double));
+  float *emb_part = test_xcalloc(wte->count, sizeof(float));
   for (size_t k = 0; k < m->nparams; k++)
     p[k] = (double)m->params[k];
   memcpy(wh, p + wte->offset, wte->count * sizeof(double));
@@ -600,15 +564,10 @@ grad_diff(const struct bt__gpt *a, const struct bt__gpt *b)
 {
   double worst = 0.0;
   for (size_t t = 0; t < b->ntensors; t++) {
-    const struct bt__gpt_tensor *tt = &b->tensors[t];
-    double maxabs = 0.0, maxerr = 0.0;
-    for (size_t j = 0; j < tt->count; j++) {
-      double ga = a->grads[tt->offset + j], gb = b->grads[tt->offset + j];
-      maxabs = fmax(maxabs, fabs(gb));
-      maxerr = fmax(maxerr, fabs(ga - gb));
-      if (ga != ga)
-        maxerr = INFINITY;
-    }
+    const struct bt__params_tensor *tt = &b->tensors[t];
+    double maxabs;
+    double maxerr = test_max_abs_diff(
+        a->grads + tt->offset, b->grads + tt->offset, tt->count, &maxabs);
     worst = fmax(worst, maxerr / fmax(maxabs, 1e-30));
   }
   return worst;
@@ -699,7 +658,7 @@ TEST(gpt_determinism)
                 BT_OK, &err);
   EXPECT_TRUE(memcmp(&la, &lb, sizeof(float)) == 0);
   EXPECT_TRUE(memcmp(a->grads, b->grads, a->nparams * sizeof(float)) == 0);
-  float *g1 = xcalloc(a->nparams, sizeof(float));
+  float *g1 = test_xcalloc(a->nparams, sizeof(float));
   memcpy(g1, a->grads, a->nparams * sizeof(float));
   EXPECT_STATUS(bt__gpt_reference_step(a, x, y, B, T, 2, 5, 1, &la, &err),
                 BT_OK, &err);
@@ -773,7 +732,7 @@ TEST(gpt_files)
   EXPECT_TRUE(memcmp(t.data, y, B * T * sizeof(int32_t)) == 0);
   EXPECT_INT_EQ(bt_st_find(f, "loss", &t), BT_OK);
   EXPECT_TRUE(memcmp(t.data, &loss, sizeof(float)) == 0);
-  const struct bt__gpt_tensor *wte = bt__gpt_find(a, "wte");
+  const struct bt__params_tensor *wte = bt__gpt_find(a, "wte");
   EXPECT_INT_EQ(bt_st_find(f, "g.wte", &t), BT_OK);
   EXPECT_TRUE(
       memcmp(t.data, a->grads + wte->offset, wte->count * sizeof(float)) == 0);
@@ -792,7 +751,7 @@ TEST(gpt_files)
   EXPECT_TRUE(memcmp(&lb, &loss, sizeof(float)) == 0);
 
   /* A tied checkpoint lacks head.w; an untied one has a tensor too many. */
-  float *before = xcalloc(u->nparams, sizeof(float));
+  float *before = test_xcalloc(u->nparams, sizeof(float));
   memcpy(before, u->params, u->nparams * sizeof(float));
   EXPECT_STATUS(bt__gpt_load(u, ck, &err), BT_EINVAL, &err);
   EXPECT_STR_CONTAINS(err.message, "head.w");
@@ -835,7 +794,7 @@ TEST(gpt_optimizers)
     for (int tied = 0; tied < 2; tied++) {
       c.tied = tied != 0;
       struct bt__gpt *m = make_model(c, 77, false);
-      struct bt__gpt_adamw_state st = {NULL, NULL};
+      struct bt__params_adamw_state st = {NULL, NULL};
       float first = 0.0f, loss = 0.0f;
 
       if (opt == 1)

@@ -12,153 +12,12 @@
 
 #include "kernels.h"
 #include "test.h"
+#include "test_util.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static uint64_t rng_state = 0x243f6a8885a308d3ull;
-
-static void
-rng_seed(uint64_t seed)
-{
-  rng_state = seed * 0x9e3779b97f4a7c15ull + 1;
-}
-
-/* splitmix64: deterministic across platforms. */
-static uint64_t
-rng_next(void)
-{
-  uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-/* Uniform in [lo, hi). */
-static float
-rng_uniform(float lo, float hi)
-{
-  double u = (double)(rng_next() >> 11) * 0x1.0p-53;
-  return (float)(lo + (hi - lo) * u);
-}
-
-static float *
-alloc_f(size_t n)
-{
-  float *p = calloc(n, sizeof(float));
-  if (p == NULL) {
-    fprintf(stderr, "test_kernels: out of memory\n");
-    exit(1);
-  }
-  return p;
-}
-
-static double *
-alloc_d(size_t n)
-{
-  double *p = calloc(n, sizeof(double));
-  if (p == NULL) {
-    fprintf(stderr, "test_kernels: out of memory\n");
-    exit(1);
-  }
-  return p;
-}
-
-static float *
-random_f(size_t n, float lo, float hi)
-{
-  float *p = alloc_f(n);
-  for (size_t i = 0; i < n; i++)
-    p[i] = rng_uniform(lo, hi);
-  return p;
-}
-
-static float *
-copy_f(const float *a, size_t n)
-{
-  float *p = alloc_f(n);
-  memcpy(p, a, n * sizeof(float));
-  return p;
-}
-
-static double *
-to_double(const float *a, size_t n)
-{
-  double *p = alloc_d(n);
-  for (size_t i = 0; i < n; i++)
-    p[i] = (double)a[i];
-  return p;
-}
-
-/* Every element within tol * (1 + |want|): relative for large values,
- * absolute for small ones.  Reports the first few misses; returns the
- * largest |got - want| / (1 + |want|). */
-static double
-expect_close(const char *what, const float *got, const float *want, size_t n,
-             double tol)
-{
-  double worst = 0.0;
-  int reported = 0;
-
-  for (size_t i = 0; i < n; i++) {
-    double e = fabs((double)got[i] - (double)want[i]) /
-               (1.0 + fabs((double)want[i]));
-    if (!(e <= tol) && reported++ < 5)
-      test_fail(__FILE__, __LINE__, "%s[%zu]: %.9g vs reference %.9g", what,
-                i, (double)got[i], (double)want[i]);
-    if (e > worst || e != e)
-      worst = e;
-  }
-  return worst;
-}
-
-/* Central differences of f with respect to each of param[0..n), in
- * double.  The step is relative to the value, and the quotient divides by
- * the step actually taken (x + h - (x - h) is not exactly 2h). */
-typedef double (*objective_fn)(void *ctx);
-
-static void
-fd_grad(objective_fn f, void *ctx, double *param, size_t n, double *grad)
-{
-  for (size_t i = 0; i < n; i++) {
-    double x0 = param[i];
-    double h = 1e-6 * fmax(1.0, fabs(x0));
-    double xp = x0 + h, xm = x0 - h;
-
-    param[i] = xp;
-    double lp = f(ctx);
-    param[i] = xm;
-    double lm = f(ctx);
-    param[i] = x0;
-    grad[i] = (lp - lm) / (xp - xm);
-  }
-}
-
-/* The fp32 analytic gradient against the double finite differences: the
- * error of each element relative to its own size, but never to less than
- * 1% of the tensor's largest gradient (elements near zero are the
- * difference of larger terms, and fp32 rounds those terms, not the
- * result).  Prints the worst error, checks it against tol. */
-static double
-expect_fd(const char *what, const float *analytic, const double *fd, size_t n,
-          double tol)
-{
-  double maxabs = 0.0, worst = 0.0;
-  int reported = 0;
-
-  for (size_t i = 0; i < n; i++)
-    maxabs = fmax(maxabs, fabs(fd[i]));
-  double floor_ = fmax(1e-2 * maxabs, 1e-12);
-  for (size_t i = 0; i < n; i++) {
-    double e = fabs((double)analytic[i] - fd[i]) / fmax(fabs(fd[i]), floor_);
-    if (!(e <= tol) && reported++ < 5)
-      test_fail(__FILE__, __LINE__, "%s[%zu]: analytic %.9g vs FD %.9g",
-                what, i, (double)analytic[i], fd[i]);
-    if (e > worst || e != e)
-      worst = e;
-  }
-  printf("  fd %-22s n=%-4zu max rel err %.2e\n", what, n, worst);
-  return worst;
-}
+/* The tests' shared stream (as before: seeded per test). */
+static test_rng_t rng = {0x243f6a8885a308d3ull};
 
 #define FD_TOL 1e-3
 
@@ -240,42 +99,45 @@ dot_d(const double *a, const float *b, size_t n)
 
 TEST(linear_matches_reference)
 {
-  rng_seed(1);
+  test_rng_seed(&rng, 1);
   for (size_t s = 0; s < NSHAPES; s++) {
     size_t N = shapes[s].N, IN = shapes[s].IN, OUT = shapes[s].OUT;
-    float *x = random_f(N * IN, -1, 1), *w = random_f(OUT * IN, -1, 1);
-    float *b = random_f(OUT, -1, 1), *dy = random_f(N * OUT, -1, 1);
-    float *y = alloc_f(N * OUT), *y_ref = alloc_f(N * OUT);
-    float *dx = alloc_f(N * IN), *dx_ref = alloc_f(N * IN);
+    float *x = test_random_f(&rng, N * IN, -1, 1),
+          *w = test_random_f(&rng, OUT * IN, -1, 1);
+    float *b = test_random_f(&rng, OUT, -1, 1),
+          *dy = test_random_f(&rng, N * OUT, -1, 1);
+    float *y = test_alloc_f(N * OUT), *y_ref = test_alloc_f(N * OUT);
+    float *dx = test_alloc_f(N * IN), *dx_ref = test_alloc_f(N * IN);
     /* Non-zero starting gradients: the accumulation is part of the
      * contract. */
-    float *dw = random_f(OUT * IN, -1, 1), *dw_ref = copy_f(dw, OUT * IN);
-    float *db = random_f(OUT, -1, 1), *db_ref = copy_f(db, OUT);
+    float *dw = test_random_f(&rng, OUT * IN, -1, 1),
+          *dw_ref = test_copy_f(dw, OUT * IN);
+    float *db = test_random_f(&rng, OUT, -1, 1), *db_ref = test_copy_f(db, OUT);
 
     for (int bias = 0; bias < 2; bias++) {
       const float *bp = bias ? b : NULL;
       EXPECT_STATUS(bt__linear_fwd(y, x, w, bp, N, IN, OUT), BT_OK, NULL);
       bt__ref_linear_fwd(y_ref, x, w, bp, N, IN, OUT);
-      expect_close("linear y", y, y_ref, N * OUT, 1e-5);
+      test_expect_close("linear y", y, y_ref, N * OUT, 1e-5);
     }
     EXPECT_STATUS(bt__linear_bwd_input(dx, dy, w, N, IN, OUT), BT_OK, NULL);
     EXPECT_STATUS(bt__linear_bwd_weight(dw, db, dy, x, N, IN, OUT), BT_OK,
                   NULL);
     bt__ref_linear_bwd(dx_ref, dw_ref, db_ref, dy, x, w, N, IN, OUT);
-    expect_close("linear dx", dx, dx_ref, N * IN, 1e-5);
-    expect_close("linear dw", dw, dw_ref, OUT * IN, 1e-5);
-    expect_close("linear db", db, db_ref, OUT, 1e-5);
+    test_expect_close("linear dx", dx, dx_ref, N * IN, 1e-5);
+    test_expect_close("linear dw", dw, dw_ref, OUT * IN, 1e-5);
+    test_expect_close("linear db", db, db_ref, OUT, 1e-5);
 
     /* The fused backward is the two halves. */
-    float *dx2 = alloc_f(N * IN), *dw2 = alloc_f(OUT * IN);
-    float *db2 = alloc_f(OUT);
-    float *dw2_ref = alloc_f(OUT * IN), *db2_ref = alloc_f(OUT);
+    float *dx2 = test_alloc_f(N * IN), *dw2 = test_alloc_f(OUT * IN);
+    float *db2 = test_alloc_f(OUT);
+    float *dw2_ref = test_alloc_f(OUT * IN), *db2_ref = test_alloc_f(OUT);
     EXPECT_STATUS(bt__linear_bwd(dx2, dw2, db2, dy, x, w, N, IN, OUT), BT_OK,
                   NULL);
     bt__ref_linear_bwd(dx_ref, dw2_ref, db2_ref, dy, x, w, N, IN, OUT);
-    expect_close("linear_bwd dx", dx2, dx_ref, N * IN, 1e-5);
-    expect_close("linear_bwd dw", dw2, dw2_ref, OUT * IN, 1e-5);
-    expect_close("linear_bwd db", db2, db2_ref, OUT, 1e-5);
+    test_expect_close("linear_bwd dx", dx2, dx_ref, N * IN, 1e-5);
+    test_expect_close("linear_bwd dw", dw2, dw2_ref, OUT * IN, 1e-5);
+    test_expect_close("linear_bwd db", db2, db2_ref, OUT, 1e-5);
 
     free(dx2), free(dw2), free(db2), free(dw2_ref), free(db2_ref);
     free(x), free(w), free(b), free(dy), free(y), free(y_ref), free(dx);
@@ -301,26 +163,34 @@ TEST(linear_backward_finite_differences)
 {
   static const struct shape fd_shapes[] = {{3, 5, 4}, {7, 13, 5}};
 
-  rng_seed(2);
+  test_rng_seed(&rng, 2);
   for (size_t s = 0; s < 2; s++) {
     size_t N = fd_shapes[s].N, IN = fd_shapes[s].IN, OUT = fd_shapes[s].OUT;
-    float *x = random_f(N * IN, -1, 1), *w = random_f(OUT * IN, -1, 1);
-    float *b = random_f(OUT, -1, 1), *r = random_f(N * OUT, -1, 1);
-    float *dx = alloc_f(N * IN), *dw = alloc_f(OUT * IN), *db = alloc_f(OUT);
-    struct linear_ctx c = {to_double(x, N * IN), to_double(w, OUT * IN),
-                           to_double(b, OUT), alloc_d(N * OUT), r, N, IN,
+    float *x = test_random_f(&rng, N * IN, -1, 1),
+          *w = test_random_f(&rng, OUT * IN, -1, 1);
+    float *b = test_random_f(&rng, OUT, -1, 1),
+          *r = test_random_f(&rng, N * OUT, -1, 1);
+    float *dx = test_alloc_f(N * IN), *dw = test_alloc_f(OUT * IN),
+          *db = test_alloc_f(OUT);
+    struct linear_ctx c = {test_to_double(x, N * IN),
+                           test_to_double(w, OUT * IN),
+                           test_to_double(b, OUT),
+                           test_alloc_d(N * OUT),
+                           r,
+                           N,
+                           IN,
                            OUT};
-    double *g = alloc_d(N * IN > OUT * IN ? N * IN : OUT * IN);
+    double *g = test_alloc_d(N * IN > OUT * IN ? N * IN : OUT * IN);
 
     /* L = sum(y * r), so dL/dy = r. */
     ASSERT_INT_EQ(bt__linear_bwd_input(dx, r, w, N, IN, OUT), BT_OK);
     ASSERT_INT_EQ(bt__linear_bwd_weight(dw, db, r, x, N, IN, OUT), BT_OK);
-    fd_grad(linear_objective, &c, c.x, N * IN, g);
-    expect_fd("linear dx", dx, g, N * IN, FD_TOL);
-    fd_grad(linear_objective, &c, c.w, OUT * IN, g);
-    expect_fd("linear dW", dw, g, OUT * IN, FD_TOL);
-    fd_grad(linear_objective, &c, c.b, OUT, g);
-    expect_fd("linear db", db, g, OUT, FD_TOL);
+    test_fd_grad(linear_objective, &c, c.x, N * IN, g);
+    test_expect_fd("linear dx", dx, g, N * IN, FD_TOL);
+    test_fd_grad(linear_objective, &c, c.w, OUT * IN, g);
+    test_expect_fd("linear dW", dw, g, OUT * IN, FD_TOL);
+    test_fd_grad(linear_objective, &c, c.b, OUT, g);
+    test_expect_fd("linear db", db, g, OUT, FD_TOL);
 
     free(c.x), free(c.w), free(c.b), free(c.y), free(g);
     free(x), free(w), free(b), free(r), free(dx), free(dw), free(db);
@@ -331,12 +201,13 @@ TEST(linear_accumulates_weight_gradient)
 {
   size_t N = 7, IN = 13, OUT = 5;
 
-  rng_seed(3);
-  float *x = random_f(N * IN, -1, 1), *w = random_f(OUT * IN, -1, 1);
-  float *dy = random_f(N * OUT, -1, 1);
-  float *dw1 = alloc_f(OUT * IN), *db1 = alloc_f(OUT);
-  float *dw2 = alloc_f(OUT * IN), *db2 = alloc_f(OUT);
-  float *dx = alloc_f(N * IN), *dx2 = alloc_f(N * IN);
+  test_rng_seed(&rng, 3);
+  float *x = test_random_f(&rng, N * IN, -1, 1),
+        *w = test_random_f(&rng, OUT * IN, -1, 1);
+  float *dy = test_random_f(&rng, N * OUT, -1, 1);
+  float *dw1 = test_alloc_f(OUT * IN), *db1 = test_alloc_f(OUT);
+  float *dw2 = test_alloc_f(OUT * IN), *db2 = test_alloc_f(OUT);
+  float *dx = test_alloc_f(N * IN), *dx2 = test_alloc_f(N * IN);
 
   ASSERT_INT_EQ(bt__linear_bwd_weight(dw1, db1, dy, x, N, IN, OUT), BT_OK);
   ASSERT_INT_EQ(bt__linear_bwd_weight(dw2, db2, dy, x, N, IN, OUT), BT_OK);
@@ -345,21 +216,21 @@ TEST(linear_accumulates_weight_gradient)
     dw1[i] *= 2.0f;
   for (size_t i = 0; i < OUT; i++)
     db1[i] *= 2.0f;
-  expect_close("2 x dw", dw2, dw1, OUT * IN, 1e-6);
-  expect_close("2 x db", db2, db1, OUT, 1e-6);
+  test_expect_close("2 x dw", dw2, dw1, OUT * IN, 1e-6);
+  test_expect_close("2 x db", db2, db1, OUT, 1e-6);
 
   /* The fused backward accumulates too; dx is written, whatever it held. */
   ASSERT_INT_EQ(bt__linear_bwd(dx, dw2, db2, dy, x, w, N, IN, OUT), BT_OK);
   for (size_t i = 0; i < N * IN; i++)
     dx2[i] = 1e6f;
   ASSERT_INT_EQ(bt__linear_bwd(dx2, dw2, db2, dy, x, w, N, IN, OUT), BT_OK);
-  expect_close("dx written", dx2, dx, N * IN, 0);
+  test_expect_close("dx written", dx2, dx, N * IN, 0);
   for (size_t i = 0; i < OUT * IN; i++)
     dw1[i] *= 2.0f;
   for (size_t i = 0; i < OUT; i++)
     db1[i] *= 2.0f;
-  expect_close("4 x dw", dw2, dw1, OUT * IN, 1e-6);
-  expect_close("4 x db", db2, db1, OUT, 1e-6);
+  test_expect_close("4 x dw", dw2, dw1, OUT * IN, 1e-6);
+  test_expect_close("4 x db", db2, db1, OUT, 1e-6);
 
   /* No bias: db NULL is allowed. */
   EXPECT_STATUS(bt__linear_bwd_weight(dw2, NULL, dy, x, N, IN, OUT), BT_OK,
@@ -407,27 +278,28 @@ TEST(gelu_matches_reference)
 {
   static const size_t ns[] = {7 * 13, 64 * 256, 1};
 
-  rng_seed(4);
+  test_rng_seed(&rng, 4);
   for (size_t s = 0; s < 3; s++) {
     size_t n = ns[s];
-    float *x = random_f(n, -6, 6), *dy = random_f(n, -1, 1);
-    float *y = alloc_f(n), *y_ref = alloc_f(n);
-    float *dx = alloc_f(n), *dx_ref = alloc_f(n);
+    float *x = test_random_f(&rng, n, -6, 6),
+          *dy = test_random_f(&rng, n, -1, 1);
+    float *y = test_alloc_f(n), *y_ref = test_alloc_f(n);
+    float *dx = test_alloc_f(n), *dx_ref = test_alloc_f(n);
 
     EXPECT_STATUS(bt__gelu_fwd(y, x, n), BT_OK, NULL);
     bt__ref_gelu_fwd(y_ref, x, n);
-    expect_close("gelu y", y, y_ref, n, 1e-6);
+    test_expect_close("gelu y", y, y_ref, n, 1e-6);
     EXPECT_STATUS(bt__gelu_bwd(dx, dy, x, n), BT_OK, NULL);
     bt__ref_gelu_bwd(dx_ref, dy, x, n);
-    expect_close("gelu dx", dx, dx_ref, n, 1e-6);
+    test_expect_close("gelu dx", dx, dx_ref, n, 1e-6);
 
     /* In place, both ways. */
-    float *t = copy_f(x, n);
+    float *t = test_copy_f(x, n);
     EXPECT_STATUS(bt__gelu_fwd(t, t, n), BT_OK, NULL);
-    expect_close("gelu y in place", t, y, n, 0);
+    test_expect_close("gelu y in place", t, y, n, 0);
     memcpy(t, dy, n * sizeof(float));
     EXPECT_STATUS(bt__gelu_bwd(t, t, x, n), BT_OK, NULL);
-    expect_close("gelu dx in place", t, dx, n, 0);
+    test_expect_close("gelu dx in place", t, dx, n, 0);
     free(t), free(x), free(dy), free(y), free(y_ref), free(dx), free(dx_ref);
   }
   /* Known values: gelu(0) = 0, gelu'(0) = 1/2, and far out it is the
@@ -465,14 +337,15 @@ TEST(gelu_backward_finite_differences)
 {
   size_t n = 64;
 
-  rng_seed(5);
-  float *x = random_f(n, -4, 4), *r = random_f(n, -1, 1), *dx = alloc_f(n);
-  struct gelu_ctx c = {to_double(x, n), r, n};
-  double *g = alloc_d(n);
+  test_rng_seed(&rng, 5);
+  float *x = test_random_f(&rng, n, -4, 4), *r = test_random_f(&rng, n, -1, 1),
+        *dx = test_alloc_f(n);
+  struct gelu_ctx c = {test_to_double(x, n), r, n};
+  double *g = test_alloc_d(n);
 
   ASSERT_INT_EQ(bt__gelu_bwd(dx, r, x, n), BT_OK);
-  fd_grad(gelu_objective, &c, c.x, n, g);
-  expect_fd("gelu dx", dx, g, n, FD_TOL);
+  test_fd_grad(gelu_objective, &c, c.x, n, g);
+  test_expect_fd("gelu dx", dx, g, n, FD_TOL);
   free(c.x), free(g), free(x), free(r), free(dx);
 }
 
@@ -495,41 +368,43 @@ TEST(layernorm_matches_reference)
 {
   static const size_t nd[][2] = {{7, 13}, {64, 768}, {1, 1}, {5, 3}};
 
-  rng_seed(6);
+  test_rng_seed(&rng, 6);
   for (size_t s = 0; s < 4; s++) {
     size_t N = nd[s][0], D = nd[s][1];
     /* An offset mean, as real activations have. */
-    float *x = random_f(N * D, 2, 5), *dy = random_f(N * D, -1, 1);
-    float *gamma = random_f(D, 0.5f, 1.5f), *beta = random_f(D, -1, 1);
-    float *y = alloc_f(N * D), *y_ref = alloc_f(N * D);
-    float *mean = alloc_f(N), *rstd = alloc_f(N);
-    float *mean_ref = alloc_f(N), *rstd_ref = alloc_f(N);
-    float *dx = alloc_f(N * D), *dx_ref = alloc_f(N * D);
-    float *dg = random_f(D, -1, 1), *dg_ref = copy_f(dg, D);
-    float *dbt = random_f(D, -1, 1), *dbt_ref = copy_f(dbt, D);
+    float *x = test_random_f(&rng, N * D, 2, 5),
+          *dy = test_random_f(&rng, N * D, -1, 1);
+    float *gamma = test_random_f(&rng, D, 0.5f, 1.5f),
+          *beta = test_random_f(&rng, D, -1, 1);
+    float *y = test_alloc_f(N * D), *y_ref = test_alloc_f(N * D);
+    float *mean = test_alloc_f(N), *rstd = test_alloc_f(N);
+    float *mean_ref = test_alloc_f(N), *rstd_ref = test_alloc_f(N);
+    float *dx = test_alloc_f(N * D), *dx_ref = test_alloc_f(N * D);
+    float *dg = test_random_f(&rng, D, -1, 1), *dg_ref = test_copy_f(dg, D);
+    float *dbt = test_random_f(&rng, D, -1, 1), *dbt_ref = test_copy_f(dbt, D);
 
     EXPECT_STATUS(bt__layernorm_fwd(y, mean, rstd, x, gamma, beta, N, D),
                   BT_OK, NULL);
     bt__ref_layernorm_fwd(y_ref, mean_ref, rstd_ref, x, gamma, beta, N, D);
-    expect_close("layernorm y", y, y_ref, N * D, 1e-6);
-    expect_close("layernorm mean", mean, mean_ref, N, 1e-6);
-    expect_close("layernorm rstd", rstd, rstd_ref, N, 1e-6);
+    test_expect_close("layernorm y", y, y_ref, N * D, 1e-6);
+    test_expect_close("layernorm mean", mean, mean_ref, N, 1e-6);
+    test_expect_close("layernorm rstd", rstd, rstd_ref, N, 1e-6);
     EXPECT_STATUS(bt__layernorm_bwd(dx, dg, dbt, dy, x, gamma, mean, rstd, N,
                                     D),
                   BT_OK, NULL);
     bt__ref_layernorm_bwd(dx_ref, dg_ref, dbt_ref, dy, x, gamma, mean_ref,
                           rstd_ref, N, D);
-    expect_close("layernorm dx", dx, dx_ref, N * D, 1e-6);
-    expect_close("layernorm dgamma", dg, dg_ref, D, 1e-6);
-    expect_close("layernorm dbeta", dbt, dbt_ref, D, 1e-6);
+    test_expect_close("layernorm dx", dx, dx_ref, N * D, 1e-6);
+    test_expect_close("layernorm dgamma", dg, dg_ref, D, 1e-6);
+    test_expect_close("layernorm dbeta", dbt, dbt_ref, D, 1e-6);
 
     /* dx may be dy. */
-    float *t = copy_f(dy, N * D);
-    float *dg2 = alloc_f(D), *db2 = alloc_f(D);
+    float *t = test_copy_f(dy, N * D);
+    float *dg2 = test_alloc_f(D), *db2 = test_alloc_f(D);
     EXPECT_STATUS(bt__layernorm_bwd(t, dg2, db2, t, x, gamma, mean, rstd, N,
                                     D),
                   BT_OK, NULL);
-    expect_close("layernorm dx in place", t, dx, N * D, 0);
+    test_expect_close("layernorm dx in place", t, dx, N * D, 0);
 
     /* With gamma = 1 and beta = 0 each row comes out standardized: mean
      * 0, variance var / (var + eps). */
@@ -577,28 +452,37 @@ TEST(layernorm_backward_finite_differences)
    * O(eps) and all of it is fp32 cancellation noise. */
   static const size_t nd[][2] = {{5, 7}, {3, 16}, {2, 3}};
 
-  rng_seed(7);
+  test_rng_seed(&rng, 7);
   for (size_t s = 0; s < 3; s++) {
     size_t N = nd[s][0], D = nd[s][1];
-    float *x = random_f(N * D, -2, 3), *r = random_f(N * D, -1, 1);
-    float *gamma = random_f(D, 0.5f, 1.5f), *beta = random_f(D, -1, 1);
-    float *y = alloc_f(N * D), *mean = alloc_f(N), *rstd = alloc_f(N);
-    float *dx = alloc_f(N * D), *dg = alloc_f(D), *db = alloc_f(D);
-    struct layernorm_ctx c = {to_double(x, N * D), to_double(gamma, D),
-                              to_double(beta, D), alloc_d(N * D), r, N, D};
-    double *g = alloc_d(N * D);
+    float *x = test_random_f(&rng, N * D, -2, 3),
+          *r = test_random_f(&rng, N * D, -1, 1);
+    float *gamma = test_random_f(&rng, D, 0.5f, 1.5f),
+          *beta = test_random_f(&rng, D, -1, 1);
+    float *y = test_alloc_f(N * D), *mean = test_alloc_f(N),
+          *rstd = test_alloc_f(N);
+    float *dx = test_alloc_f(N * D), *dg = test_alloc_f(D),
+          *db = test_alloc_f(D);
+    struct layernorm_ctx c = {test_to_double(x, N * D),
+                              test_to_double(gamma, D),
+                              test_to_double(beta, D),
+                              test_alloc_d(N * D),
+                              r,
+                              N,
+                              D};
+    double *g = test_alloc_d(N * D);
 
     ASSERT_INT_EQ(bt__layernorm_fwd(y, mean, rstd, x, gamma, beta, N, D),
                   BT_OK);
     ASSERT_INT_EQ(bt__layernorm_bwd(dx, dg, db, r, x, gamma, mean, rstd, N,
                                     D),
                   BT_OK);
-    fd_grad(layernorm_objective, &c, c.x, N * D, g);
-    expect_fd("layernorm dx", dx, g, N * D, FD_TOL);
-    fd_grad(layernorm_objective, &c, c.gamma, D, g);
-    expect_fd("layernorm dgamma", dg, g, D, FD_TOL);
-    fd_grad(layernorm_objective, &c, c.beta, D, g);
-    expect_fd("layernorm dbeta", db, g, D, FD_TOL);
+    test_fd_grad(layernorm_objective, &c, c.x, N * D, g);
+    test_expect_fd("layernorm dx", dx, g, N * D, FD_TOL);
+    test_fd_grad(layernorm_objective, &c, c.gamma, D, g);
+    test_expect_fd("layernorm dgamma", dg, g, D, FD_TOL);
+    test_fd_grad(layernorm_objective, &c, c.beta, D, g);
+    test_expect_fd("layernorm dbeta", db, g, D, FD_TOL);
 
     free(c.x), free(c.gamma), free(c.beta), free(c.y), free(g);
     free(x), free(r), free(gamma), free(beta), free(y), free(mean);
@@ -610,13 +494,16 @@ TEST(layernorm_accumulates_parameter_gradients)
 {
   size_t N = 4, D = 9;
 
-  rng_seed(8);
-  float *x = random_f(N * D, -1, 1), *dy = random_f(N * D, -1, 1);
-  float *gamma = random_f(D, 0.5f, 1.5f), *beta = random_f(D, -1, 1);
-  float *y = alloc_f(N * D), *mean = alloc_f(N), *rstd = alloc_f(N);
-  float *dx = alloc_f(N * D);
-  float *dg1 = alloc_f(D), *db1 = alloc_f(D);
-  float *dg2 = alloc_f(D), *db2 = alloc_f(D);
+  test_rng_seed(&rng, 8);
+  float *x = test_random_f(&rng, N * D, -1, 1),
+        *dy = test_random_f(&rng, N * D, -1, 1);
+  float *gamma = test_random_f(&rng, D, 0.5f, 1.5f),
+        *beta = test_random_f(&rng, D, -1, 1);
+  float *y = test_alloc_f(N * D), *mean = test_alloc_f(N),
+        *rstd = test_alloc_f(N);
+  float *dx = test_alloc_f(N * D);
+  float *dg1 = test_alloc_f(D), *db1 = test_alloc_f(D);
+  float *dg2 = test_alloc_f(D), *db2 = test_alloc_f(D);
 
   ASSERT_INT_EQ(bt__layernorm_fwd(y, mean, rstd, x, gamma, beta, N, D),
                 BT_OK);
@@ -629,8 +516,8 @@ TEST(layernorm_accumulates_parameter_gradients)
                   BT_OK);
   for (size_t i = 0; i < D; i++)
     dg1[i] *= 2.0f, db1[i] *= 2.0f;
-  expect_close("2 x dgamma", dg2, dg1, D, 1e-6);
-  expect_close("2 x dbeta", db2, db1, D, 1e-6);
+  test_expect_close("2 x dgamma", dg2, dg1, D, 1e-6);
+  test_expect_close("2 x dbeta", db2, db1, D, 1e-6);
   free(x), free(dy), free(gamma), free(beta), free(y), free(mean);
   free(rstd), free(dx), free(dg1), free(db1), free(dg2), free(db2);
 }
@@ -665,32 +552,34 @@ TEST(residual_matches_reference_and_accumulates)
 {
   size_t n = 7 * 13;
 
-  rng_seed(9);
-  float *a = random_f(n, -1, 1), *b = random_f(n, -1, 1);
-  float *dy = random_f(n, -1, 1), *y = alloc_f(n), *y_ref = alloc_f(n);
-  float *da = random_f(n, -1, 1), *db = random_f(n, -1, 1);
-  float *da_ref = copy_f(da, n), *db_ref = copy_f(db, n);
+  test_rng_seed(&rng, 9);
+  float *a = test_random_f(&rng, n, -1, 1), *b = test_random_f(&rng, n, -1, 1);
+  float *dy = test_random_f(&rng, n, -1, 1), *y = test_alloc_f(n),
+        *y_ref = test_alloc_f(n);
+  float *da = test_random_f(&rng, n, -1, 1),
+        *db = test_random_f(&rng, n, -1, 1);
+  float *da_ref = test_copy_f(da, n), *db_ref = test_copy_f(db, n);
 
   EXPECT_STATUS(bt__residual_fwd(y, a, b, n), BT_OK, NULL);
   bt__ref_residual_fwd(y_ref, a, b, n);
-  expect_close("residual y", y, y_ref, n, 0);
+  test_expect_close("residual y", y, y_ref, n, 0);
   EXPECT_STATUS(bt__residual_bwd(da, db, dy, n), BT_OK, NULL);
   bt__ref_residual_bwd(da_ref, db_ref, dy, n);
-  expect_close("residual da", da, da_ref, n, 0);
-  expect_close("residual db", db, db_ref, n, 0);
+  test_expect_close("residual da", da, da_ref, n, 0);
+  test_expect_close("residual db", db, db_ref, n, 0);
 
   /* One side only; and da == db adds twice (y = a + a). */
   EXPECT_STATUS(bt__residual_bwd(da, NULL, dy, n), BT_OK, NULL);
   bt__ref_residual_bwd(da_ref, NULL, dy, n);
-  expect_close("residual da only", da, da_ref, n, 0);
+  test_expect_close("residual da only", da, da_ref, n, 0);
   EXPECT_STATUS(bt__residual_bwd(db, db, dy, n), BT_OK, NULL);
   bt__ref_residual_bwd(db_ref, db_ref, dy, n);
-  expect_close("residual da == db", db, db_ref, n, 0);
+  test_expect_close("residual da == db", db, db_ref, n, 0);
 
   /* y may be a or b. */
-  float *t = copy_f(a, n);
+  float *t = test_copy_f(a, n);
   EXPECT_STATUS(bt__residual_fwd(t, t, b, n), BT_OK, NULL);
-  expect_close("residual in place", t, y_ref, n, 0);
+  test_expect_close("residual in place", t, y_ref, n, 0);
 
   EXPECT_STATUS(bt__residual_fwd(NULL, a, b, n), BT_EINVAL, NULL);
   EXPECT_STATUS(bt__residual_fwd(y, a, NULL, n), BT_EINVAL, NULL);
@@ -723,17 +612,18 @@ TEST(residual_backward_finite_differences)
 {
   size_t n = 23;
 
-  rng_seed(10);
-  float *a = random_f(n, -1, 1), *b = random_f(n, -1, 1);
-  float *r = random_f(n, -1, 1), *da = alloc_f(n), *db = alloc_f(n);
-  struct residual_ctx c = {to_double(a, n), to_double(b, n), r, n};
-  double *g = alloc_d(n);
+  test_rng_seed(&rng, 10);
+  float *a = test_random_f(&rng, n, -1, 1), *b = test_random_f(&rng, n, -1, 1);
+  float *r = test_random_f(&rng, n, -1, 1), *da = test_alloc_f(n),
+        *db = test_alloc_f(n);
+  struct residual_ctx c = {test_to_double(a, n), test_to_double(b, n), r, n};
+  double *g = test_alloc_d(n);
 
   ASSERT_INT_EQ(bt__residual_bwd(da, db, r, n), BT_OK);
-  fd_grad(residual_objective, &c, c.a, n, g);
-  expect_fd("residual da", da, g, n, FD_TOL);
-  fd_grad(residual_objective, &c, c.b, n, g);
-  expect_fd("residual db", db, g, n, FD_TOL);
+  test_fd_grad(residual_objective, &c, c.a, n, g);
+  test_expect_fd("residual da", da, g, n, FD_TOL);
+  test_fd_grad(residual_objective, &c, c.b, n, g);
+  test_expect_fd("residual db", db, g, n, FD_TOL);
   free(c.a), free(c.b), free(g), free(a), free(b), free(r), free(da);
   free(db);
 }
@@ -747,7 +637,7 @@ random_labels(size_t N, size_t C)
   if (l == NULL)
     exit(1);
   for (size_t r = 0; r < N; r++)
-    l[r] = (int32_t)(rng_next() % C);
+    l[r] = (int32_t)(test_rng_next(&rng) % C);
   return l;
 }
 
@@ -755,19 +645,19 @@ TEST(xent_matches_reference)
 {
   static const size_t nc[][2] = {{7, 13}, {64, 1000}, {1, 1}, {5, 2}};
 
-  rng_seed(11);
+  test_rng_seed(&rng, 11);
   for (size_t s = 0; s < 4; s++) {
     size_t N = nc[s][0], C = nc[s][1], total = 3 * N + 1;
-    float *z = random_f(N * C, -4, 4);
+    float *z = test_random_f(&rng, N * C, -4, 4);
     int32_t *lab = random_labels(N, C);
-    float *d = alloc_f(N * C), *d_ref = alloc_f(N * C);
+    float *d = test_alloc_f(N * C), *d_ref = test_alloc_f(N * C);
     float loss = -1.0f;
 
     EXPECT_STATUS(bt__xent_fwd(&loss, z, lab, N, C, total), BT_OK, NULL);
     EXPECT_NEAR(loss, bt__ref_xent_fwd(z, lab, N, C, total), 1e-6);
     EXPECT_STATUS(bt__xent_bwd(d, z, lab, N, C, total), BT_OK, NULL);
     bt__ref_xent_bwd(d_ref, z, lab, N, C, total);
-    expect_close("xent dlogits", d, d_ref, N * C, 1e-6);
+    test_expect_close("xent dlogits", d, d_ref, N * C, 1e-6);
 
     /* Each row's gradient sums to zero (softmax sums to one). */
     for (size_t r = 0; r < N; r++) {
@@ -777,9 +667,9 @@ TEST(xent_matches_reference)
       EXPECT_NEAR(sum, 0.0, 1e-6);
     }
     /* In place: dlogits may be the logits. */
-    float *t = copy_f(z, N * C);
+    float *t = test_copy_f(z, N * C);
     EXPECT_STATUS(bt__xent_bwd(t, t, lab, N, C, total), BT_OK, NULL);
-    expect_close("xent in place", t, d, N * C, 0);
+    test_expect_close("xent in place", t, d, N * C, 0);
     free(t), free(z), free(lab), free(d), free(d_ref);
   }
 }
@@ -801,21 +691,21 @@ TEST(xent_backward_finite_differences)
 {
   static const size_t nc[][2] = {{5, 7}, {3, 31}};
 
-  rng_seed(12);
+  test_rng_seed(&rng, 12);
   for (size_t s = 0; s < 2; s++) {
     size_t N = nc[s][0], C = nc[s][1];
-    float *z = random_f(N * C, -3, 3), *d = alloc_f(N * C);
+    float *z = test_random_f(&rng, N * C, -3, 3), *d = test_alloc_f(N * C);
     int32_t *lab = random_labels(N, C);
     /* A divisor larger than N, as a microbatch of a bigger batch has. */
-    struct xent_ctx c = {to_double(z, N * C), lab, N, C, N + 3};
-    double *g = alloc_d(N * C);
+    struct xent_ctx c = {test_to_double(z, N * C), lab, N, C, N + 3};
+    double *g = test_alloc_d(N * C);
     float loss;
 
     ASSERT_INT_EQ(bt__xent_fwd(&loss, z, lab, N, C, c.total), BT_OK);
     EXPECT_NEAR(loss, xent_objective(&c), 1e-6);
     ASSERT_INT_EQ(bt__xent_bwd(d, z, lab, N, C, c.total), BT_OK);
-    fd_grad(xent_objective, &c, c.z, N * C, g);
-    expect_fd("xent dlogits", d, g, N * C, FD_TOL);
+    test_fd_grad(xent_objective, &c, c.z, N * C, g);
+    test_expect_fd("xent dlogits", d, g, N * C, FD_TOL);
     free(c.z), free(g), free(z), free(d), free(lab);
   }
 }
@@ -840,9 +730,9 @@ TEST(xent_uniform_logits_and_batch_divisor)
   /* Two microbatches of half the rows, each dividing by the whole batch's
    * rows: the losses add up to the batch's, the gradients are the
    * batch's rows. */
-  rng_seed(13);
+  test_rng_seed(&rng, 13);
   for (size_t i = 0; i < N * C; i++)
-    z[i] = rng_uniform(-3, 3);
+    z[i] = (float)test_rng_uniform(&rng, -3, 3);
   ASSERT_INT_EQ(bt__xent_fwd(&loss, z, lab, N, C, N), BT_OK);
   ASSERT_INT_EQ(bt__xent_fwd(&l1, z, lab, N / 2, C, N), BT_OK);
   ASSERT_INT_EQ(bt__xent_fwd(&l2, z + (N / 2) * C, lab + N / 2, N / 2, C, N),
@@ -853,7 +743,7 @@ TEST(xent_uniform_logits_and_batch_divisor)
   ASSERT_INT_EQ(bt__xent_bwd(d_halves + (N / 2) * C, z + (N / 2) * C,
                              lab + N / 2, N / 2, C, N),
                 BT_OK);
-  expect_close("xent halves", d_halves, d_whole, N * C, 0);
+  test_expect_close("xent halves", d_halves, d_whole, N * C, 0);
 
   /* Numerically stable: huge logits do not overflow. */
   for (size_t i = 0; i < N * C; i++)
@@ -915,15 +805,16 @@ TEST(sgd_hand_computed)
   EXPECT_NEAR(w[1], -2.025 - 0.1 * (0.25 - 0.1 * 2.025), 1e-7);
   EXPECT_NEAR(w[2], 0.5 - 0.1 * 0.1 * 0.5, 1e-7);
 
-  rng_seed(14);
+  test_rng_seed(&rng, 14);
   size_t n = 1000;
-  float *w1 = random_f(n, -1, 1), *g1 = random_f(n, -1, 1);
-  float *w2 = copy_f(w1, n);
+  float *w1 = test_random_f(&rng, n, -1, 1),
+        *g1 = test_random_f(&rng, n, -1, 1);
+  float *w2 = test_copy_f(w1, n);
   for (int step = 0; step < 3; step++) {
     ASSERT_INT_EQ(bt__sgd_update(w1, g1, n, 0.01f, 0.1f), BT_OK);
     bt__ref_sgd_update(w2, g1, n, 0.01f, 0.1f);
   }
-  expect_close("sgd", w1, w2, n, 1e-7);
+  test_expect_close("sgd", w1, w2, n, 1e-7);
   free(w1), free(g1), free(w2);
 
   EXPECT_STATUS(bt__sgd_update(NULL, g, 3, 0.1f, 0), BT_EINVAL, NULL);
@@ -984,21 +875,22 @@ TEST(adamw_hand_computed)
   EXPECT_NEAR(w5, 2.0 - 0.1 * (1.0 + 0.01 * 2.0), 1e-6);
 
   /* Several steps against the reference. */
-  rng_seed(15);
+  test_rng_seed(&rng, 15);
   size_t n = 1000;
-  float *w1 = random_f(n, -1, 1), *w2 = copy_f(w1, n);
-  float *m1 = alloc_f(n), *m2 = alloc_f(n), *v1 = alloc_f(n), *v2 = alloc_f(n);
+  float *w1 = test_random_f(&rng, n, -1, 1), *w2 = test_copy_f(w1, n);
+  float *m1 = test_alloc_f(n), *m2 = test_alloc_f(n), *v1 = test_alloc_f(n),
+        *v2 = test_alloc_f(n);
   for (int64_t t = 1; t <= 5; t++) {
-    float *gr = random_f(n, -1, 1);
+    float *gr = test_random_f(&rng, n, -1, 1);
     ASSERT_INT_EQ(bt__adamw_update(w1, m1, v1, gr, n, 1e-3f, b1, b2, eps,
                                    0.1f, t),
                   BT_OK);
     bt__ref_adamw_update(w2, m2, v2, gr, n, 1e-3f, b1, b2, eps, 0.1f, t);
     free(gr);
   }
-  expect_close("adamw w", w1, w2, n, 1e-6);
-  expect_close("adamw m", m1, m2, n, 1e-6);
-  expect_close("adamw v", v1, v2, n, 1e-6);
+  test_expect_close("adamw w", w1, w2, n, 1e-6);
+  test_expect_close("adamw m", m1, m2, n, 1e-6);
+  test_expect_close("adamw v", v1, v2, n, 1e-6);
   free(w1), free(w2), free(m1), free(m2), free(v1), free(v2);
 }
 

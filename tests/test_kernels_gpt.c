@@ -12,110 +12,20 @@
 
 #include "kernels.h"
 #include "test.h"
+#include "test_util.h"
 
-/* ---- helpers (as test_kernels.c) ---------------------------------------- */
+/* ---- helpers (shared ones in test_util.h) ------------------------------ */
 
-static uint64_t rng_state = 0x243f6a8885a308d3ull;
-
-static void
-rng_seed(uint64_t seed)
-{
-  rng_state = seed * 0x9e3779b97f4a7c15ull + 1;
-}
-
-/* splitmix64: deterministic across platforms. */
-static uint64_t
-rng_next(void)
-{
-  uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-static float
-rng_uniform(float lo, float hi)
-{
-  double u = (double)(rng_next() >> 11) * 0x1.0p-53;
-  return (float)(lo + (hi - lo) * u);
-}
-
-static void *
-alloc_bytes(size_t n)
-{
-  void *p = calloc(n == 0 ? 1 : n, 1);
-  if (p == NULL) {
-    fprintf(stderr, "test_kernels_gpt: out of memory\n");
-    exit(1);
-  }
-  return p;
-}
-
-static float *
-alloc_f(size_t n)
-{
-  return alloc_bytes(n * sizeof(float));
-}
-
-static double *
-alloc_d(size_t n)
-{
-  return alloc_bytes(n * sizeof(double));
-}
-
-static float *
-random_f(size_t n, float lo, float hi)
-{
-  float *p = alloc_f(n);
-  for (size_t i = 0; i < n; i++)
-    p[i] = rng_uniform(lo, hi);
-  return p;
-}
-
-static float *
-copy_f(const float *a, size_t n)
-{
-  float *p = alloc_f(n);
-  memcpy(p, a, n * sizeof(float));
-  return p;
-}
-
-static double *
-to_double(const float *a, size_t n)
-{
-  double *p = alloc_d(n);
-  for (size_t i = 0; i < n; i++)
-    p[i] = (double)a[i];
-  return p;
-}
+/* The tests' shared stream (as before: seeded per test). */
+static test_rng_t rng = {0x243f6a8885a308d3ull};
 
 static int32_t *
 random_tokens(size_t n, size_t V)
 {
-  int32_t *x = alloc_bytes(n * sizeof(int32_t));
+  int32_t *x = test_xcalloc(n * sizeof(int32_t), 1);
   for (size_t i = 0; i < n; i++)
-    x[i] = (int32_t)(rng_next() % V);
+    x[i] = (int32_t)(test_rng_next(&rng) % V);
   return x;
-}
-
-/* Every element within tol * (1 + |want|); returns the worst such error. */
-static double
-expect_close(const char *what, const float *got, const float *want, size_t n,
-             double tol)
-{
-  double worst = 0.0;
-  int reported = 0;
-
-  for (size_t i = 0; i < n; i++) {
-    double e = fabs((double)got[i] - (double)want[i]) /
-               (1.0 + fabs((double)want[i]));
-    if (!(e <= tol) && reported++ < 5)
-      test_fail(__FILE__, __LINE__, "%s[%zu]: %.9g vs reference %.9g", what,
-                i, (double)got[i], (double)want[i]);
-    if (e > worst || e != e)
-      worst = e;
-  }
-  return worst;
 }
 
 /* Bitwise equality. */
@@ -130,50 +40,6 @@ expect_same(const char *what, const float *got, const float *want, size_t n)
                 i, (double)got[i], (double)want[i]);
       return;
     }
-}
-
-typedef double (*objective_fn)(void *ctx);
-
-/* Central differences, in double, the step relative to the value. */
-static void
-fd_grad(objective_fn f, void *ctx, double *param, size_t n, double *grad)
-{
-  for (size_t i = 0; i < n; i++) {
-    double x0 = param[i];
-    double h = 1e-6 * fmax(1.0, fabs(x0));
-    double xp = x0 + h, xm = x0 - h;
-
-    param[i] = xp;
-    double lp = f(ctx);
-    param[i] = xm;
-    double lm = f(ctx);
-    param[i] = x0;
-    grad[i] = (lp - lm) / (xp - xm);
-  }
-}
-
-/* As test_kernels.c: relative error, floored at 1% of the largest
- * gradient; prints the worst. */
-static double
-expect_fd(const char *what, const float *analytic, const double *fd, size_t n,
-          double tol)
-{
-  double maxabs = 0.0, worst = 0.0;
-  int reported = 0;
-
-  for (size_t i = 0; i < n; i++)
-    maxabs = fmax(maxabs, fabs(fd[i]));
-  double floor_ = fmax(1e-2 * maxabs, 1e-12);
-  for (size_t i = 0; i < n; i++) {
-    double e = fabs((double)analytic[i] - fd[i]) / fmax(fabs(fd[i]), floor_);
-    if (!(e <= tol) && reported++ < 5)
-      test_fail(__FILE__, __LINE__, "%s[%zu]: analytic %.9g vs FD %.9g",
-                what, i, (double)analytic[i], fd[i]);
-    if (e > worst || e != e)
-      worst = e;
-  }
-  printf("  fd %-22s n=%-4zu max rel err %.2e\n", what, n, worst);
-  return worst;
 }
 
 #define FD_TOL 1e-3
@@ -195,18 +61,21 @@ TEST(embedding_matches_reference)
   static const size_t shapes[][6] = {
       {3, 7, 13, 5, 9, 2}, {1, 1, 1, 1, 1, 0}, {4, 64, 96, 50, 128, 64}};
 
-  rng_seed(11);
+  test_rng_seed(&rng, 11);
   for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
     size_t B = shapes[s][0], T = shapes[s][1], C = shapes[s][2];
     size_t V = shapes[s][3], Tmax = shapes[s][4], t0 = shapes[s][5];
     int32_t *x = random_tokens(B * T, V);
-    float *wte = random_f(V * C, -1, 1), *wpe = random_f(Tmax * C, -1, 1);
-    float *out = alloc_f(B * T * C), *out_ref = alloc_f(B * T * C);
-    float *dout = random_f(B * T * C, -1, 1);
-    float *dwte = random_f(V * C, -1, 1), *dwte_ref = copy_f(dwte, V * C);
-    float *dwpe = random_f(Tmax * C, -1, 1);
-    float *dwpe_ref = copy_f(dwpe, Tmax * C);
-    float *dwte2 = copy_f(dwte, V * C), *dwpe2 = copy_f(dwpe, Tmax * C);
+    float *wte = test_random_f(&rng, V * C, -1, 1),
+          *wpe = test_random_f(&rng, Tmax * C, -1, 1);
+    float *out = test_alloc_f(B * T * C), *out_ref = test_alloc_f(B * T * C);
+    float *dout = test_random_f(&rng, B * T * C, -1, 1);
+    float *dwte = test_random_f(&rng, V * C, -1, 1),
+          *dwte_ref = test_copy_f(dwte, V * C);
+    float *dwpe = test_random_f(&rng, Tmax * C, -1, 1);
+    float *dwpe_ref = test_copy_f(dwpe, Tmax * C);
+    float *dwte2 = test_copy_f(dwte, V * C),
+          *dwpe2 = test_copy_f(dwpe, Tmax * C);
 
     EXPECT_STATUS(bt__embedding_fwd(out, x, wte, wpe, B, T, C, V, Tmax, t0),
                   BT_OK, NULL);
@@ -262,22 +131,29 @@ TEST(embedding_backward_finite_differences)
 {
   size_t B = 2, T = 5, C = 6, V = 4, Tmax = 7, t0 = 1;
 
-  rng_seed(12);
+  test_rng_seed(&rng, 12);
   int32_t *x = random_tokens(B * T, V);
   x[0] = x[3] = x[7] = 2; /* a token used several times */
-  float *wte = random_f(V * C, -1, 1), *wpe = random_f(Tmax * C, -1, 1);
-  float *r = random_f(B * T * C, -1, 1);
-  float *dwte = alloc_f(V * C), *dwpe = alloc_f(Tmax * C);
-  struct embedding_ctx c = {to_double(wte, V * C), to_double(wpe, Tmax * C),
-                            x, r, B, T, C, t0};
-  double *g = alloc_d(Tmax * C);
+  float *wte = test_random_f(&rng, V * C, -1, 1),
+        *wpe = test_random_f(&rng, Tmax * C, -1, 1);
+  float *r = test_random_f(&rng, B * T * C, -1, 1);
+  float *dwte = test_alloc_f(V * C), *dwpe = test_alloc_f(Tmax * C);
+  struct embedding_ctx c = {test_to_double(wte, V * C),
+                            test_to_double(wpe, Tmax * C),
+                            x,
+                            r,
+                            B,
+                            T,
+                            C,
+                            t0};
+  double *g = test_alloc_d(Tmax * C);
 
   ASSERT_INT_EQ(bt__embedding_bwd(dwte, dwpe, r, x, B, T, C, V, Tmax, t0),
                 BT_OK);
-  fd_grad(embedding_objective, &c, c.wte, V * C, g);
-  expect_fd("embedding dwte", dwte, g, V * C, FD_TOL);
-  fd_grad(embedding_objective, &c, c.wpe, Tmax * C, g);
-  expect_fd("embedding dwpe", dwpe, g, Tmax * C, FD_TOL);
+  test_fd_grad(embedding_objective, &c, c.wte, V * C, g);
+  test_expect_fd("embedding dwte", dwte, g, V * C, FD_TOL);
+  test_fd_grad(embedding_objective, &c, c.wpe, Tmax * C, g);
+  test_expect_fd("embedding dwpe", dwpe, g, Tmax * C, FD_TOL);
   /* Rows of wpe outside t0 .. t0+T-1 get nothing. */
   for (size_t k = 0; k < C; k++) {
     EXPECT_TRUE(dwpe[k] == 0.0f);
@@ -353,7 +229,7 @@ alloc_scratch(size_t B, size_t T, size_t nh)
     fprintf(stderr, "test_kernels_gpt: no scratch size\n");
     exit(1);
   }
-  return alloc_bytes(bytes);
+  return test_xcalloc(bytes, 1);
 }
 
 TEST(attention_matches_reference)
@@ -363,23 +239,25 @@ TEST(attention_matches_reference)
                                      {3, 17, 24, 4}, {1, 1, 4, 1},
                                      {2, 64, 64, 4}, {1, 33, 30, 5}};
 
-  rng_seed(21);
+  test_rng_seed(&rng, 21);
   for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
     size_t B = shapes[s][0], T = shapes[s][1], C = shapes[s][2];
     size_t nh = shapes[s][3];
     size_t nq = B * T * 3 * C, no = B * T * C, na = B * nh * T * T;
-    float *qkv = random_f(nq, -2, 2), *dout = random_f(no, -1, 1);
+    float *qkv = test_random_f(&rng, nq, -2, 2),
+          *dout = test_random_f(&rng, no, -1, 1);
     float *scratch = alloc_scratch(B, T, nh);
-    float *out = alloc_f(no), *out_ref = alloc_f(no), *att_ref = alloc_f(na);
-    float *dqkv = alloc_f(nq), *dqkv_ref = alloc_f(nq);
+    float *out = test_alloc_f(no), *out_ref = test_alloc_f(no),
+          *att_ref = test_alloc_f(na);
+    float *dqkv = test_alloc_f(nq), *dqkv_ref = test_alloc_f(nq);
 
     EXPECT_INT_EQ(bt__attention_scratch_bytes(B, T, nh),
                   (na + T * T) * sizeof(float));
     EXPECT_STATUS(bt__attention_fwd(out, scratch, qkv, B, T, C, nh), BT_OK,
                   NULL);
     bt__ref_attention_fwd(out_ref, att_ref, qkv, B, T, C, nh);
-    double e1 = expect_close("attention out", out, out_ref, no, 1e-5);
-    double e2 = expect_close("attention att", scratch, att_ref, na, 1e-5);
+    double e1 = test_expect_close("attention out", out, out_ref, no, 1e-5);
+    double e2 = test_expect_close("attention att", scratch, att_ref, na, 1e-5);
 
     /* dqkv is written, whatever it held. */
     for (size_t i = 0; i < nq; i++)
@@ -388,9 +266,9 @@ TEST(attention_matches_reference)
         bt__attention_bwd(dqkv, scratch, dout, qkv, B, T, C, nh), BT_OK,
         NULL);
     bt__ref_attention_bwd(dqkv_ref, dout, qkv, att_ref, B, T, C, nh);
-    double e3 = expect_close("attention dqkv", dqkv, dqkv_ref, nq, 1e-5);
+    double e3 = test_expect_close("attention dqkv", dqkv, dqkv_ref, nq, 1e-5);
     /* The backward leaves att as it was. */
-    expect_close("att after bwd", scratch, att_ref, na, 1e-5);
+    test_expect_close("att after bwd", scratch, att_ref, na, 1e-5);
     printf("  B=%zu T=%zu C=%zu nh=%zu: out %.1e att %.1e dqkv %.1e\n", B, T,
            C, nh, e1, e2, e3);
 
@@ -450,30 +328,31 @@ TEST(attention_backward_finite_differences)
 {
   size_t B = 2, T = 5, C = 6;
 
-  rng_seed(22);
+  test_rng_seed(&rng, 22);
   for (size_t nh = 2; nh <= 3; nh++) {
     size_t nq = B * T * 3 * C, no = B * T * C;
-    float *qkv = random_f(nq, -2, 2), *r = random_f(no, -1, 1);
-    float *out = alloc_f(no), *dqkv = alloc_f(nq);
+    float *qkv = test_random_f(&rng, nq, -2, 2),
+          *r = test_random_f(&rng, no, -1, 1);
+    float *out = test_alloc_f(no), *dqkv = test_alloc_f(nq);
     float *scratch = alloc_scratch(B, T, nh);
-    struct attention_ctx c = {to_double(qkv, nq), alloc_d(no), r, B, T, C,
-                              nh};
-    double *g = alloc_d(nq);
+    struct attention_ctx c = {
+        test_to_double(qkv, nq), test_alloc_d(no), r, B, T, C, nh};
+    double *g = test_alloc_d(nq);
     char what[32];
 
     /* L = sum(out * r), so dL/dout = r. */
     ASSERT_INT_EQ(bt__attention_fwd(out, scratch, qkv, B, T, C, nh), BT_OK);
     ASSERT_INT_EQ(bt__attention_bwd(dqkv, scratch, r, qkv, B, T, C, nh),
                   BT_OK);
-    fd_grad(attention_objective, &c, c.qkv, nq, g);
+    test_fd_grad(attention_objective, &c, c.qkv, nq, g);
     snprintf(what, sizeof(what), "attention dqkv nh=%zu", nh);
-    expect_fd(what, dqkv, g, nq, FD_TOL);
+    test_expect_fd(what, dqkv, g, nq, FD_TOL);
     /* The forward against the double one too. */
     attention_d(c.out, c.qkv, B, T, C, nh);
-    float *outd = alloc_f(no);
+    float *outd = test_alloc_f(no);
     for (size_t i = 0; i < no; i++)
       outd[i] = (float)c.out[i];
-    expect_close("attention out vs double", out, outd, no, 1e-5);
+    test_expect_close("attention out vs double", out, outd, no, 1e-5);
 
     free(outd), free(qkv), free(r), free(out), free(dqkv), free(scratch);
     free(c.qkv), free(c.out), free(g);
@@ -484,10 +363,10 @@ TEST(attention_is_causal)
 {
   size_t B = 2, T = 9, C = 12, nh = 3, nq = B * T * 3 * C, no = B * T * C;
 
-  rng_seed(23);
-  float *qkv = random_f(nq, -2, 2);
-  float *scratch = alloc_scratch(B, T, nh), *out = alloc_f(no);
-  float *scratch2 = alloc_scratch(B, T, nh), *out2 = alloc_f(no);
+  test_rng_seed(&rng, 23);
+  float *qkv = test_random_f(&rng, nq, -2, 2);
+  float *scratch = alloc_scratch(B, T, nh), *out = test_alloc_f(no);
+  float *scratch2 = alloc_scratch(B, T, nh), *out2 = test_alloc_f(no);
 
   ASSERT_INT_EQ(bt__attention_fwd(out, scratch, qkv, B, T, C, nh), BT_OK);
   /* Probabilities: exactly 0 above the diagonal, rows summing to 1. */
@@ -505,10 +384,11 @@ TEST(attention_is_causal)
   /* Changing q, k and v at position j leaves every position i < j
    * bitwise as it was (and changes position j). */
   for (size_t j = 1; j < T; j++) {
-    float *q2 = copy_f(qkv, nq);
+    float *q2 = test_copy_f(qkv, nq);
     for (size_t b = 0; b < B; b++)
       for (size_t k = 0; k < 3 * C; k++)
-        q2[(b * T + j) * 3 * C + k] += 1.0f + rng_uniform(0, 1);
+        q2[(b * T + j) * 3 * C + k] +=
+            1.0f + (float)test_rng_uniform(&rng, 0, 1);
     ASSERT_INT_EQ(bt__attention_fwd(out2, scratch2, q2, B, T, C, nh), BT_OK);
     for (size_t b = 0; b < B; b++) {
       expect_same("causal out", out2 + b * T * C, out + b * T * C, j * C);
@@ -592,12 +472,12 @@ TEST(dropout_matches_reference)
                                      {64, 768}};
   static const float ps[] = {0.1f, 0.5f, 0.9f};
 
-  rng_seed(31);
+  test_rng_seed(&rng, 31);
   for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
     for (size_t k = 0; k < 3; k++) {
       size_t N = shapes[s][0], D = shapes[s][1];
-      float *x = random_f(N * D, -1, 1);
-      float *y = alloc_f(N * D), *y_ref = alloc_f(N * D);
+      float *x = test_random_f(&rng, N * D, -1, 1);
+      float *y = test_alloc_f(N * D), *y_ref = test_alloc_f(N * D);
       uint64_t seed = 0x0123456789abcdefull + s;
 
       EXPECT_STATUS(bt__dropout_fwd(y, x, N, D, ps[k], seed, 17, 3, 1000),
@@ -612,9 +492,10 @@ TEST(dropout_mask_independent_of_split)
 {
   size_t N = 8, D = 37;
 
-  rng_seed(32);
-  float *x = random_f(N * D, -1, 1);
-  float *y = alloc_f(N * D), *y2 = alloc_f(N * D), *y3 = alloc_f(N * D);
+  test_rng_seed(&rng, 32);
+  float *x = test_random_f(&rng, N * D, -1, 1);
+  float *y = test_alloc_f(N * D), *y2 = test_alloc_f(N * D),
+        *y3 = test_alloc_f(N * D);
 
   ASSERT_INT_EQ(bt__dropout_fwd(y, x, N, D, 0.3f, 42, 5, 2, 0), BT_OK);
   ASSERT_INT_EQ(bt__dropout_fwd(y2, x, 4, D, 0.3f, 42, 5, 2, 0), BT_OK);
@@ -646,7 +527,7 @@ TEST(dropout_keep_fraction)
 {
   size_t N = 512, D = 1000, n = N * D;
   static const float ps[] = {0.1f, 0.5f, 0.9f};
-  float *x = alloc_f(n), *y = alloc_f(n);
+  float *x = test_alloc_f(n), *y = test_alloc_f(n);
 
   for (size_t i = 0; i < n; i++)
     x[i] = 1.0f;
@@ -682,10 +563,11 @@ TEST(dropout_backward_uses_forward_mask)
 {
   size_t N = 13, D = 29, n = N * D;
 
-  rng_seed(33);
-  float *x = random_f(n, 0.5f, 1.5f), *dy = random_f(n, 0.5f, 1.5f);
-  float *y = alloc_f(n), *dx = alloc_f(n), *dx_ref = alloc_f(n);
-  float *ones = alloc_f(n), *mask = alloc_f(n);
+  test_rng_seed(&rng, 33);
+  float *x = test_random_f(&rng, n, 0.5f, 1.5f),
+        *dy = test_random_f(&rng, n, 0.5f, 1.5f);
+  float *y = test_alloc_f(n), *dx = test_alloc_f(n), *dx_ref = test_alloc_f(n);
+  float *ones = test_alloc_f(n), *mask = test_alloc_f(n);
   float p = 0.4f, scale = 1.0f / (1.0f - p);
 
   for (size_t i = 0; i < n; i++)
@@ -699,7 +581,7 @@ TEST(dropout_backward_uses_forward_mask)
   }
   expect_same("dropout dx", dx, dx_ref, n);
   /* In place: dx may be dy, y may be x. */
-  float *dy2 = copy_f(dy, n), *x2 = copy_f(x, n);
+  float *dy2 = test_copy_f(dy, n), *x2 = test_copy_f(x, n);
   ASSERT_INT_EQ(bt__dropout_bwd(dy2, dy2, N, D, p, 99, 3, 1, 40), BT_OK);
   expect_same("dropout dx in place", dy2, dx, n);
   ASSERT_INT_EQ(bt__dropout_fwd(x2, x2, N, D, p, 99, 3, 1, 40), BT_OK);
@@ -712,8 +594,8 @@ TEST(dropout_identity_and_errors)
 {
   size_t N = 3, D = 5, n = N * D;
 
-  rng_seed(34);
-  float *x = random_f(n, -1, 1), *y = alloc_f(n);
+  test_rng_seed(&rng, 34);
+  float *x = test_random_f(&rng, n, -1, 1), *y = test_alloc_f(n);
   ASSERT_INT_EQ(bt__dropout_fwd(y, x, N, D, 0.0f, 1, 2, 3, 4), BT_OK);
   expect_same("p=0 fwd", y, x, n);
   ASSERT_INT_EQ(bt__dropout_bwd(y, x, N, D, 0.0f, 1, 2, 3, 4), BT_OK);

@@ -15,34 +15,20 @@
 
 #include "baton/baton.h"
 #include "test.h"
+#include "test_util.h"
 
 #define TOL 1e-5
 
-static uint64_t rng_state;
-
-static uint64_t
-rng_next(void)
-{
-  uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-static float
-rng_uniform(float lo, float hi)
-{
-  return lo + (hi - lo) * (float)((double)(rng_next() >> 11) * 0x1.0p-53);
-}
+static test_rng_t rng;
 
 static void
 make_batch(float *x, int32_t *y, size_t n, size_t d, int32_t c, uint64_t seed)
 {
-  rng_state = seed;
+  rng.state = seed;
   for (size_t i = 0; i < n * d; i++)
-    x[i] = rng_uniform(-2.0f, 2.0f);
+    x[i] = test_rng_uniform_f32(&rng, -2.0f, 2.0f);
   for (size_t r = 0; r < n; r++)
-    y[r] = (int32_t)(rng_next() % (uint64_t)c);
+    y[r] = (int32_t)(test_rng_next(&rng) % (uint64_t)c);
 }
 
 static bt_model_t *
@@ -74,18 +60,14 @@ tensors_close(const bt_model_t *got, const bt_model_t *ref, bool grads,
   size_t n = bt_model_param_count(ref);
   for (size_t i = 0; i < n; i++) {
     bt_param_t a, b;
-    double mr = 0, md = 0;
+    double mr, md;
     if (bt_model_param(got, i, &a) != BT_OK ||
         bt_model_param(ref, i, &b) != BT_OK || a.count != b.count) {
       test_fail(__FILE__, __LINE__, "%s: parameter %zu mismatch", what, i);
       return false;
     }
-    for (size_t j = 0; j < a.count; j++) {
-      double r = grads ? b.grad[j] : b.value[j];
-      double g = grads ? a.grad[j] : a.value[j];
-      mr = fmax(mr, fabs(r));
-      md = fmax(md, fabs(g - r));
-    }
+    md = test_max_abs_diff(grads ? a.grad : a.value, grads ? b.grad : b.value,
+                           a.count, &mr);
     if (!(md <= tol * mr) && !(mr == 0 && md == 0)) {
       test_fail(__FILE__, __LINE__,
                 "%s: %s %s differs: max|d| %.3g, max|ref| %.3g", what,
@@ -483,11 +465,11 @@ TEST(save_load_round_trip)
 static void
 toy_set(float *x, int32_t *y, size_t n, uint64_t seed)
 {
-  rng_state = seed;
+  rng.state = seed;
   for (size_t r = 0; r < n; r++) {
     int32_t best = 0;
     for (size_t d = 0; d < PD; d++)
-      x[r * PD + d] = rng_uniform(-1.0f, 1.0f);
+      x[r * PD + d] = test_rng_uniform_f32(&rng, -1.0f, 1.0f);
     for (int32_t c = 1; c < PC; c++)
       if (x[r * PD + c] > x[r * PD + best])
         best = c;

@@ -15,42 +15,11 @@
 #include "baton/safetensors.h"
 #include "resmlp.h"
 #include "test.h"
+#include "test_util.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static uint64_t rng_state;
-
-static void
-rng_seed(uint64_t seed)
-{
-  rng_state = seed * 0x9e3779b97f4a7c15ull + 1;
-}
-
-static uint64_t
-rng_next(void)
-{
-  uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-static double
-rng_uniform(double lo, double hi)
-{
-  return lo + (hi - lo) * ((double)(rng_next() >> 11) * 0x1.0p-53);
-}
-
-static void *
-xcalloc(size_t n, size_t k)
-{
-  void *p = calloc(n == 0 ? 1 : n, k);
-  if (p == NULL) {
-    fprintf(stderr, "test_resmlp: out of memory\n");
-    exit(1);
-  }
-  return p;
-}
+static test_rng_t rng;
 
 static struct bt__resmlp_config
 config(size_t D, size_t H, size_t C, size_t L, bool long_skip)
@@ -59,27 +28,20 @@ config(size_t D, size_t H, size_t C, size_t L, bool long_skip)
   return c;
 }
 
-static bool
-ends_with(const char *s, const char *suffix)
-{
-  size_t a = strlen(s), b = strlen(suffix);
-  return a >= b && strcmp(s + a - b, suffix) == 0;
-}
-
 /* Moves the biases, betas and gammas away from 0 and 1 (deterministically
  * from seed), so the gradient check sees a generic point. */
 static void
 perturb(struct bt__resmlp *m, uint64_t seed)
 {
-  rng_seed(seed);
+  test_rng_seed(&rng, seed);
   for (size_t t = 0; t < m->ntensors; t++) {
-    const struct bt__resmlp_tensor *tt = &m->tensors[t];
+    const struct bt__params_tensor *tt = &m->tensors[t];
     float *p = m->params + tt->offset;
-    if (ends_with(tt->name, ".w"))
+    if (test_ends_with(tt->name, ".w"))
       continue;
     for (size_t j = 0; j < tt->count; j++)
-      p[j] = (float)((ends_with(tt->name, "ln.g") ? 1.0 : 0.0) +
-                     rng_uniform(-0.3, 0.3));
+      p[j] = (float)((test_ends_with(tt->name, "ln.g") ? 1.0 : 0.0) +
+                     test_rng_uniform(&rng, -0.3, 0.3));
   }
 }
 
@@ -103,13 +65,13 @@ static void
 make_batch(size_t N, size_t D, size_t C, uint64_t seed, float **x,
            int32_t **y)
 {
-  rng_seed(seed);
-  *x = xcalloc(N * D, sizeof(float));
-  *y = xcalloc(N, sizeof(int32_t));
+  test_rng_seed(&rng, seed);
+  *x = test_xcalloc(N * D, sizeof(float));
+  *y = test_xcalloc(N, sizeof(int32_t));
   for (size_t i = 0; i < N * D; i++)
-    (*x)[i] = (float)rng_uniform(-1.0, 1.0);
+    (*x)[i] = (float)test_rng_uniform(&rng, -1.0, 1.0);
   for (size_t r = 0; r < N; r++)
-    (*y)[r] = (int32_t)(rng_next() % C);
+    (*y)[r] = (int32_t)(test_rng_next(&rng) % C);
 }
 
 /* ---- a double-precision model, from the definition --------------------- */
@@ -119,7 +81,7 @@ make_batch(size_t N, size_t D, size_t C, uint64_t seed, float **x,
 static const double *
 dparam(const struct bt__resmlp *m, const double *p, const char *name)
 {
-  const struct bt__resmlp_tensor *t = bt__resmlp_find(m, name);
+  const struct bt__params_tensor *t = bt__resmlp_find(m, name);
   if (t == NULL) {
     fprintf(stderr, "test_resmlp: no tensor %s\n", name);
     exit(1);
@@ -240,7 +202,7 @@ TEST(resmlp_table)
   EXPECT_INT_EQ(m->E, E);
   EXPECT_INT_EQ(m->nlayers, 4);
   for (size_t t = 0; t < n; t++) {
-    const struct bt__resmlp_tensor *tt = &m->tensors[t];
+    const struct bt__params_tensor *tt = &m->tensors[t];
     if (strcmp(tt->name, want[t].name) != 0)
       test_fail(__FILE__, __LINE__, "tensor %zu is %s, wanted %s", t,
                 tt->name, want[t].name);
@@ -298,7 +260,7 @@ check_against_double(struct bt__resmlp_config c, const char *what)
   EXPECT_STATUS(bt__resmlp_reference_step(m, x, y, N, 1, &loss, &err),
                 BT_OK, &err);
 
-  double *p = xcalloc(m->nparams, sizeof(double));
+  double *p = test_xcalloc(m->nparams, sizeof(double));
   for (size_t k = 0; k < m->nparams; k++)
     p[k] = (double)m->params[k];
 
@@ -314,7 +276,7 @@ check_against_double(struct bt__resmlp_config c, const char *what)
   /* (b) every gradient, per tensor, relative to its max-abs. */
   double worst_all = 0.0;
   for (size_t t = 0; t < m->ntensors; t++) {
-    const struct bt__resmlp_tensor *tt = &m->tensors[t];
+    const struct bt__params_tensor *tt = &m->tensors[t];
     double maxabs = 0.0, maxerr = 0.0;
     for (size_t j = 0; j < tt->count; j++) {
       size_t k = tt->offset + j;
@@ -364,15 +326,10 @@ grad_diff(const struct bt__resmlp *a, const struct bt__resmlp *b)
 {
   double worst = 0.0;
   for (size_t t = 0; t < b->ntensors; t++) {
-    const struct bt__resmlp_tensor *tt = &b->tensors[t];
-    double maxabs = 0.0, maxerr = 0.0;
-    for (size_t j = 0; j < tt->count; j++) {
-      double ga = a->grads[tt->offset + j], gb = b->grads[tt->offset + j];
-      maxabs = fmax(maxabs, fabs(gb));
-      maxerr = fmax(maxerr, fabs(ga - gb));
-      if (ga != ga)
-        maxerr = INFINITY;
-    }
+    const struct bt__params_tensor *tt = &b->tensors[t];
+    double maxabs;
+    double maxerr = test_max_abs_diff(
+        a->grads + tt->offset, b->grads + tt->offset, tt->count, &maxabs);
     worst = fmax(worst, maxerr / fmax(maxabs, 1e-30));
   }
   return worst;
@@ -453,14 +410,17 @@ TEST(resmlp_split_backward)
     EXPECT_STATUS(bt__resmlp_reference_step(ref, x, y, N, 1, &lref, &err),
                   BT_OK, &err);
 
-    void **scr = xcalloc(nl, sizeof(void *));
+    void **scr = test_xcalloc(nl, sizeof(void *));
     for (size_t l = 0; l < nl; l++)
-      scr[l] = xcalloc(bt__resmlp_layer_scratch_bytes(m, l, N), 1);
-    float *h0 = xcalloc(RH, sizeof(float)), *z = xcalloc(RH, sizeof(float));
-    float *act[2] = {xcalloc(RH, sizeof(float)), xcalloc(RH, sizeof(float))};
-    float *dz = xcalloc(RH, sizeof(float));
-    float *dg[2] = {xcalloc(RH, sizeof(float)), xcalloc(RH, sizeof(float))};
-    float *xin = xcalloc(N * c.D, sizeof(float));
+      scr[l] = test_xcalloc(bt__resmlp_layer_scratch_bytes(m, l, N), 1);
+    float *h0 = test_xcalloc(RH, sizeof(float)),
+          *z = test_xcalloc(RH, sizeof(float));
+    float *act[2] = {test_xcalloc(RH, sizeof(float)),
+                     test_xcalloc(RH, sizeof(float))};
+    float *dz = test_xcalloc(RH, sizeof(float));
+    float *dg[2] = {test_xcalloc(RH, sizeof(float)),
+                    test_xcalloc(RH, sizeof(float))};
+    float *xin = test_xcalloc(N * c.D, sizeof(float));
 
     bt__resmlp_zero_grad(m);
     memcpy(xin, x, N * c.D * sizeof(float));
@@ -576,14 +536,14 @@ TEST(resmlp_determinism)
   /* Every element as the header pins it. */
   size_t bad = 0;
   for (size_t t = 0; t < a->ntensors; t++) {
-    const struct bt__resmlp_tensor *tt = &a->tensors[t];
+    const struct bt__params_tensor *tt = &a->tensors[t];
     size_t fan_in = 0;
-    if (ends_with(tt->name, ".w"))
+    if (test_ends_with(tt->name, ".w"))
       fan_in = tt->shape[1];
     for (size_t j = 0; j < tt->count; j++) {
       float want = fan_in > 0 ? pinned_init(99, tt->offset + j, fan_in)
-                   : ends_with(tt->name, "ln.g") ? 1.0f
-                                                 : 0.0f;
+                   : test_ends_with(tt->name, "ln.g") ? 1.0f
+                                                      : 0.0f;
       float got = a->params[tt->offset + j];
       if (memcmp(&got, &want, sizeof(float)) != 0 && bad++ < 5)
         test_fail(__FILE__, __LINE__, "%s[%zu] = %.9g, pinned %.9g",
@@ -605,7 +565,7 @@ TEST(resmlp_determinism)
   EXPECT_TRUE(memcmp(&la, &lb, sizeof(float)) == 0);
   EXPECT_TRUE(memcmp(a->grads, b->grads, a->nparams * sizeof(float)) == 0);
   /* Run twice on the same model: the same bits again. */
-  float *g1 = xcalloc(a->nparams, sizeof(float));
+  float *g1 = test_xcalloc(a->nparams, sizeof(float));
   memcpy(g1, a->grads, a->nparams * sizeof(float));
   EXPECT_STATUS(bt__resmlp_reference_step(a, x, y, N, 2, &la, &err), BT_OK,
                 &err);
@@ -653,10 +613,10 @@ save_altered(const struct bt__resmlp *m, const char *path,
              const char *reshape, int64_t r0, int64_t r1, const char *drop,
              bt_error_t *err)
 {
-  bt_st_tensor_t *ts = xcalloc(m->ntensors, sizeof(*ts));
+  bt_st_tensor_t *ts = test_xcalloc(m->ntensors, sizeof(*ts));
   size_t n = 0;
   for (size_t t = 0; t < m->ntensors; t++) {
-    const struct bt__resmlp_tensor *tt = &m->tensors[t];
+    const struct bt__params_tensor *tt = &m->tensors[t];
     if (drop != NULL && strcmp(tt->name, drop) == 0)
       continue;
     bt_st_tensor_t *s = &ts[n++];
@@ -711,7 +671,7 @@ TEST(resmlp_files)
               t.ndim == 1 && t.shape[0] == 1 &&
               memcmp(t.data, &loss, sizeof(float)) == 0);
   for (size_t i = 0; i < a->ntensors; i++) {
-    const struct bt__resmlp_tensor *tt = &a->tensors[i];
+    const struct bt__params_tensor *tt = &a->tensors[i];
     char want[64];
     for (int g = 0; g < 2; g++) {
       t = bt_st_get(f, 3 + 2 * i + (size_t)g);
@@ -738,7 +698,7 @@ TEST(resmlp_files)
 
   /* Bad checkpoints: each error names the tensor; b is left as it was. */
   struct bt__resmlp *fresh = make_model(c, 23, false);
-  float *before = xcalloc(fresh->nparams, sizeof(float));
+  float *before = test_xcalloc(fresh->nparams, sizeof(float));
   memcpy(before, fresh->params, fresh->nparams * sizeof(float));
 
   const char *bad = tmp_path("bad.safetensors");
@@ -818,7 +778,7 @@ TEST(resmlp_optimizers)
   learnable_batch(N, c.D, c.C, &x, &y);
   for (int opt = 0; opt < 2; opt++) {
     struct bt__resmlp *m = make_model(c, 77, false);
-    struct bt__resmlp_adamw_state st = {NULL, NULL};
+    struct bt__params_adamw_state st = {NULL, NULL};
     float first = 0.0f, loss = 0.0f;
 
     if (opt == 1)

@@ -21,6 +21,7 @@
 #include "baton/schedule.h"
 #include "resmlp.h"
 #include "test.h"
+#include "test_util.h"
 #include "train.h"
 
 #define D 6
@@ -30,22 +31,7 @@
 #define N 24
 #define TOL 1e-5
 
-static uint64_t rng_state;
-
-static uint64_t
-rng_next(void)
-{
-  uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-static float
-rng_uniform(float lo, float hi)
-{
-  return lo + (hi - lo) * (float)((double)(rng_next() >> 11) * 0x1.0p-53);
-}
+static test_rng_t rng;
 
 static float xs[N * D];
 static int32_t ys[N];
@@ -53,11 +39,11 @@ static int32_t ys[N];
 static void
 make_batch(void)
 {
-  rng_state = 42;
+  rng.state = 42;
   for (size_t i = 0; i < N * D; i++)
-    xs[i] = rng_uniform(-2.0f, 2.0f);
+    xs[i] = test_rng_uniform_f32(&rng, -2.0f, 2.0f);
   for (size_t r = 0; r < N; r++)
-    ys[r] = (int32_t)(rng_next() % C);
+    ys[r] = (int32_t)(test_rng_next(&rng) % C);
 }
 
 /* A model with biases and LayerNorm parameters moved off 0 and 1, the same
@@ -73,14 +59,14 @@ make_model(size_t nblocks, bool long_skip)
     fprintf(stderr, "test_train: %s\n", err.message);
     exit(1);
   }
-  rng_state = 99;
+  rng.state = 99;
   for (size_t t = 0; t < m->ntensors; t++) {
-    const struct bt__resmlp_tensor *tt = &m->tensors[t];
+    const struct bt__params_tensor *tt = &m->tensors[t];
     size_t len = strlen(tt->name);
     if (len >= 2 && strcmp(tt->name + len - 2, ".w") == 0)
       continue;
     for (size_t j = 0; j < tt->count; j++)
-      m->params[tt->offset + j] += rng_uniform(-0.3f, 0.3f);
+      m->params[tt->offset + j] += test_rng_uniform_f32(&rng, -0.3f, 0.3f);
   }
   return m;
 }
@@ -92,13 +78,10 @@ grads_close(const struct bt__resmlp *ref, const struct bt__resmlp *got,
             const char *what)
 {
   for (size_t t = 0; t < ref->ntensors; t++) {
-    const struct bt__resmlp_tensor *tt = &ref->tensors[t];
-    double mr = 0, md = 0;
-    for (size_t j = 0; j < tt->count; j++) {
-      double r = ref->grads[tt->offset + j], g = got->grads[tt->offset + j];
-      mr = fmax(mr, fabs(r));
-      md = fmax(md, fabs(g - r));
-    }
+    const struct bt__params_tensor *tt = &ref->tensors[t];
+    double mr;
+    double md = test_max_abs_diff(got->grads + tt->offset,
+                                  ref->grads + tt->offset, tt->count, &mr);
     if (!(md <= TOL * mr) && !(mr == 0 && md == 0)) {
       test_fail(__FILE__, __LINE__,
                 "%s: gradient %s differs: max|d| %.3g, "
