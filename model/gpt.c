@@ -196,8 +196,6 @@ bt__gpt_zero_grad(struct bt__gpt *m)
 
 /* ---- scratch layout ----------------------------------------------------- */
 
-#define SCRATCH_ALIGN 64
-#define MAX_REGIONS 20
 
 enum { EMB_X, EMB_DS, EMB_NREG };
 enum {
@@ -223,29 +221,9 @@ enum {
 };
 enum { H_H, H_MEAN, H_RSTD, H_U, H_LOGITS, H_LABELS, H_NREG };
 
-struct layout {
-  size_t off[MAX_REGIONS];
-  size_t bytes;
-};
-
-static bool
-layout_add(struct layout *l, int i, size_t rows, size_t cols, size_t elem)
-{
-  size_t n, b, start;
-
-  if (!bt__mul_fits(rows, cols, &n) || !bt__mul_fits(n, elem, &b))
-    return false;
-  start = l->bytes;
-  if (__builtin_add_overflow(start, SCRATCH_ALIGN - 1, &start))
-    return false;
-  start &= ~(size_t)(SCRATCH_ALIGN - 1);
-  l->off[i] = start;
-  return !__builtin_add_overflow(start, b, &l->bytes);
-}
-
 static bool
 layer_layout(const struct bt__gpt *m, size_t layer, size_t B, size_t T,
-             struct layout *l)
+             struct bt__scratch_layout *l)
 {
   size_t C = m->cfg.C, R, att;
 
@@ -254,50 +232,44 @@ layer_layout(const struct bt__gpt *m, size_t layer, size_t B, size_t T,
     return false;
   switch (layer_kind(m, layer)) {
   case KIND_EMBED:
-    return layout_add(l, EMB_X, R, 1, sizeof(int32_t)) &&
-           layout_add(l, EMB_DS, R, C, sizeof(float));
+    return bt__layout_add(l, EMB_X, R, 1, sizeof(int32_t)) &&
+           bt__layout_add(l, EMB_DS, R, C, sizeof(float));
   case KIND_BLK:
     att = bt__attention_scratch_bytes(B, T, m->cfg.nh);
-    return att != 0 && layout_add(l, B_H, R, C, sizeof(float)) &&
-           layout_add(l, B_MEAN1, R, 1, sizeof(float)) &&
-           layout_add(l, B_RSTD1, R, 1, sizeof(float)) &&
-           layout_add(l, B_A1, R, C, sizeof(float)) &&
-           layout_add(l, B_QKV, R, 3 * C, sizeof(float)) &&
-           layout_add(l, B_ATT, 1, att, 1) &&
-           layout_add(l, B_Y, R, C, sizeof(float)) &&
-           layout_add(l, B_H2, R, C, sizeof(float)) &&
-           layout_add(l, B_MEAN2, R, 1, sizeof(float)) &&
-           layout_add(l, B_RSTD2, R, 1, sizeof(float)) &&
-           layout_add(l, B_A2, R, C, sizeof(float)) &&
-           layout_add(l, B_P, R, 4 * C, sizeof(float)) &&
-           layout_add(l, B_G, R, 4 * C, sizeof(float)) &&
-           layout_add(l, B_DMO, R, C, sizeof(float)) &&
-           layout_add(l, B_DP, R, 4 * C, sizeof(float)) &&
-           layout_add(l, B_DAO, R, C, sizeof(float)) &&
-           layout_add(l, B_DQKV, R, 3 * C, sizeof(float)) &&
-           layout_add(l, B_WORK, R, C, sizeof(float));
+    return att != 0 && bt__layout_add(l, B_H, R, C, sizeof(float)) &&
+           bt__layout_add(l, B_MEAN1, R, 1, sizeof(float)) &&
+           bt__layout_add(l, B_RSTD1, R, 1, sizeof(float)) &&
+           bt__layout_add(l, B_A1, R, C, sizeof(float)) &&
+           bt__layout_add(l, B_QKV, R, 3 * C, sizeof(float)) &&
+           bt__layout_add(l, B_ATT, 1, att, 1) &&
+           bt__layout_add(l, B_Y, R, C, sizeof(float)) &&
+           bt__layout_add(l, B_H2, R, C, sizeof(float)) &&
+           bt__layout_add(l, B_MEAN2, R, 1, sizeof(float)) &&
+           bt__layout_add(l, B_RSTD2, R, 1, sizeof(float)) &&
+           bt__layout_add(l, B_A2, R, C, sizeof(float)) &&
+           bt__layout_add(l, B_P, R, 4 * C, sizeof(float)) &&
+           bt__layout_add(l, B_G, R, 4 * C, sizeof(float)) &&
+           bt__layout_add(l, B_DMO, R, C, sizeof(float)) &&
+           bt__layout_add(l, B_DP, R, 4 * C, sizeof(float)) &&
+           bt__layout_add(l, B_DAO, R, C, sizeof(float)) &&
+           bt__layout_add(l, B_DQKV, R, 3 * C, sizeof(float)) &&
+           bt__layout_add(l, B_WORK, R, C, sizeof(float));
   case KIND_HEAD:
-    return layout_add(l, H_H, R, C, sizeof(float)) &&
-           layout_add(l, H_MEAN, R, 1, sizeof(float)) &&
-           layout_add(l, H_RSTD, R, 1, sizeof(float)) &&
-           layout_add(l, H_U, R, C, sizeof(float)) &&
-           layout_add(l, H_LOGITS, R, m->cfg.V, sizeof(float)) &&
-           layout_add(l, H_LABELS, R, 1, sizeof(int32_t));
+    return bt__layout_add(l, H_H, R, C, sizeof(float)) &&
+           bt__layout_add(l, H_MEAN, R, 1, sizeof(float)) &&
+           bt__layout_add(l, H_RSTD, R, 1, sizeof(float)) &&
+           bt__layout_add(l, H_U, R, C, sizeof(float)) &&
+           bt__layout_add(l, H_LOGITS, R, m->cfg.V, sizeof(float)) &&
+           bt__layout_add(l, H_LABELS, R, 1, sizeof(int32_t));
   }
   return false;
-}
-
-static float *
-region(void *scratch, const struct layout *l, int i)
-{
-  return (float *)(void *)((char *)scratch + l->off[i]);
 }
 
 size_t
 bt__gpt_layer_scratch_bytes(const struct bt__gpt *m, size_t layer, size_t B,
                             size_t T)
 {
-  struct layout l;
+  struct bt__scratch_layout l;
 
   if (m == NULL || !layer_layout(m, layer, B, T, &l))
     return 0;
@@ -316,7 +288,7 @@ bt__gpt_layer_scratch_bytes(const struct bt__gpt *m, size_t layer, size_t B,
 /* Checks the common arguments and lays out the layer's scratch. */
 static bool
 valid_mb(const struct bt__gpt *m, size_t layer, const void *scratch,
-         const struct bt__gpt_mb *mb, struct layout *l)
+         const struct bt__gpt_mb *mb, struct bt__scratch_layout *l)
 {
   return m != NULL && scratch != NULL && mb != NULL && mb->T <= m->cfg.Tmax &&
          layer_layout(m, layer, mb->B, mb->T, l);
@@ -338,13 +310,13 @@ bt_status
 bt__gpt_embed_fwd(const struct bt__gpt *m, const int32_t *x, float *out,
                   void *scratch, const struct bt__gpt_mb *mb)
 {
-  struct layout l;
+  struct bt__scratch_layout l;
 
   if (x == NULL || out == NULL || !valid_mb(m, 0, scratch, mb, &l))
     return BT_EINVAL;
 
   size_t R = mb->B * mb->T;
-  int32_t *xs = (int32_t *)(void *)region(scratch, &l, EMB_X);
+  int32_t *xs = (int32_t *)(void *)bt__layout_region(scratch, &l, EMB_X);
 
   TRY(bt__embedding_fwd(out, x, lparam(m, 0, EMB_WTE), lparam(m, 0, EMB_WPE),
                         mb->B, mb->T, m->cfg.C, m->cfg.V, m->cfg.Tmax, 0));
@@ -356,7 +328,7 @@ bt_status
 bt__gpt_layer_fwd(const struct bt__gpt *m, size_t layer, const float *in,
                   float *out, void *scratch, const struct bt__gpt_mb *mb)
 {
-  struct layout l;
+  struct bt__scratch_layout l;
 
   if (in == NULL || out == NULL || in == out ||
       !valid_mb(m, layer, scratch, mb, &l) || layer_kind(m, layer) != KIND_BLK)
@@ -364,19 +336,19 @@ bt__gpt_layer_fwd(const struct bt__gpt *m, size_t layer, const float *in,
 
   size_t B = mb->B, T = mb->T, R = B * T, C = m->cfg.C;
   uint32_t i = (uint32_t)(layer - 1);
-  float *h = region(scratch, &l, B_H);
-  float *mean1 = region(scratch, &l, B_MEAN1);
-  float *rstd1 = region(scratch, &l, B_RSTD1);
-  float *a1 = region(scratch, &l, B_A1);
-  float *qkv = region(scratch, &l, B_QKV);
-  float *att = region(scratch, &l, B_ATT);
-  float *y = region(scratch, &l, B_Y);
-  float *h2 = region(scratch, &l, B_H2);
-  float *mean2 = region(scratch, &l, B_MEAN2);
-  float *rstd2 = region(scratch, &l, B_RSTD2);
-  float *a2 = region(scratch, &l, B_A2);
-  float *p = region(scratch, &l, B_P);
-  float *g = region(scratch, &l, B_G);
+  float *h = bt__layout_region(scratch, &l, B_H);
+  float *mean1 = bt__layout_region(scratch, &l, B_MEAN1);
+  float *rstd1 = bt__layout_region(scratch, &l, B_RSTD1);
+  float *a1 = bt__layout_region(scratch, &l, B_A1);
+  float *qkv = bt__layout_region(scratch, &l, B_QKV);
+  float *att = bt__layout_region(scratch, &l, B_ATT);
+  float *y = bt__layout_region(scratch, &l, B_Y);
+  float *h2 = bt__layout_region(scratch, &l, B_H2);
+  float *mean2 = bt__layout_region(scratch, &l, B_MEAN2);
+  float *rstd2 = bt__layout_region(scratch, &l, B_RSTD2);
+  float *a2 = bt__layout_region(scratch, &l, B_A2);
+  float *p = bt__layout_region(scratch, &l, B_P);
+  float *g = bt__layout_region(scratch, &l, B_G);
 
   memcpy(h, in, R * C * sizeof(float));
   /* h2 = h + drop(attn.proj(attention(qkv(ln1(h))))) */
@@ -406,19 +378,19 @@ bt__gpt_head_fwd(const struct bt__gpt *m, const float *h, const int32_t *y,
                  size_t total_rows, void *scratch, const struct bt__gpt_mb *mb,
                  float *loss)
 {
-  struct layout l;
+  struct bt__scratch_layout l;
 
   if (h == NULL || y == NULL || loss == NULL || m == NULL ||
       !valid_mb(m, m->cfg.L + 1, scratch, mb, &l))
     return BT_EINVAL;
 
   size_t R = mb->B * mb->T, C = m->cfg.C, V = m->cfg.V, layer = m->cfg.L + 1;
-  float *hs = region(scratch, &l, H_H);
-  float *mean = region(scratch, &l, H_MEAN);
-  float *rstd = region(scratch, &l, H_RSTD);
-  float *u = region(scratch, &l, H_U);
-  float *logits = region(scratch, &l, H_LOGITS);
-  int32_t *lab = (int32_t *)(void *)region(scratch, &l, H_LABELS);
+  float *hs = bt__layout_region(scratch, &l, H_H);
+  float *mean = bt__layout_region(scratch, &l, H_MEAN);
+  float *rstd = bt__layout_region(scratch, &l, H_RSTD);
+  float *u = bt__layout_region(scratch, &l, H_U);
+  float *logits = bt__layout_region(scratch, &l, H_LOGITS);
+  int32_t *lab = (int32_t *)(void *)bt__layout_region(scratch, &l, H_LABELS);
 
   if (total_rows < R)
     return BT_EINVAL;
@@ -438,7 +410,7 @@ bt__gpt_layer_bwd_input(struct bt__gpt *m, size_t layer, const float *dout,
                         float *din, void *scratch, const struct bt__gpt_mb *mb,
                         size_t total_rows)
 {
-  struct layout l;
+  struct bt__scratch_layout l;
 
   if (!valid_mb(m, layer, scratch, mb, &l))
     return BT_EINVAL;
@@ -447,7 +419,7 @@ bt__gpt_layer_bwd_input(struct bt__gpt *m, size_t layer, const float *dout,
 
   switch (layer_kind(m, layer)) {
   case KIND_EMBED: {
-    float *ds = region(scratch, &l, EMB_DS);
+    float *ds = bt__layout_region(scratch, &l, EMB_DS);
     if (dout == NULL || din != NULL)
       return BT_EINVAL;
     memcpy(ds, dout, R * C * sizeof(float));
@@ -455,20 +427,20 @@ bt__gpt_layer_bwd_input(struct bt__gpt *m, size_t layer, const float *dout,
   }
   case KIND_BLK: {
     uint32_t i = (uint32_t)(layer - 1);
-    float *h = region(scratch, &l, B_H);
-    float *mean1 = region(scratch, &l, B_MEAN1);
-    float *rstd1 = region(scratch, &l, B_RSTD1);
-    float *qkv = region(scratch, &l, B_QKV);
-    float *att = region(scratch, &l, B_ATT);
-    float *h2 = region(scratch, &l, B_H2);
-    float *mean2 = region(scratch, &l, B_MEAN2);
-    float *rstd2 = region(scratch, &l, B_RSTD2);
-    float *p = region(scratch, &l, B_P);
-    float *dmo = region(scratch, &l, B_DMO);
-    float *dp = region(scratch, &l, B_DP);
-    float *dao = region(scratch, &l, B_DAO);
-    float *dqkv = region(scratch, &l, B_DQKV);
-    float *work = region(scratch, &l, B_WORK);
+    float *h = bt__layout_region(scratch, &l, B_H);
+    float *mean1 = bt__layout_region(scratch, &l, B_MEAN1);
+    float *rstd1 = bt__layout_region(scratch, &l, B_RSTD1);
+    float *qkv = bt__layout_region(scratch, &l, B_QKV);
+    float *att = bt__layout_region(scratch, &l, B_ATT);
+    float *h2 = bt__layout_region(scratch, &l, B_H2);
+    float *mean2 = bt__layout_region(scratch, &l, B_MEAN2);
+    float *rstd2 = bt__layout_region(scratch, &l, B_RSTD2);
+    float *p = bt__layout_region(scratch, &l, B_P);
+    float *dmo = bt__layout_region(scratch, &l, B_DMO);
+    float *dp = bt__layout_region(scratch, &l, B_DP);
+    float *dao = bt__layout_region(scratch, &l, B_DAO);
+    float *dqkv = bt__layout_region(scratch, &l, B_DQKV);
+    float *work = bt__layout_region(scratch, &l, B_WORK);
 
     if (dout == NULL || din == NULL || dout == din)
       return BT_EINVAL;
@@ -498,11 +470,11 @@ bt__gpt_layer_bwd_input(struct bt__gpt *m, size_t layer, const float *dout,
     return bt__residual_bwd(din, NULL, work, R * C);
   }
   case KIND_HEAD: {
-    float *hs = region(scratch, &l, H_H);
-    float *mean = region(scratch, &l, H_MEAN);
-    float *rstd = region(scratch, &l, H_RSTD);
-    float *logits = region(scratch, &l, H_LOGITS);
-    const int32_t *lab = (const int32_t *)(void *)region(scratch, &l, H_LABELS);
+    float *hs = bt__layout_region(scratch, &l, H_H);
+    float *mean = bt__layout_region(scratch, &l, H_MEAN);
+    float *rstd = bt__layout_region(scratch, &l, H_RSTD);
+    float *logits = bt__layout_region(scratch, &l, H_LOGITS);
+    const int32_t *lab = (const int32_t *)(void *)bt__layout_region(scratch, &l, H_LABELS);
 
     if (dout != NULL || din == NULL || total_rows < R)
       return BT_EINVAL;
@@ -520,7 +492,7 @@ bt_status
 bt__gpt_layer_bwd_weight(struct bt__gpt *m, size_t layer, void *scratch,
                          const struct bt__gpt_mb *mb)
 {
-  struct layout l;
+  struct bt__scratch_layout l;
 
   if (!valid_mb(m, layer, scratch, mb, &l))
     return BT_EINVAL;
@@ -530,26 +502,26 @@ bt__gpt_layer_bwd_weight(struct bt__gpt *m, size_t layer, void *scratch,
   switch (layer_kind(m, layer)) {
   case KIND_EMBED:
     return bt__embedding_bwd(
-        lgrad(m, 0, EMB_WTE), lgrad(m, 0, EMB_WPE), region(scratch, &l, EMB_DS),
-        (const int32_t *)(void *)region(scratch, &l, EMB_X), mb->B, mb->T, C,
+        lgrad(m, 0, EMB_WTE), lgrad(m, 0, EMB_WPE), bt__layout_region(scratch, &l, EMB_DS),
+        (const int32_t *)(void *)bt__layout_region(scratch, &l, EMB_X), mb->B, mb->T, C,
         m->cfg.V, m->cfg.Tmax, 0);
   case KIND_BLK:
     TRY(bt__linear_bwd_weight(
         lgrad(m, layer, BLK_MP_W), lgrad(m, layer, BLK_MP_B),
-        region(scratch, &l, B_DMO), region(scratch, &l, B_G), R, 4 * C, C));
+        bt__layout_region(scratch, &l, B_DMO), bt__layout_region(scratch, &l, B_G), R, 4 * C, C));
     TRY(bt__linear_bwd_weight(
         lgrad(m, layer, BLK_FC_W), lgrad(m, layer, BLK_FC_B),
-        region(scratch, &l, B_DP), region(scratch, &l, B_A2), R, C, 4 * C));
+        bt__layout_region(scratch, &l, B_DP), bt__layout_region(scratch, &l, B_A2), R, C, 4 * C));
     TRY(bt__linear_bwd_weight(
         lgrad(m, layer, BLK_AP_W), lgrad(m, layer, BLK_AP_B),
-        region(scratch, &l, B_DAO), region(scratch, &l, B_Y), R, C, C));
+        bt__layout_region(scratch, &l, B_DAO), bt__layout_region(scratch, &l, B_Y), R, C, C));
     return bt__linear_bwd_weight(
         lgrad(m, layer, BLK_QKV_W), lgrad(m, layer, BLK_QKV_B),
-        region(scratch, &l, B_DQKV), region(scratch, &l, B_A1), R, C, 3 * C);
+        bt__layout_region(scratch, &l, B_DQKV), bt__layout_region(scratch, &l, B_A1), R, C, 3 * C);
   case KIND_HEAD:
     return bt__linear_bwd_weight(head_dw(m), NULL,
-                                 region(scratch, &l, H_LOGITS),
-                                 region(scratch, &l, H_U), R, C, m->cfg.V);
+                                 bt__layout_region(scratch, &l, H_LOGITS),
+                                 bt__layout_region(scratch, &l, H_U), R, C, m->cfg.V);
   }
   return BT_EINVAL;
 }
@@ -648,18 +620,18 @@ bt__gpt_reference_step(struct bt__gpt *m, const int32_t *x, const int32_t *y,
 
   for (size_t layer = 0; layer < m->nlayers; layer++) {
     size_t b = bt__gpt_layer_scratch_bytes(m, layer, Bm, T);
-    if (b == 0 || __builtin_add_overflow(b, SCRATCH_ALIGN - 1, &b) ||
-        __builtin_add_overflow(total, b & ~(size_t)(SCRATCH_ALIGN - 1), &total))
+    if (b == 0 || __builtin_add_overflow(b, BT__SCRATCH_ALIGN - 1, &b) ||
+        __builtin_add_overflow(total, b & ~(size_t)(BT__SCRATCH_ALIGN - 1), &total))
       return range_error(err, Bm, T);
   }
   if (!bt__mul_fits(Bm * T, m->cfg.C, &bufs_bytes) ||
       !bt__mul_fits(bufs_bytes, 3 * sizeof(float), &bufs_bytes) ||
       __builtin_add_overflow(total, bufs_bytes, &sizes_bytes) ||
-      sizes_bytes > SIZE_MAX - SCRATCH_ALIGN)
+      sizes_bytes > SIZE_MAX - BT__SCRATCH_ALIGN)
     return range_error(err, Bm, T);
   scratch = calloc(m->nlayers, sizeof(*scratch));
-  block = aligned_alloc(SCRATCH_ALIGN, (sizes_bytes + SCRATCH_ALIGN - 1) &
-                                           ~(size_t)(SCRATCH_ALIGN - 1));
+  block = aligned_alloc(BT__SCRATCH_ALIGN, (sizes_bytes + BT__SCRATCH_ALIGN - 1) &
+                                           ~(size_t)(BT__SCRATCH_ALIGN - 1));
   if (scratch == NULL || block == NULL) {
     st = bt__errorf(err, BT_ENOMEM,
                     "gpt reference step: out of memory for %zu bytes of "
@@ -671,7 +643,7 @@ bt__gpt_reference_step(struct bt__gpt *m, const int32_t *x, const int32_t *y,
   for (size_t layer = 0; layer < m->nlayers; layer++) {
     size_t b = bt__gpt_layer_scratch_bytes(m, layer, Bm, T);
     scratch[layer] = block + total;
-    total += (b + SCRATCH_ALIGN - 1) & ~(size_t)(SCRATCH_ALIGN - 1);
+    total += (b + BT__SCRATCH_ALIGN - 1) & ~(size_t)(BT__SCRATCH_ALIGN - 1);
   }
 
   bt__gpt_zero_grad(m);

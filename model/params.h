@@ -29,6 +29,7 @@
 #ifndef BATON_MODEL_PARAMS_H
 #define BATON_MODEL_PARAMS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -164,5 +165,44 @@ bt_status bt__params_load(struct bt__params *p, const char *path,
                           const char *who,
                           const struct bt__params_load_desc *desc,
                           bt_error_t *err);
+
+/* ---- scratch layouts ------------------------------------------------------
+ * A layer's scratch is one caller buffer cut into regions, each on a 64-byte
+ * boundary; a model lists its regions per layer kind and adds them in order.
+ * Sizes are checked for overflow: an add that would overflow returns false. */
+
+#define BT__SCRATCH_ALIGN 64
+#define BT__SCRATCH_REGIONS_MAX 20
+
+struct bt__scratch_layout {
+  size_t off[BT__SCRATCH_REGIONS_MAX];
+  size_t bytes; /* total so far */
+};
+
+/* Region i: rows * cols elements of elem bytes, after the previous ones. */
+static inline bool
+bt__layout_add(struct bt__scratch_layout *l, int i, size_t rows, size_t cols,
+               size_t elem)
+{
+  size_t n, b, start;
+
+  if (i < 0 || i >= BT__SCRATCH_REGIONS_MAX ||
+      __builtin_mul_overflow(rows, cols, &n) ||
+      __builtin_mul_overflow(n, elem, &b))
+    return false;
+  start = l->bytes;
+  if (__builtin_add_overflow(start, (size_t)BT__SCRATCH_ALIGN - 1, &start))
+    return false;
+  start &= ~(size_t)(BT__SCRATCH_ALIGN - 1);
+  l->off[i] = start;
+  return !__builtin_add_overflow(start, b, &l->bytes);
+}
+
+/* Region i of a scratch buffer laid out by l. */
+static inline float *
+bt__layout_region(void *scratch, const struct bt__scratch_layout *l, int i)
+{
+  return (float *)(void *)((char *)scratch + l->off[i]);
+}
 
 #endif /* BATON_MODEL_PARAMS_H */

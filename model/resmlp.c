@@ -158,8 +158,6 @@ bt__resmlp_zero_grad(struct bt__resmlp *m)
 
 /* ---- scratch layout ----------------------------------------------------- */
 
-#define SCRATCH_ALIGN 64
-#define MAX_REGIONS 8
 
 /* Regions, per kind (resmlp.h lists what each holds). */
 enum { IN_X, IN_DOUT, IN_NREG };
@@ -168,30 +166,9 @@ enum { BLK_H, BLK_MEAN, BLK_RSTD, BLK_U, BLK_P, BLK_A, BLK_DOUT, BLK_DP,
 enum { HEAD_Z, HEAD_MEAN, HEAD_RSTD, HEAD_U, HEAD_LOGITS, HEAD_LABELS,
        HEAD_NREG };
 
-struct layout {
-  size_t off[MAX_REGIONS];
-  size_t bytes;
-};
-
-/* Appends a region of n elements of elem bytes on a 64-byte boundary. */
-static bool
-layout_add(struct layout *l, int i, size_t rows, size_t cols, size_t elem)
-{
-  size_t n, b, start;
-
-  if (!bt__mul_fits(rows, cols, &n) || !bt__mul_fits(n, elem, &b))
-    return false;
-  start = l->bytes;
-  if (__builtin_add_overflow(start, SCRATCH_ALIGN - 1, &start))
-    return false;
-  start &= ~(size_t)(SCRATCH_ALIGN - 1);
-  l->off[i] = start;
-  return !__builtin_add_overflow(start, b, &l->bytes);
-}
-
 static bool
 layer_layout(const struct bt__resmlp *m, size_t layer, size_t R,
-             struct layout *l)
+             struct bt__scratch_layout *l)
 {
   size_t H = m->cfg.H, E = m->E;
 
@@ -200,39 +177,33 @@ layer_layout(const struct bt__resmlp *m, size_t layer, size_t R,
     return false;
   switch (layer_kind(m, layer)) {
   case KIND_IN:
-    return layout_add(l, IN_X, R, m->cfg.D, sizeof(float)) &&
-           layout_add(l, IN_DOUT, R, H, sizeof(float));
+    return bt__layout_add(l, IN_X, R, m->cfg.D, sizeof(float)) &&
+           bt__layout_add(l, IN_DOUT, R, H, sizeof(float));
   case KIND_BLK:
-    return layout_add(l, BLK_H, R, H, sizeof(float)) &&
-           layout_add(l, BLK_MEAN, R, 1, sizeof(float)) &&
-           layout_add(l, BLK_RSTD, R, 1, sizeof(float)) &&
-           layout_add(l, BLK_U, R, H, sizeof(float)) &&
-           layout_add(l, BLK_P, R, E, sizeof(float)) &&
-           layout_add(l, BLK_A, R, E, sizeof(float)) &&
-           layout_add(l, BLK_DOUT, R, H, sizeof(float)) &&
-           layout_add(l, BLK_DP, R, E, sizeof(float));
+    return bt__layout_add(l, BLK_H, R, H, sizeof(float)) &&
+           bt__layout_add(l, BLK_MEAN, R, 1, sizeof(float)) &&
+           bt__layout_add(l, BLK_RSTD, R, 1, sizeof(float)) &&
+           bt__layout_add(l, BLK_U, R, H, sizeof(float)) &&
+           bt__layout_add(l, BLK_P, R, E, sizeof(float)) &&
+           bt__layout_add(l, BLK_A, R, E, sizeof(float)) &&
+           bt__layout_add(l, BLK_DOUT, R, H, sizeof(float)) &&
+           bt__layout_add(l, BLK_DP, R, E, sizeof(float));
   case KIND_HEAD:
-    return layout_add(l, HEAD_Z, R, H, sizeof(float)) &&
-           layout_add(l, HEAD_MEAN, R, 1, sizeof(float)) &&
-           layout_add(l, HEAD_RSTD, R, 1, sizeof(float)) &&
-           layout_add(l, HEAD_U, R, H, sizeof(float)) &&
-           layout_add(l, HEAD_LOGITS, R, m->cfg.C, sizeof(float)) &&
-           layout_add(l, HEAD_LABELS, R, 1, sizeof(int32_t));
+    return bt__layout_add(l, HEAD_Z, R, H, sizeof(float)) &&
+           bt__layout_add(l, HEAD_MEAN, R, 1, sizeof(float)) &&
+           bt__layout_add(l, HEAD_RSTD, R, 1, sizeof(float)) &&
+           bt__layout_add(l, HEAD_U, R, H, sizeof(float)) &&
+           bt__layout_add(l, HEAD_LOGITS, R, m->cfg.C, sizeof(float)) &&
+           bt__layout_add(l, HEAD_LABELS, R, 1, sizeof(int32_t));
   }
   return false;
-}
-
-static float *
-region(void *scratch, const struct layout *l, int i)
-{
-  return (float *)(void *)((char *)scratch + l->off[i]);
 }
 
 size_t
 bt__resmlp_layer_scratch_bytes(const struct bt__resmlp *m, size_t layer,
                                size_t R)
 {
-  struct layout l;
+  struct bt__scratch_layout l;
 
   if (m == NULL || !layer_layout(m, layer, R, &l))
     return 0;
@@ -253,7 +224,7 @@ bt_status
 bt__resmlp_layer_fwd(const struct bt__resmlp *m, size_t layer,
                      const float *in, float *out, void *scratch, size_t R)
 {
-  struct layout l;
+  struct bt__scratch_layout l;
   size_t H = m != NULL ? m->cfg.H : 0;
 
   if (m == NULL || in == NULL || out == NULL || scratch == NULL ||
@@ -261,18 +232,18 @@ bt__resmlp_layer_fwd(const struct bt__resmlp *m, size_t layer,
     return BT_EINVAL;
   switch (layer_kind(m, layer)) {
   case KIND_IN: {
-    float *x = region(scratch, &l, IN_X);
+    float *x = bt__layout_region(scratch, &l, IN_X);
     memcpy(x, in, R * m->cfg.D * sizeof(float));
     return bt__linear_fwd(out, x, lparam(m, 0, 0), lparam(m, 0, 1), R,
                           m->cfg.D, H);
   }
   case KIND_BLK: {
-    float *h = region(scratch, &l, BLK_H);
-    float *mean = region(scratch, &l, BLK_MEAN);
-    float *rstd = region(scratch, &l, BLK_RSTD);
-    float *u = region(scratch, &l, BLK_U);
-    float *p = region(scratch, &l, BLK_P);
-    float *a = region(scratch, &l, BLK_A);
+    float *h = bt__layout_region(scratch, &l, BLK_H);
+    float *mean = bt__layout_region(scratch, &l, BLK_MEAN);
+    float *rstd = bt__layout_region(scratch, &l, BLK_RSTD);
+    float *u = bt__layout_region(scratch, &l, BLK_U);
+    float *p = bt__layout_region(scratch, &l, BLK_P);
+    float *a = bt__layout_region(scratch, &l, BLK_A);
 
     memcpy(h, in, R * H * sizeof(float));
     TRY(bt__layernorm_fwd(u, mean, rstd, h, lparam(m, layer, BLK_LN_G),
@@ -295,7 +266,7 @@ bt__resmlp_head_fwd(const struct bt__resmlp *m, const float *z,
                     const int32_t *labels, size_t total_rows, void *scratch,
                     size_t R, float *loss)
 {
-  struct layout l;
+  struct bt__scratch_layout l;
 
   if (m == NULL || z == NULL || labels == NULL || scratch == NULL ||
       loss == NULL || total_rows < R ||
@@ -303,12 +274,12 @@ bt__resmlp_head_fwd(const struct bt__resmlp *m, const float *z,
     return BT_EINVAL;
 
   size_t H = m->cfg.H, C = m->cfg.C, layer = m->cfg.L + 1;
-  float *zs = region(scratch, &l, HEAD_Z);
-  float *mean = region(scratch, &l, HEAD_MEAN);
-  float *rstd = region(scratch, &l, HEAD_RSTD);
-  float *u = region(scratch, &l, HEAD_U);
-  float *logits = region(scratch, &l, HEAD_LOGITS);
-  int32_t *lab = (int32_t *)(void *)region(scratch, &l, HEAD_LABELS);
+  float *zs = bt__layout_region(scratch, &l, HEAD_Z);
+  float *mean = bt__layout_region(scratch, &l, HEAD_MEAN);
+  float *rstd = bt__layout_region(scratch, &l, HEAD_RSTD);
+  float *u = bt__layout_region(scratch, &l, HEAD_U);
+  float *logits = bt__layout_region(scratch, &l, HEAD_LOGITS);
+  int32_t *lab = (int32_t *)(void *)bt__layout_region(scratch, &l, HEAD_LABELS);
 
   for (size_t r = 0; r < R; r++)
     if (labels[r] < 0 || (size_t)labels[r] >= C)
@@ -327,7 +298,7 @@ bt__resmlp_layer_bwd_input(struct bt__resmlp *m, size_t layer,
                            const float *dout, float *din, void *scratch,
                            size_t R, size_t total_rows)
 {
-  struct layout l;
+  struct bt__scratch_layout l;
 
   if (m == NULL || scratch == NULL || !layer_layout(m, layer, R, &l))
     return BT_EINVAL;
@@ -338,17 +309,17 @@ bt__resmlp_layer_bwd_input(struct bt__resmlp *m, size_t layer,
   case KIND_IN:
     if (dout == NULL || dout == din)
       return BT_EINVAL;
-    memcpy(region(scratch, &l, IN_DOUT), dout, R * H * sizeof(float));
+    memcpy(bt__layout_region(scratch, &l, IN_DOUT), dout, R * H * sizeof(float));
     if (din == NULL)
       return BT_OK;
     return bt__linear_bwd_input(din, dout, lparam(m, 0, 0), R, m->cfg.D, H);
   case KIND_BLK: {
-    float *h = region(scratch, &l, BLK_H);
-    float *mean = region(scratch, &l, BLK_MEAN);
-    float *rstd = region(scratch, &l, BLK_RSTD);
-    float *p = region(scratch, &l, BLK_P);
-    float *dsave = region(scratch, &l, BLK_DOUT);
-    float *dp = region(scratch, &l, BLK_DP);
+    float *h = bt__layout_region(scratch, &l, BLK_H);
+    float *mean = bt__layout_region(scratch, &l, BLK_MEAN);
+    float *rstd = bt__layout_region(scratch, &l, BLK_RSTD);
+    float *p = bt__layout_region(scratch, &l, BLK_P);
+    float *dsave = bt__layout_region(scratch, &l, BLK_DOUT);
+    float *dp = bt__layout_region(scratch, &l, BLK_DP);
 
     if (dout == NULL || din == NULL || dout == din)
       return BT_EINVAL;
@@ -367,12 +338,12 @@ bt__resmlp_layer_bwd_input(struct bt__resmlp *m, size_t layer,
     return bt__residual_bwd(din, NULL, dsave, R * H);
   }
   case KIND_HEAD: {
-    float *zs = region(scratch, &l, HEAD_Z);
-    float *mean = region(scratch, &l, HEAD_MEAN);
-    float *rstd = region(scratch, &l, HEAD_RSTD);
-    float *logits = region(scratch, &l, HEAD_LOGITS);
+    float *zs = bt__layout_region(scratch, &l, HEAD_Z);
+    float *mean = bt__layout_region(scratch, &l, HEAD_MEAN);
+    float *rstd = bt__layout_region(scratch, &l, HEAD_RSTD);
+    float *logits = bt__layout_region(scratch, &l, HEAD_LOGITS);
     const int32_t *lab =
-        (const int32_t *)(void *)region(scratch, &l, HEAD_LABELS);
+        (const int32_t *)(void *)bt__layout_region(scratch, &l, HEAD_LABELS);
 
     if (dout != NULL || din == NULL || total_rows < R)
       return BT_EINVAL;
@@ -392,7 +363,7 @@ bt_status
 bt__resmlp_layer_bwd_weight(struct bt__resmlp *m, size_t layer,
                             void *scratch, size_t R)
 {
-  struct layout l;
+  struct bt__scratch_layout l;
 
   if (m == NULL || scratch == NULL || !layer_layout(m, layer, R, &l))
     return BT_EINVAL;
@@ -402,22 +373,22 @@ bt__resmlp_layer_bwd_weight(struct bt__resmlp *m, size_t layer,
   switch (layer_kind(m, layer)) {
   case KIND_IN:
     return bt__linear_bwd_weight(lgrad(m, 0, 0), lgrad(m, 0, 1),
-                                 region(scratch, &l, IN_DOUT),
-                                 region(scratch, &l, IN_X), R, m->cfg.D, H);
+                                 bt__layout_region(scratch, &l, IN_DOUT),
+                                 bt__layout_region(scratch, &l, IN_X), R, m->cfg.D, H);
   case KIND_BLK:
     TRY(bt__linear_bwd_weight(lgrad(m, layer, BLK_FC2_W),
                               lgrad(m, layer, BLK_FC2_B),
-                              region(scratch, &l, BLK_DOUT),
-                              region(scratch, &l, BLK_A), R, E, H));
+                              bt__layout_region(scratch, &l, BLK_DOUT),
+                              bt__layout_region(scratch, &l, BLK_A), R, E, H));
     return bt__linear_bwd_weight(lgrad(m, layer, BLK_FC1_W),
                                  lgrad(m, layer, BLK_FC1_B),
-                                 region(scratch, &l, BLK_DP),
-                                 region(scratch, &l, BLK_U), R, H, E);
+                                 bt__layout_region(scratch, &l, BLK_DP),
+                                 bt__layout_region(scratch, &l, BLK_U), R, H, E);
   case KIND_HEAD:
     return bt__linear_bwd_weight(lgrad(m, layer, HEAD_W),
                                  lgrad(m, layer, HEAD_B),
-                                 region(scratch, &l, HEAD_LOGITS),
-                                 region(scratch, &l, HEAD_U), R, H, C);
+                                 bt__layout_region(scratch, &l, HEAD_LOGITS),
+                                 bt__layout_region(scratch, &l, HEAD_U), R, H, C);
   }
   return BT_EINVAL;
 }
@@ -547,19 +518,19 @@ bt__resmlp_reference_step(struct bt__resmlp *m, const float *x,
   /* One block: the per-layer scratch regions, then six [R,H] buffers. */
   for (size_t layer = 0; layer < m->nlayers; layer++) {
     size_t b = bt__resmlp_layer_scratch_bytes(m, layer, R);
-    if (b == 0 || __builtin_add_overflow(b, SCRATCH_ALIGN - 1, &b) ||
-        __builtin_add_overflow(total, b & ~(size_t)(SCRATCH_ALIGN - 1),
+    if (b == 0 || __builtin_add_overflow(b, BT__SCRATCH_ALIGN - 1, &b) ||
+        __builtin_add_overflow(total, b & ~(size_t)(BT__SCRATCH_ALIGN - 1),
                                &total))
       return range_error(err, R);
   }
   if (!bt__mul_fits(R, m->cfg.H, &bufs_bytes) ||
       !bt__mul_fits(bufs_bytes, 6 * sizeof(float), &bufs_bytes) ||
       __builtin_add_overflow(total, bufs_bytes, &sizes_bytes) ||
-      sizes_bytes > SIZE_MAX - SCRATCH_ALIGN)
+      sizes_bytes > SIZE_MAX - BT__SCRATCH_ALIGN)
     return range_error(err, R);
   scratch = calloc(m->nlayers, sizeof(*scratch));
-  block = aligned_alloc(SCRATCH_ALIGN, (sizes_bytes + SCRATCH_ALIGN - 1) &
-                                           ~(size_t)(SCRATCH_ALIGN - 1));
+  block = aligned_alloc(BT__SCRATCH_ALIGN, (sizes_bytes + BT__SCRATCH_ALIGN - 1) &
+                                           ~(size_t)(BT__SCRATCH_ALIGN - 1));
   if (scratch == NULL || block == NULL) {
     st = bt__errorf(err, BT_ENOMEM,
                     "resmlp reference step: out of memory for %zu bytes of "
@@ -571,7 +542,7 @@ bt__resmlp_reference_step(struct bt__resmlp *m, const float *x,
   for (size_t layer = 0; layer < m->nlayers; layer++) {
     size_t b = bt__resmlp_layer_scratch_bytes(m, layer, R);
     scratch[layer] = block + total;
-    total += (b + SCRATCH_ALIGN - 1) & ~(size_t)(SCRATCH_ALIGN - 1);
+    total += (b + BT__SCRATCH_ALIGN - 1) & ~(size_t)(BT__SCRATCH_ALIGN - 1);
   }
 
   bt__resmlp_zero_grad(m);
