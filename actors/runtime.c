@@ -98,7 +98,8 @@ struct bt_exec {
   int32_t ntasks;
   int32_t *device, *npred, *succ_first, *succ, *pred_first, *pred;
   _Atomic int32_t *pending;
-  bt_action_t *actions; /* NULL for a DAG */
+  bt_action_t *actions; /* NULL for a DAG without actions */
+  char **names;         /* NULL, or [ntasks] (entries may be NULL) */
   int32_t *roots, nroots, nsinks;
   struct bt__mailbox *mail; /* [ndev] */
   bt_task_fn fn;
@@ -191,7 +192,9 @@ make_ready(struct bt_exec *e, int32_t task)
 static void
 task_name(const struct bt_exec *e, int32_t t, char *buf, size_t n)
 {
-  if (e->actions != NULL)
+  if (e->names != NULL && e->names[t] != NULL)
+    snprintf(buf, n, "%s", e->names[t]);
+  else if (e->actions != NULL && e->actions[t].kind != BT_ACT_IDLE)
     bt_action_format(e->actions[t], buf, n);
   else
     snprintf(buf, n, "task %d", (int)t);
@@ -677,6 +680,9 @@ exec_free(struct bt_exec *e)
   free(e->pred);
   free((void *)(uintptr_t)e->pending);
   free(e->actions);
+  for (int32_t t = 0; e->names != NULL && t < e->ntasks; t++)
+    free(e->names[t]);
+  free(e->names);
   free(e->roots);
   free(e->t_start);
   free(e->t_end);
@@ -851,10 +857,44 @@ dag_keys(const bt_dag_t *dag, size_t *count)
   return k;
 }
 
+/* The first bt_dag_t ends at dst; later fields are read only when the
+ * caller's size covers them. */
+#define DAG_V1_SIZE (offsetof(bt_dag_t, dst) + sizeof(const int32_t *))
+
+/* Copies the DAG's optional actions and names.  BT_ENOMEM. */
+static bt_status
+copy_labels(struct bt_exec *e, const bt_dag_t *dag)
+{
+  size_t n = (size_t)dag->tasks;
+  const bt_action_t *actions = NULL;
+  const char *const *names = NULL;
+
+  if (dag->size >= offsetof(bt_dag_t, actions) + sizeof dag->actions)
+    actions = dag->actions;
+  if (dag->size >= offsetof(bt_dag_t, names) + sizeof dag->names)
+    names = dag->names;
+  if (actions != NULL) {
+    e->actions = malloc((n + 1) * sizeof *e->actions);
+    if (e->actions == NULL)
+      return BT_ENOMEM;
+    if (n > 0)
+      memcpy(e->actions, actions, n * sizeof *e->actions);
+  }
+  if (names != NULL) {
+    e->names = calloc(n + 1, sizeof *e->names);
+    if (e->names == NULL)
+      return BT_ENOMEM;
+    for (size_t t = 0; t < n; t++)
+      if (names[t] != NULL && (e->names[t] = strdup(names[t])) == NULL)
+        return BT_ENOMEM;
+  }
+  return BT_OK;
+}
+
 static bt_status
 check_dag(bt_runtime_t *rt, const bt_dag_t *dag, bt_error_t *err)
 {
-  if (dag == NULL || dag->size < sizeof(bt_dag_t) || dag->tasks < 0 ||
+  if (dag == NULL || dag->size < DAG_V1_SIZE || dag->tasks < 0 ||
       (dag->tasks > 0 && dag->task_device == NULL) ||
       (dag->edges > 0 && (dag->src == NULL || dag->dst == NULL)))
     return bt__errorf(err, BT_EINVAL, "malformed DAG: start from BT_DAG_INIT "
@@ -935,7 +975,8 @@ bt_exec_create_dag(bt_runtime_t *rt, const bt_dag_t *dag,
   e->pred_first = calloc(n + 1, sizeof *e->pred_first);
   e->succ = malloc((m + 1) * sizeof *e->succ);
   e->pred = malloc((m + 1) * sizeof *e->pred);
-  if (!e->device || !e->succ_first || !e->pred_first || !e->succ || !e->pred)
+  if (!e->device || !e->succ_first || !e->pred_first || !e->succ || !e->pred ||
+      copy_labels(e, dag) != BT_OK)
     goto out_nomem;
   /* An empty DAG may have task_device NULL: memcpy from NULL is undefined
    * even for 0 bytes. */

@@ -6,6 +6,8 @@
  * runtime.  A step is one bt_exec_run; each task is mapped to the stage's
  * callback with its buffers.  On the CPU backend a "transfer" is the
  * consumer reading the producer's buffer: they share the address space. */
+#include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,26 +17,45 @@
 #include "error.h"
 
 #define ALIGN 64
+#define BT__PL_NAME_MAX 64
+
+/* What an exec task is: a plan action of a replica, or an epilogue task. */
+enum { TASK_PLAN, TASK_TIE, TASK_REDUCE, TASK_NORM, TASK_CLIP, TASK_UPDATE };
+
+struct pl_task {
+  int32_t what;          /* TASK_* */
+  int32_t replica, stage, tie;
+};
 
 struct bt_pipeline {
-  int32_t S, m, p;
+  int32_t S, m, p, R;
   bt_stage_desc_t *stage;     /* [S], copied (zero-extended) */
   bt_plan_t *plan;
   bt_skip_layout_t *skips;
-  bt_graph_t *graph;
+  bt_graph_t *graph;          /* one replica's plan graph */
   bt_runtime_t *rt;
   int own_rt;
   bt_exec_t *exec;
+  struct pl_task *tasks;      /* [exec tasks] */
   void (*grads_ready)(int32_t, void *);
   void *user;
-  int32_t *last_bw;           /* [S]: task id of the stage's last B or W */
-  /* Buffers: one block; pointers per (stage, microbatch). */
+  int32_t *last_bw;           /* [S]: graph task id of the stage's last B/W */
+  /* Epilogue (pipeline.h). */
+  bt_pipeline_tie_t *ties;    /* [nties], names copied */
+  size_t nties;
+  bt_stage_fn tie_grads, reduce_grads, grad_sqnorm, update;
+  double max_grad_norm;
+  double *sqnorm;             /* [S]: written by the NORM tasks */
+  /* Written by the CLIP task, read by UPDATE tasks (ordered by the graph's
+   * edges) and by the caller between steps. */
+  double grad_norm, grad_scale;
+  /* Buffers: one block; pointers per (replica, stage, microbatch). */
   unsigned char *block;
-  void **act, **grad;         /* [S * m] */
-  /* Skip buffers per (stage, microbatch): arrays for the call. */
+  void **act, **grad;         /* [R * S * m] */
+  /* Skip buffers per (replica, stage, microbatch): arrays for the call. */
   bt_skip_buf_t *skip_pool;
   int32_t *nout, *nin;        /* [S] */
-  size_t *out_at, *in_at;     /* [S * m]: index into skip_pool */
+  size_t *out_at, *in_at;     /* [R * S * m]: index into skip_pool */
 };
 
 static size_t
@@ -43,10 +64,64 @@ round_up(size_t n)
   return (n + ALIGN - 1) / ALIGN * ALIGN;
 }
 
-static void *
-buf_at(void *const *v, const struct bt_pipeline *pl, int32_t s, int32_t k)
+static size_t
+slot(const struct bt_pipeline *pl, int32_t r, int32_t s, int32_t k)
 {
-  return v[(size_t)s * (size_t)pl->m + (size_t)k];
+  return ((size_t)r * (size_t)pl->S + (size_t)s) * (size_t)pl->m + (size_t)k;
+}
+
+/* An epilogue task: the caller's callback, or the clip reduction. */
+static int
+epilogue_task(struct bt_pipeline *pl, const bt_task_call_t *tc,
+              const struct pl_task *pt, char *errbuf, size_t errlen)
+{
+  bt_stage_call_t c;
+
+  if (pt->what == TASK_CLIP) {
+    double sum = 0.0;
+    for (int32_t s = 0; s < pl->S; s++)
+      sum += pl->sqnorm[s];
+    pl->grad_norm = sqrt(sum);
+    if (!isfinite(pl->grad_norm)) {
+      snprintf(errbuf, errlen,
+               "the global gradient norm is %g; no parameter was updated "
+               "(lower the learning rate, or look for a NaN in the stages' "
+               "gradients)",
+               pl->grad_norm);
+      return BT_ERANGE;
+    }
+    pl->grad_scale = pl->max_grad_norm / (pl->grad_norm + 1e-6);
+    if (pl->grad_scale > 1.0)
+      pl->grad_scale = 1.0;
+    return 0;
+  }
+  memset(&c, 0, sizeof c);
+  c.size = sizeof c;
+  c.stage = pt->stage;
+  c.replica = pt->replica;
+  c.tie = pt->tie;
+  c.microbatch = -1;
+  c.device = tc->device;
+  c.device_ctx = tc->device_ctx;
+  c.step = tc->step;
+  c.user = pl->user;
+  c.grad_norm = pl->max_grad_norm > 0 ? pl->grad_norm : NAN;
+  c.grad_scale = pl->max_grad_norm > 0 ? pl->grad_scale : 1.0;
+  switch (pt->what) {
+  case TASK_TIE:
+    c.kind = BT_STAGE_TIE;
+    return pl->tie_grads(&c, errbuf, errlen);
+  case TASK_REDUCE:
+    c.kind = BT_STAGE_REDUCE;
+    return pl->reduce_grads(&c, errbuf, errlen);
+  case TASK_NORM:
+    c.kind = BT_STAGE_NORM;
+    c.sqnorm = &pl->sqnorm[pt->stage];
+    return pl->grad_sqnorm(&c, errbuf, errlen);
+  default:
+    c.kind = BT_STAGE_UPDATE;
+    return pl->update(&c, errbuf, errlen);
+  }
 }
 
 /* The runtime's task function: one plan action = one stage callback. */
@@ -54,12 +129,18 @@ static int
 pipeline_task(const bt_task_call_t *tc, char *errbuf, size_t errlen)
 {
   struct bt_pipeline *pl = tc->user;
+  const struct pl_task *pt = &pl->tasks[tc->task];
   int32_t s = tc->action.stage, k = tc->action.microbatch, kind;
-  const bt_stage_desc_t *d = &pl->stage[s];
-  size_t at = (size_t)s * (size_t)pl->m + (size_t)k;
+  int32_t r = pt->replica;
+  const bt_stage_desc_t *d;
+  size_t at;
   bt_stage_call_t c;
   int rc = 0;
 
+  if (pt->what != TASK_PLAN)
+    return epilogue_task(pl, tc, pt, errbuf, errlen);
+  d = &pl->stage[s];
+  at = slot(pl, r, s, k);
   memset(&c, 0, sizeof c);
   c.size = sizeof c;
   c.stage = s;
@@ -69,14 +150,18 @@ pipeline_task(const bt_task_call_t *tc, char *errbuf, size_t errlen)
   c.device_ctx = tc->device_ctx;
   c.step = tc->step;
   c.user = d->user;
+  c.replica = r;
+  c.tie = -1;
+  c.grad_norm = NAN;
+  c.grad_scale = 1.0;
   if (s > 0) {
-    c.input = buf_at(pl->act, pl, s - 1, k);
+    c.input = pl->act[slot(pl, r, s - 1, k)];
     c.input_bytes = pl->stage[s - 1].output_bytes;
   }
   c.output = pl->act[at];
   c.output_bytes = d->output_bytes;
   if (s + 1 < pl->S) {
-    c.grad_output = buf_at(pl->grad, pl, s + 1, k);
+    c.grad_output = pl->grad[slot(pl, r, s + 1, k)];
     c.grad_output_bytes = pl->stage[s + 1].grad_input_bytes;
   }
   c.grad_input = pl->grad[at];
@@ -108,7 +193,9 @@ pipeline_task(const bt_task_call_t *tc, char *errbuf, size_t errlen)
       break;
     }
   }
-  if (rc == 0 && tc->task == pl->last_bw[s] && pl->grads_ready != NULL)
+  if (rc == 0 && tc->task - r * bt_graph_task_count(pl->graph) ==
+                     pl->last_bw[s] &&
+      pl->grads_ready != NULL)
     pl->grads_ready(s, pl->user);
   return rc;
 }
@@ -261,14 +348,17 @@ skip_bytes(const bt_pipeline_config_t *cfg, const char *name)
 }
 
 /* Lays out every buffer in one block: activations, gradients, and each
- * skip's value and gradient, per (stage, microbatch). */
+ * skip's value and gradient, per (replica, stage, microbatch). */
 static bt_status
 make_buffers(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
              bt_error_t *err)
 {
-  size_t nsk = bt_skip_layout_count(pl->skips), SM = (size_t)pl->S * pl->m;
-  size_t total = 0, pool = 0, off;
+  size_t nsk = bt_skip_layout_count(pl->skips);
+  size_t SM = (size_t)pl->R * (size_t)pl->S * (size_t)pl->m;
+  size_t total = 0, pool = 0, off, next = 0;
   size_t *sk_bytes = calloc(nsk + 1, sizeof *sk_bytes);
+  int32_t *seen_out = calloc((size_t)pl->S, sizeof *seen_out);
+  int32_t *seen_in = calloc((size_t)pl->S, sizeof *seen_in);
 
   pl->act = calloc(SM, sizeof *pl->act);
   pl->grad = calloc(SM, sizeof *pl->grad);
@@ -276,8 +366,8 @@ make_buffers(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
   pl->nin = calloc((size_t)pl->S, sizeof *pl->nin);
   pl->out_at = calloc(SM, sizeof *pl->out_at);
   pl->in_at = calloc(SM, sizeof *pl->in_at);
-  if (!sk_bytes || !pl->act || !pl->grad || !pl->nout || !pl->nin ||
-      !pl->out_at || !pl->in_at)
+  if (!sk_bytes || !seen_out || !seen_in || !pl->act || !pl->grad ||
+      !pl->nout || !pl->nin || !pl->out_at || !pl->in_at)
     goto nomem;
   for (int32_t s = 0; s < pl->S; s++)
     total += (size_t)pl->m * (round_up(pl->stage[s].output_bytes) +
@@ -289,8 +379,10 @@ make_buffers(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
     pl->nout[k.stash_stage]++;
     pl->nin[k.pop_stage]++;
   }
+  total *= (size_t)pl->R;
   for (int32_t s = 0; s < pl->S; s++)
     pool += 2 * (size_t)(pl->nout[s] + pl->nin[s]) * (size_t)pl->m;
+  pool *= (size_t)pl->R;
   pl->skip_pool = calloc(pool + 1, sizeof *pl->skip_pool);
   pl->block = aligned_alloc(ALIGN, total ? total : ALIGN);
   if (pl->skip_pool == NULL || pl->block == NULL)
@@ -299,37 +391,26 @@ make_buffers(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
    * stage's unused gradient) sees zeros, deterministically. */
   memset(pl->block, 0, total);
   off = 0;
-  for (int32_t s = 0; s < pl->S; s++)
-    for (int32_t k = 0; k < pl->m; k++) {
-      size_t at = (size_t)s * pl->m + (size_t)k;
-      if (pl->stage[s].output_bytes > 0)
-        pl->act[at] = pl->block + off;
-      off += round_up(pl->stage[s].output_bytes);
-      if (pl->stage[s].grad_input_bytes > 0)
-        pl->grad[at] = pl->block + off;
-      off += round_up(pl->stage[s].grad_input_bytes);
-    }
-  /* Skip arrays per (stage, microbatch): [outs, grad_ins] then [ins,
-   * grad_outs], in the layout's order. */
-  {
-    size_t next = 0;
+  for (int32_t r = 0; r < pl->R; r++)
     for (int32_t s = 0; s < pl->S; s++)
       for (int32_t k = 0; k < pl->m; k++) {
-        size_t at = (size_t)s * pl->m + (size_t)k;
+        size_t at = slot(pl, r, s, k);
+        if (pl->stage[s].output_bytes > 0)
+          pl->act[at] = pl->block + off;
+        off += round_up(pl->stage[s].output_bytes);
+        if (pl->stage[s].grad_input_bytes > 0)
+          pl->grad[at] = pl->block + off;
+        off += round_up(pl->stage[s].grad_input_bytes);
+        /* Skip arrays: [outs, grad_ins] then [ins, grad_outs], in the
+         * layout's order. */
         pl->out_at[at] = next;
         next += 2 * (size_t)pl->nout[s];
         pl->in_at[at] = next;
         next += 2 * (size_t)pl->nin[s];
       }
-  }
-  {
-    int32_t *seen_out = calloc((size_t)pl->S, sizeof *seen_out);
-    int32_t *seen_in = calloc((size_t)pl->S, sizeof *seen_in);
-    if (seen_out == NULL || seen_in == NULL) {
-      free(seen_out);
-      free(seen_in);
-      goto nomem;
-    }
+  for (int32_t r = 0; r < pl->R; r++) {
+    memset(seen_out, 0, (size_t)pl->S * sizeof *seen_out);
+    memset(seen_in, 0, (size_t)pl->S * sizeof *seen_in);
     for (size_t i = 0; i < nsk; i++) {
       bt_skip_t sk = bt_skip_layout_get(pl->skips, i);
       int32_t so = sk.stash_stage, po = sk.pop_stage;
@@ -339,8 +420,8 @@ make_buffers(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
         off += round_up(sk_bytes[i]);
         grd = pl->block + off;
         off += round_up(sk_bytes[i]);
-        o = pl->skip_pool + pl->out_at[(size_t)so * pl->m + (size_t)k];
-        in = pl->skip_pool + pl->in_at[(size_t)po * pl->m + (size_t)k];
+        o = pl->skip_pool + pl->out_at[slot(pl, r, so, k)];
+        in = pl->skip_pool + pl->in_at[slot(pl, r, po, k)];
         o[seen_out[so]] = (bt_skip_buf_t){sk.name, val, sk_bytes[i]};
         o[pl->nout[so] + seen_out[so]] =
             (bt_skip_buf_t){sk.name, grd, sk_bytes[i]};
@@ -351,13 +432,15 @@ make_buffers(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
       seen_out[so]++;
       seen_in[po]++;
     }
-    free(seen_out);
-    free(seen_in);
   }
   free(sk_bytes);
+  free(seen_out);
+  free(seen_in);
   return BT_OK;
 nomem:
   free(sk_bytes);
+  free(seen_out);
+  free(seen_in);
   return bt__errorf(err, BT_ENOMEM, "out of memory allocating the "
                     "pipeline's buffers");
 }
@@ -400,7 +483,8 @@ read_config(const bt_pipeline_config_t *in, bt_pipeline_config_t *cfg,
   memcpy(cfg, in, in->size < sizeof *cfg ? in->size : sizeof *cfg);
   if (cfg->stages < 1 || cfg->stage == NULL || cfg->devices < 1 ||
       cfg->microbatches < 1 || cfg->schedule == NULL ||
-      cfg->virtual_stages < 0 || (cfg->nskips > 0 && cfg->skips == NULL))
+      cfg->virtual_stages < 0 || (cfg->nskips > 0 && cfg->skips == NULL) ||
+      cfg->replicas < 0 || cfg->devices > INT32_MAX / (cfg->replicas + 1))
     return bt__errorf(err, BT_EINVAL,
                       "a pipeline needs stages >= 1 with descriptors, "
                       "devices >= 1, microbatches >= 1 and a schedule (got "
@@ -410,28 +494,327 @@ read_config(const bt_pipeline_config_t *in, bt_pipeline_config_t *cfg,
   return BT_OK;
 }
 
+/* Checks and copies the epilogue's config. */
+static bt_status
+read_epilogue(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
+              bt_error_t *err)
+{
+  pl->tie_grads = cfg->tie_grads;
+  pl->reduce_grads = cfg->reduce_grads;
+  pl->grad_sqnorm = cfg->grad_sqnorm;
+  pl->update = cfg->update;
+  pl->max_grad_norm = cfg->max_grad_norm;
+  pl->grad_norm = NAN;
+  pl->grad_scale = 1.0;
+  if (!(cfg->max_grad_norm >= 0.0) || isinf(cfg->max_grad_norm))
+    return bt__errorf(err, BT_EINVAL,
+                      "max_grad_norm is %g; give a finite value > 0 to clip, "
+                      "or 0 not to",
+                      cfg->max_grad_norm);
+  if (cfg->max_grad_norm > 0 && cfg->grad_sqnorm == NULL)
+    return bt__errorf(err, BT_EINVAL,
+                      "clipping at %g needs a grad_sqnorm callback that "
+                      "gives each stage's squared gradient norm",
+                      cfg->max_grad_norm);
+  if (pl->R > 1 && cfg->reduce_grads == NULL)
+    return bt__errorf(err, BT_EINVAL,
+                      "%d data-parallel replicas need a reduce_grads "
+                      "callback that all-reduces each stage's gradients",
+                      (int)pl->R);
+  if (cfg->nties > 0 && (cfg->ties == NULL || cfg->tie_grads == NULL))
+    return bt__errorf(err, BT_EINVAL,
+                      "%zu ties need the ties array and a tie_grads "
+                      "callback that sums each tie's two gradients",
+                      cfg->nties);
+  pl->sqnorm = calloc((size_t)pl->S, sizeof *pl->sqnorm);
+  pl->ties = calloc(cfg->nties + 1, sizeof *pl->ties);
+  if (pl->sqnorm == NULL || pl->ties == NULL)
+    return bt__errorf(err, BT_ENOMEM, "out of memory creating the pipeline");
+  for (size_t i = 0; i < cfg->nties; i++) {
+    const bt_pipeline_tie_t *t = &cfg->ties[i];
+    if (t->name == NULL || t->stage_a < 0 || t->stage_b >= pl->S ||
+        t->stage_a >= t->stage_b)
+      return bt__errorf(err, BT_EINVAL,
+                        "tie %zu ('%s', stages %d and %d) needs a name and "
+                        "two stages 0 <= stage_a < stage_b < %d",
+                        i, t->name ? t->name : "(null)", (int)t->stage_a,
+                        (int)t->stage_b, (int)pl->S);
+    pl->ties[i] = *t;
+    if ((pl->ties[i].name = strdup(t->name)) == NULL)
+      return bt__errorf(err, BT_ENOMEM, "out of memory creating the pipeline");
+    pl->nties = i + 1;
+  }
+  return BT_OK;
+}
+
+/* The step as a DAG being built: tasks with device, action, name and
+ * role; edges. */
+struct dag_build {
+  int32_t n, cap;
+  int32_t *device;
+  bt_action_t *action;
+  char **name;
+  struct pl_task *role;
+  size_t ne, ecap;
+  int32_t *src, *dst;
+};
+
+static bool
+dag_grow(struct dag_build *b)
+{
+  int32_t cap = b->cap ? 2 * b->cap : 64;
+  int32_t *dev = realloc(b->device, (size_t)cap * sizeof *dev);
+  bt_action_t *act;
+  char **name;
+  struct pl_task *role;
+
+  if (dev == NULL)
+    return false;
+  b->device = dev;
+  if ((act = realloc(b->action, (size_t)cap * sizeof *act)) == NULL)
+    return false;
+  b->action = act;
+  if ((name = realloc(b->name, (size_t)cap * sizeof *name)) == NULL)
+    return false;
+  b->name = name;
+  if ((role = realloc(b->role, (size_t)cap * sizeof *role)) == NULL)
+    return false;
+  b->role = role;
+  b->cap = cap;
+  return true;
+}
+
+/* Appends a task; -1 when out of memory. */
+static int32_t
+dag_task(struct dag_build *b, int32_t device, bt_action_t action,
+         const char *name, struct pl_task role)
+{
+  if (b->n == b->cap && !dag_grow(b))
+    return -1;
+  b->device[b->n] = device;
+  b->action[b->n] = action;
+  b->name[b->n] = NULL;
+  if (name != NULL && (b->name[b->n] = strdup(name)) == NULL)
+    return -1;
+  b->role[b->n] = role;
+  return b->n++;
+}
+
+static bool
+dag_edge(struct dag_build *b, int32_t from, int32_t to)
+{
+  if (b->ne == b->ecap) {
+    size_t cap = b->ecap ? 2 * b->ecap : 256;
+    int32_t *src = realloc(b->src, cap * sizeof *src), *dst;
+    if (src == NULL)
+      return false;
+    b->src = src;
+    if ((dst = realloc(b->dst, cap * sizeof *dst)) == NULL)
+      return false;
+    b->dst = dst;
+    b->ecap = cap;
+  }
+  b->src[b->ne] = from;
+  b->dst[b->ne] = to;
+  b->ne++;
+  return true;
+}
+
+static void
+dag_free(struct dag_build *b)
+{
+  for (int32_t t = 0; t < b->n; t++)
+    free(b->name[t]);
+  free(b->device);
+  free(b->action);
+  free(b->name);
+  free(b->role);
+  free(b->src);
+  free(b->dst);
+}
+
+static bool
+tie_touches(const bt_pipeline_tie_t *t, int32_t s)
+{
+  return t->stage_a == s || t->stage_b == s;
+}
+
+/* Edges from everything after which replica r's stage s gradients are final
+ * (its last backward and ties; with replicas, every replica's reduction of
+ * s) to task `to`. */
+static bool
+edges_from_final(const struct bt_pipeline *pl, struct dag_build *b,
+                 int32_t r, int32_t s, int32_t to, int32_t T0,
+                 const int32_t *tie_id, const int32_t *reduce_id)
+{
+  if (reduce_id != NULL) {
+    for (int32_t q = 0; q < pl->R; q++)
+      if (!dag_edge(b, reduce_id[(size_t)q * pl->S + s], to))
+        return false;
+    return true;
+  }
+  if (!dag_edge(b, r * T0 + pl->last_bw[s], to))
+    return false;
+  for (size_t i = 0; tie_id != NULL && i < pl->nties; i++)
+    if (tie_touches(&pl->ties[i], s) &&
+        !dag_edge(b, tie_id[(size_t)r * pl->nties + i], to))
+      return false;
+  return true;
+}
+
+/* The step's DAG: each replica's copy of the plan graph (replica r on
+ * devices r * p ..), then the epilogue tasks (pipeline.h). */
+static bool
+build_dag(struct bt_pipeline *pl, struct dag_build *b)
+{
+  int32_t T0 = bt_graph_task_count(pl->graph), S = pl->S, R = pl->R;
+  int32_t *tie_id = NULL, *reduce_id = NULL, *norm_id = NULL, clip = -1;
+  bt_action_t none = {.stage = -1, .kind = BT_ACT_IDLE, .microbatch = -1};
+  char name[BT__PL_NAME_MAX];
+  bool ok = false;
+
+  for (int32_t r = 0; r < R; r++)
+    for (int32_t t = 0; t < T0; t++) {
+      bt_task_t task = bt_graph_task(pl->graph, t);
+      struct pl_task role = {TASK_PLAN, r, task.action.stage, -1};
+      if (dag_task(b, r * pl->p + task.device, task.action, NULL, role) < 0)
+        return false;
+    }
+  for (int32_t r = 0; r < R; r++)
+    for (int32_t t = 0; t < T0; t++)
+      for (int32_t j = 0; j < bt_graph_successor_count(pl->graph, t); j++)
+        if (!dag_edge(b, r * T0 + t,
+                      r * T0 + bt_graph_successor(pl->graph, t, j, NULL)))
+          return false;
+  if (pl->nties > 0) {
+    tie_id = malloc((size_t)R * pl->nties * sizeof *tie_id);
+    if (tie_id == NULL)
+      goto out;
+    for (int32_t r = 0; r < R; r++)
+      for (size_t i = 0; i < pl->nties; i++) {
+        const bt_pipeline_tie_t *t = &pl->ties[i];
+        struct pl_task role = {TASK_TIE, r, t->stage_b, (int32_t)i};
+        int32_t id;
+        snprintf(name, sizeof name, "tie %s", t->name);
+        id = dag_task(b, b->device[r * T0 + pl->last_bw[t->stage_b]], none,
+                      name, role);
+        if (id < 0 || !dag_edge(b, r * T0 + pl->last_bw[t->stage_a], id) ||
+            !dag_edge(b, r * T0 + pl->last_bw[t->stage_b], id))
+          goto out;
+        tie_id[(size_t)r * pl->nties + i] = id;
+      }
+  }
+  if (R > 1) {
+    reduce_id = malloc((size_t)R * (size_t)S * sizeof *reduce_id);
+    if (reduce_id == NULL)
+      goto out;
+    for (int32_t r = 0; r < R; r++)
+      for (int32_t s = 0; s < S; s++) {
+        struct pl_task role = {TASK_REDUCE, r, s, -1};
+        int32_t id;
+        snprintf(name, sizeof name, "reduce %d", (int)s);
+        id = dag_task(b, b->device[r * T0 + pl->last_bw[s]], none, name,
+                      role);
+        if (id < 0)
+          goto out;
+        reduce_id[(size_t)r * S + s] = id;
+        for (int32_t q = 0; q < R; q++)
+          if (!edges_from_final(pl, b, q, s, id, T0, tie_id, NULL))
+            goto out;
+      }
+  }
+  if (pl->max_grad_norm > 0) {
+    struct pl_task role = {TASK_CLIP, 0, 0, -1};
+    norm_id = malloc((size_t)S * sizeof *norm_id);
+    if (norm_id == NULL)
+      goto out;
+    for (int32_t s = 0; s < S; s++) {
+      struct pl_task nrole = {TASK_NORM, 0, s, -1};
+      snprintf(name, sizeof name, "norm %d", (int)s);
+      norm_id[s] = dag_task(b, b->device[pl->last_bw[s]], none, name, nrole);
+      if (norm_id[s] < 0 ||
+          !edges_from_final(pl, b, 0, s, norm_id[s], T0, tie_id, reduce_id))
+        goto out;
+    }
+    clip = dag_task(b, b->device[pl->last_bw[0]], none, "clip", role);
+    if (clip < 0)
+      goto out;
+    for (int32_t s = 0; s < S; s++)
+      if (!dag_edge(b, norm_id[s], clip))
+        goto out;
+  }
+  for (int32_t r = 0; pl->update != NULL && r < R; r++)
+    for (int32_t s = 0; s < S; s++) {
+      struct pl_task role = {TASK_UPDATE, r, s, -1};
+      int32_t id;
+      snprintf(name, sizeof name, "update %d", (int)s);
+      id = dag_task(b, b->device[r * T0 + pl->last_bw[s]], none, name, role);
+      if (id < 0 ||
+          !(clip >= 0 ? dag_edge(b, clip, id)
+                      : edges_from_final(pl, b, r, s, id, T0, tie_id,
+                                         reduce_id)))
+        goto out;
+    }
+  ok = true;
+out:
+  free(tie_id);
+  free(reduce_id);
+  free(norm_id);
+  return ok;
+}
+
 static bt_status
 start_runtime(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
               bt_error_t *err)
 {
   bt_runtime_config_t rc = BT_RUNTIME_CONFIG_INIT;
   bt_exec_config_t ec = BT_EXEC_CONFIG_INIT;
+  bt_dag_t dag = BT_DAG_INIT;
+  struct dag_build b;
   bt_status st;
 
+  memset(&b, 0, sizeof b);
+  if (!build_dag(pl, &b)) {
+    dag_free(&b);
+    return bt__errorf(err, BT_ENOMEM, "out of memory building the step");
+  }
   if (cfg->runtime != NULL) {
     pl->rt = cfg->runtime;
+    if (bt_runtime_devices(pl->rt) < pl->R * pl->p) {
+      dag_free(&b);
+      return bt__errorf(err, BT_EINVAL,
+                        "the runtime has %d devices, but %d replicas x %d "
+                        "devices need %d; create it with more",
+                        (int)bt_runtime_devices(pl->rt), (int)pl->R,
+                        (int)pl->p, (int)(pl->R * pl->p));
+    }
   } else {
-    rc.devices = pl->p;
+    rc.devices = pl->R * pl->p;
     rc.threads = cfg->threads;
     st = bt_runtime_create(&rc, &pl->rt, err);
-    if (st != BT_OK)
+    if (st != BT_OK) {
+      dag_free(&b);
       return st;
+    }
     pl->own_rt = 1;
   }
+  dag.tasks = b.n;
+  dag.task_device = b.device;
+  dag.edges = b.ne;
+  dag.src = b.src;
+  dag.dst = b.dst;
+  dag.actions = b.action;
+  dag.names = (const char *const *)b.name;
   ec.fn = pipeline_task;
   ec.user = pl;
   ec.trace = cfg->trace;
-  return bt_exec_create(pl->rt, pl->graph, &ec, &pl->exec, err);
+  st = bt_exec_create_dag(pl->rt, &dag, &ec, &pl->exec, err);
+  if (st == BT_OK) {
+    pl->tasks = b.role;
+    b.role = NULL;
+  }
+  dag_free(&b);
+  return st;
 }
 
 static void
@@ -447,6 +830,11 @@ pipeline_free(struct bt_pipeline *pl)
   bt_plan_destroy(pl->plan);
   free(pl->stage);
   free(pl->last_bw);
+  free(pl->tasks);
+  free(pl->sqnorm);
+  for (size_t i = 0; pl->ties != NULL && i < pl->nties; i++)
+    free((void *)(uintptr_t)pl->ties[i].name);
+  free(pl->ties);
   free(pl->block);
   free(pl->act);
   free(pl->grad);
@@ -487,9 +875,12 @@ bt_pipeline_create(const bt_pipeline_config_t *user_cfg, bt_pipeline_t **out,
   pl->S = cfg->stages;
   pl->m = cfg->microbatches;
   pl->p = cfg->devices;
+  pl->R = cfg->replicas > 0 ? cfg->replicas : 1;
   pl->grads_ready = cfg->grads_ready;
   pl->user = cfg->user;
   rc = copy_stages(pl, cfg, err);
+  if (rc == BT_OK)
+    rc = read_epilogue(pl, cfg, err);
   if (rc == BT_OK)
     rc = make_plan(pl, cfg, v, err);
   if (rc == BT_OK)
@@ -540,14 +931,28 @@ bt_pipeline_destroy(bt_pipeline_t *pl)
 }
 
 const void *
-bt_pipeline_output(const bt_pipeline_t *pl, int32_t stage, int32_t mb,
-                   size_t *bytes)
+bt_pipeline_replica_output(const bt_pipeline_t *pl, int32_t replica,
+                           int32_t stage, int32_t mb, size_t *bytes)
 {
-  if (pl == NULL || stage < 0 || stage >= pl->S || mb < 0 || mb >= pl->m)
+  if (pl == NULL || replica < 0 || replica >= pl->R || stage < 0 ||
+      stage >= pl->S || mb < 0 || mb >= pl->m)
     return NULL;
   if (bytes != NULL)
     *bytes = pl->stage[stage].output_bytes;
-  return buf_at(pl->act, pl, stage, mb);
+  return pl->act[slot(pl, replica, stage, mb)];
+}
+
+const void *
+bt_pipeline_output(const bt_pipeline_t *pl, int32_t stage, int32_t mb,
+                   size_t *bytes)
+{
+  return bt_pipeline_replica_output(pl, 0, stage, mb, bytes);
+}
+
+double
+bt_pipeline_grad_norm(const bt_pipeline_t *pl)
+{
+  return pl != NULL && pl->max_grad_norm > 0 ? pl->grad_norm : NAN;
 }
 
 const bt_plan_t *

@@ -1432,3 +1432,82 @@ TEST(runtime_empty_dag)
     EXPECT_INT_EQ(bt_runtime_destroy(rt), BT_OK);
   }
 }
+
+/* ---- DAG labels: actions and names -----------------------------------------
+ * A DAG's tasks may carry plan actions (given to the task, recorded in
+ * slices, naming the task in errors) and names (naming it instead). */
+
+static int
+label_task(const bt_task_call_t *call, char *errbuf, size_t errlen)
+{
+  int *fail = call->user;
+
+  if (call->task == 0 && call->action.kind != BT_ACT_IDLE &&
+      (call->action.stage != 1 ||
+                          call->action.kind != BT_ACT_B ||
+                          call->action.microbatch != 3))
+    return BT_EINVAL;
+  if (call->task == *fail) {
+    snprintf(errbuf, errlen, "labelled failure");
+    return BT_EIO;
+  }
+  return 0;
+}
+
+TEST(dag_labels)
+{
+  int32_t device[3] = {0, 1, 0}, src[2] = {0, 1}, dst[2] = {1, 2};
+  bt_action_t idle = {.stage = -1, .kind = BT_ACT_IDLE, .microbatch = -1};
+  bt_action_t actions[3] = {{.stage = 1, .kind = BT_ACT_B, .microbatch = 3},
+                            idle, idle};
+  char name1[16];
+  const char *names[3] = {NULL, name1, NULL};
+  bt_runtime_config_t rc = BT_RUNTIME_CONFIG_INIT;
+  bt_exec_config_t ec = BT_EXEC_CONFIG_INIT;
+  bt_dag_t dag = BT_DAG_INIT;
+  bt_runtime_t *rt = NULL;
+  bt_exec_t *ex = NULL;
+  bt_error_t err = {0};
+  bt_slice_t sl[3];
+  int fail = -1;
+
+  snprintf(name1, sizeof name1, "tie wte");
+  rc.devices = 2;
+  rc.threads = 2;
+  ASSERT_TRUE(bt_runtime_create(&rc, &rt, &err) == BT_OK);
+  dag.tasks = 3;
+  dag.task_device = device;
+  dag.edges = 2;
+  dag.src = src;
+  dag.dst = dst;
+  dag.actions = actions;
+  dag.names = names;
+  ec.fn = label_task;
+  ec.user = &fail;
+  ec.trace = 1;
+  ASSERT_TRUE(bt_exec_create_dag(rt, &dag, &ec, &ex, &err) == BT_OK);
+  memset(name1, 0, sizeof name1); /* the exec holds its own copy */
+  if (bt_exec_run(ex, &err) != BT_OK)
+    test_fail(__FILE__, __LINE__, "%s", err.message);
+  ASSERT_TRUE(bt_exec_slices(ex, sl) == BT_OK);
+  EXPECT_TRUE(sl[0].action.stage == 1 && sl[0].action.kind == BT_ACT_B &&
+              sl[0].action.microbatch == 3);
+  fail = 0;
+  EXPECT_INT_EQ(bt_exec_run(ex, &err), BT_EIO);
+  EXPECT_TRUE(strcmp(err.message, "1B3 on cpu:0: labelled failure") == 0);
+  fail = 1;
+  EXPECT_INT_EQ(bt_exec_run(ex, &err), BT_EIO);
+  EXPECT_TRUE(strcmp(err.message, "tie wte on cpu:1: labelled failure") == 0);
+  fail = 2;
+  EXPECT_INT_EQ(bt_exec_run(ex, &err), BT_EIO);
+  EXPECT_TRUE(strcmp(err.message, "task 2 on cpu:0: labelled failure") == 0);
+  EXPECT_INT_EQ(bt_exec_destroy(ex), BT_OK);
+  /* A caller built against the first bt_dag_t: labels not read. */
+  dag.size = offsetof(bt_dag_t, dst) + sizeof(const int32_t *);
+  ASSERT_TRUE(bt_exec_create_dag(rt, &dag, &ec, &ex, &err) == BT_OK);
+  fail = 1;
+  EXPECT_INT_EQ(bt_exec_run(ex, &err), BT_EIO);
+  EXPECT_TRUE(strcmp(err.message, "task 1 on cpu:1: labelled failure") == 0);
+  EXPECT_INT_EQ(bt_exec_destroy(ex), BT_OK);
+  EXPECT_INT_EQ(bt_runtime_destroy(rt), BT_OK);
+}

@@ -37,6 +37,43 @@
  * (in the M:N pool that is whichever pool thread runs the device then), so
  * it never overlaps another callback of that device.
  *
+ * Step epilogue (optional; config fields after `trace`): tasks in the
+ * same graph, after the backwards, each as soon as its inputs are ready:
+ *   tie_grads(r,i)    per replica r and declared tie i (a parameter that
+ *                     two stages each hold a copy of, e.g. a language
+ *                     model's token embedding on the first and last stage):
+ *                     after the last backward of both stages in replica r,
+ *                     on the device of the tie's stage_b.  Sum the two
+ *                     gradient contributions into both copies (reading the
+ *                     other stage's is the transfer), so that both copies
+ *                     step identically.
+ *   reduce_grads(r,s) data parallelism, replicas R > 1: replica r runs
+ *                     stage s on device r * devices + (s's device); after
+ *                     every replica's last backward of stage s (and the
+ *                     ties that touch s), one call per (r, s) on r's
+ *                     device.  Together the R calls of stage s all-reduce
+ *                     its gradients (each may write every replica's: e.g.
+ *                     call r sums slice r of the gradient over replicas in
+ *                     replica order and writes it everywhere).
+ *   grad_sqnorm(s)    with max_grad_norm > 0: per stage, on replica 0 after
+ *                     its gradients are final; write the stage's squared
+ *                     gradient norm into *call->sqnorm (count a tied
+ *                     parameter on one stage only).  Then one reduction
+ *                     task sums them in stage order (double), norm =
+ *                     sqrt(sum), grad_scale = min(1, max_grad_norm / (norm
+ *                     + 1e-6)) (torch's clip_grad_norm_); a non-finite norm
+ *                     fails the step ("clip") before any update runs.
+ *   update(r,s)       per (replica, stage), after its gradients are final
+ *                     (and after the clip reduction): the optimizer step,
+ *                     scaling the gradients by call->grad_scale (1 without
+ *                     clipping).
+ * In these calls microbatch is -1, kind is BT_STAGE_TIE / _REDUCE / _NORM /
+ * _UPDATE, and only stage, replica, tie, device, step, user (the config's
+ * `user`, not a stage's), sqnorm, grad_norm and grad_scale are set.
+ * grads_ready(s) runs once per replica.  A failing epilogue task is named
+ * "tie <name>", "reduce <s>", "norm <s>", "clip" or "update <s>" in the
+ * step's error.
+ *
  * Errors: a callback returns 0, or non-zero (a bt_status or any negative
  * code of yours) with a sentence in errbuf.  Then no further callback
  * starts, callbacks in flight finish, and bt_pipeline_step returns that
@@ -101,9 +138,20 @@ typedef struct bt_stage_call {
   int32_t nskip_in;
   const bt_skip_buf_t *skip_in;
   const bt_skip_buf_t *skip_grad_out;
+  /* Appended in version 2. */
+  int32_t replica;      /* data-parallel replica, 0 .. replicas-1 */
+  int32_t tie;          /* BT_STAGE_TIE: the tie's index, else -1 */
+  double *sqnorm;       /* BT_STAGE_NORM: write the squared norm here */
+  double grad_norm;     /* BT_STAGE_UPDATE: the global gradient norm (NaN
+                           without clipping) */
+  double grad_scale;    /* BT_STAGE_UPDATE: multiply gradients by this */
 } bt_stage_call_t;
 
 #define BT_STAGE_RECOMPUTE 5
+#define BT_STAGE_TIE 6
+#define BT_STAGE_REDUCE 7
+#define BT_STAGE_NORM 8
+#define BT_STAGE_UPDATE 9
 
 typedef int (*bt_stage_fn)(const bt_stage_call_t *call, char *errbuf,
                            size_t errlen);
@@ -136,6 +184,13 @@ typedef struct bt_pipeline_skip {
   size_t bytes; /* per microbatch */
 } bt_pipeline_skip_t;
 
+/* A parameter held by two stages of each replica (see tie_grads above).
+ * The name is copied. */
+typedef struct bt_pipeline_tie {
+  const char *name;
+  int32_t stage_a, stage_b; /* stage_a < stage_b */
+} bt_pipeline_tie_t;
+
 typedef struct bt_pipeline_config {
   size_t size;                  /* sizeof(bt_pipeline_config_t) */
   int32_t stages;               /* S = devices * virtual_stages */
@@ -152,11 +207,21 @@ typedef struct bt_pipeline_config {
   void (*grads_ready)(int32_t stage, void *user);
   void *user;            /* passed to grads_ready */
   int32_t trace;         /* record task times (bt_pipeline_slices) */
+  /* Appended in version 2: the step epilogue (above). */
+  int32_t replicas;      /* R data-parallel replicas; 0 = 1.  The runtime
+                            needs R * devices devices. */
+  const bt_pipeline_tie_t *ties;
+  size_t nties;
+  bt_stage_fn tie_grads;    /* required with ties */
+  bt_stage_fn reduce_grads; /* required with replicas > 1 */
+  bt_stage_fn grad_sqnorm;  /* required with max_grad_norm > 0 */
+  double max_grad_norm;     /* > 0: clip the global gradient norm */
+  bt_stage_fn update;       /* optional optimizer step */
 } bt_pipeline_config_t;
 
 #define BT_PIPELINE_CONFIG_INIT                                               \
   { sizeof(bt_pipeline_config_t), 0, NULL, 1, 0, 1, NULL, NULL, NULL, 0,      \
-    NULL, 0, NULL, NULL, 0 }
+    NULL, 0, NULL, NULL, 0, 1, NULL, 0, NULL, NULL, NULL, 0.0, NULL }
 
 typedef struct bt_pipeline bt_pipeline_t;
 
@@ -181,6 +246,15 @@ BT_API bt_status bt_pipeline_destroy(bt_pipeline_t *pl);
  * step (e.g. the last stage's logits or loss), or NULL. */
 BT_API const void *bt_pipeline_output(const bt_pipeline_t *pl, int32_t stage,
                                       int32_t microbatch, size_t *bytes);
+
+/* As bt_pipeline_output, for data-parallel replica r. */
+BT_API const void *bt_pipeline_replica_output(const bt_pipeline_t *pl,
+                                              int32_t replica, int32_t stage,
+                                              int32_t microbatch,
+                                              size_t *bytes);
+
+/* The last step's global gradient norm (clipping on), else NaN. */
+BT_API double bt_pipeline_grad_norm(const bt_pipeline_t *pl);
 
 /* The plan the pipeline runs (owned by the pipeline). */
 BT_API const bt_plan_t *bt_pipeline_plan(const bt_pipeline_t *pl);

@@ -119,16 +119,22 @@ BT_API const char *bt_runtime_device_name(const bt_runtime_t *rt,
                                           int32_t device);
 
 /* A task graph not made from a plan: `tasks` tasks, task t on device
- * task_device[t], edges src[i] -> dst[i] (duplicates allowed). */
+ * task_device[t], edges src[i] -> dst[i] (duplicates allowed).
+ * Optionally each task carries a plan action (given to the task function
+ * as call->action, recorded in slices, and naming the task in errors as
+ * "2F5") and a name (naming it in errors instead, e.g. "tie wte"); both
+ * are copied at create.  A task without either is "task <id>". */
 typedef struct bt_dag {
   size_t size; /* sizeof(bt_dag_t) */
   int32_t tasks;
   const int32_t *task_device;
   size_t edges;
   const int32_t *src, *dst;
+  const bt_action_t *actions; /* [tasks] or NULL (all BT_ACT_IDLE) */
+  const char *const *names;   /* [tasks] or NULL; NULL entries allowed */
 } bt_dag_t;
 
-#define BT_DAG_INIT { sizeof(bt_dag_t), 0, NULL, 0, NULL, NULL }
+#define BT_DAG_INIT { sizeof(bt_dag_t), 0, NULL, 0, NULL, NULL, NULL, NULL }
 
 typedef struct bt_exec_config {
   size_t size;   /* sizeof(bt_exec_config_t) */
