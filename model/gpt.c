@@ -669,6 +669,238 @@ out_free:
   return st;
 }
 
+/* ---- inference ---------------------------------------------------------- */
+
+/* Regions of bt__gpt_logits' block. */
+enum { I_SCRATCH, I_ACT0, I_ACT1, I_LAST, I_U, I_MEAN, I_RSTD, I_NREG };
+
+bt_status
+bt__gpt_logits(const struct bt__gpt *m, const int32_t *x, size_t B, size_t T,
+               float *logits, bt_error_t *err)
+{
+  struct bt__scratch_layout l;
+  size_t R, C, sbytes = 0, bytes;
+  char *block;
+  bt_status st;
+
+  if (m == NULL || x == NULL || logits == NULL)
+    return bt__errorf(err, BT_EINVAL,
+                      "gpt logits: model, x and logits must not be NULL");
+  if (B == 0 || T == 0 || T > m->cfg.Tmax)
+    return bt__errorf(err, BT_EINVAL,
+                      "gpt logits: B=%zu, T=%zu: need B >= 1 and 1 <= T <= "
+                      "Tmax=%zu (keep only the last Tmax tokens)",
+                      B, T, m->cfg.Tmax);
+  C = m->cfg.C;
+  if (!bt__mul_fits(B, T, &R))
+    return bt__errorf(err, BT_ERANGE,
+                      "gpt logits: %zu sequences of %zu tokens overflow "
+                      "size_t (pass fewer sequences)",
+                      B, T);
+  for (size_t r = 0; r < R; r++)
+    if (x[r] < 0 || (size_t)x[r] >= m->cfg.V)
+      return bt__errorf(err, BT_EINVAL,
+                        "gpt logits: token x[%zu] = %" PRId32
+                        " is outside [0, V=%zu)",
+                        r, x[r], m->cfg.V);
+  /* The layers run one after another and forward only, so one scratch
+   * region, as large as the largest layer's, serves them all. */
+  for (size_t layer = 0; layer <= m->cfg.L; layer++) {
+    size_t b = bt__gpt_layer_scratch_bytes(m, layer, B, T);
+    if (b == 0)
+      goto out_range;
+    sbytes = b > sbytes ? b : sbytes;
+  }
+  memset(&l, 0, sizeof(l));
+  if (!bt__layout_add(&l, I_SCRATCH, 1, sbytes, 1) ||
+      !bt__layout_add(&l, I_ACT0, R, C, sizeof(float)) ||
+      !bt__layout_add(&l, I_ACT1, R, C, sizeof(float)) ||
+      !bt__layout_add(&l, I_LAST, B, C, sizeof(float)) ||
+      !bt__layout_add(&l, I_U, B, C, sizeof(float)) ||
+      !bt__layout_add(&l, I_MEAN, B, 1, sizeof(float)) ||
+      !bt__layout_add(&l, I_RSTD, B, 1, sizeof(float)) ||
+      __builtin_add_overflow(l.bytes, (size_t)BT__SCRATCH_ALIGN - 1, &bytes))
+    goto out_range;
+  bytes &= ~(size_t)(BT__SCRATCH_ALIGN - 1);
+  block = aligned_alloc(BT__SCRATCH_ALIGN, bytes);
+  if (block == NULL)
+    return bt__errorf(err, BT_ENOMEM,
+                      "gpt logits: out of memory for %zu bytes of "
+                      "activations (pass fewer or shorter sequences)",
+                      bytes);
+
+  /* Evaluation mode: a copy of the model's header with dropout 0, whose
+   * table points at the same parameters, so the layers draw no masks
+   * (their mb keys are then unused). */
+  struct bt__gpt eval = *m;
+  eval.cfg.dropout = 0.0f;
+  const struct bt__gpt_mb mb = {B, T, 0, 0, 0};
+  void *scratch = bt__layout_region(block, &l, I_SCRATCH);
+  float *act[2] = {bt__layout_region(block, &l, I_ACT0),
+                   bt__layout_region(block, &l, I_ACT1)};
+  float *last = bt__layout_region(block, &l, I_LAST);
+  float *u = bt__layout_region(block, &l, I_U);
+  size_t head = m->cfg.L + 1;
+
+  st = bt__gpt_embed_fwd(&eval, x, act[0], scratch, &mb);
+  for (size_t i = 0; i < m->cfg.L && st == BT_OK; i++)
+    st = bt__gpt_layer_fwd(&eval, 1 + i, act[i % 2], act[(i + 1) % 2], scratch,
+                           &mb);
+  if (st != BT_OK) {
+    bt__errorf(err, st, "gpt logits: a layer's forward failed: %s",
+               bt_strerror(st));
+    goto out_free;
+  }
+  /* Only the last position's rows go through the head. */
+  for (size_t b = 0; b < B; b++)
+    memcpy(last + b * C, act[m->cfg.L % 2] + (b * T + T - 1) * C,
+           C * sizeof(float));
+  st = bt__layernorm_fwd(u, bt__layout_region(block, &l, I_MEAN),
+                         bt__layout_region(block, &l, I_RSTD), last,
+                         lparam(m, head, HEAD_LN_G), lparam(m, head, HEAD_LN_B),
+                         B, C);
+  if (st == BT_OK)
+    st = bt__linear_fwd(logits, u, head_w(m), NULL, B, C, m->cfg.V);
+  if (st != BT_OK)
+    bt__errorf(err, st, "gpt logits: the head's forward failed: %s",
+               bt_strerror(st));
+
+out_free:
+  free(block);
+  return st;
+
+out_range:
+  return bt__errorf(err, BT_ERANGE,
+                    "gpt logits: the activations of %zu sequences of %zu "
+                    "tokens overflow size_t (pass fewer sequences)",
+                    B, T);
+}
+
+/* splitmix64's output number k (0-based) from state seed, as params.c. */
+static uint64_t
+splitmix64_at(uint64_t seed, uint64_t k)
+{
+  uint64_t z = seed + (k + 1) * 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* The first maximal logit. */
+static size_t
+argmax(const float *v, size_t n)
+{
+  size_t best = 0;
+
+  for (size_t i = 1; i < n; i++)
+    if (v[i] > v[best])
+      best = i;
+  return best;
+}
+
+/* A draw from softmax(logits [V] / temperature) with the uniform u in
+ * [0, 1); the weights are summed in double, and rounding that leaves the
+ * target past the last token falls back on the last token of nonzero
+ * weight. */
+static size_t
+sample(const float *logits, size_t V, float temperature, double u)
+{
+  size_t top = argmax(logits, V), pick = top;
+  double sum = 0.0, target, acc = 0.0;
+
+  for (size_t i = 0; i < V; i++)
+    sum += exp(((double)logits[i] - (double)logits[top]) / temperature);
+  target = u * sum;
+  for (size_t i = 0; i < V; i++) {
+    double w = exp(((double)logits[i] - (double)logits[top]) / temperature);
+    if (w <= 0.0)
+      continue;
+    pick = i;
+    acc += w;
+    if (acc > target)
+      break;
+  }
+  return pick;
+}
+
+bt_status
+bt__gpt_generate(const struct bt__gpt *m, const int32_t *prompt, size_t nprompt,
+                 size_t n, float temperature, uint64_t seed, int32_t *out,
+                 bt_error_t *err)
+{
+  static const int32_t newline = 10;
+  int32_t *win;
+  float *logits;
+  size_t len, Tmax, V;
+  bt_status st = BT_OK;
+
+  if (m == NULL || (out == NULL && n > 0) || (prompt == NULL && nprompt > 0))
+    return bt__errorf(err, BT_EINVAL,
+                      "gpt generate: model must not be NULL, nor out when "
+                      "n > 0, nor prompt when nprompt > 0");
+  if (!(temperature >= 0.0f) || isinf(temperature))
+    return bt__errorf(err, BT_EINVAL,
+                      "gpt generate: temperature %g must be finite and >= 0 "
+                      "(0 takes the most likely token)",
+                      (double)temperature);
+  V = m->cfg.V;
+  Tmax = m->cfg.Tmax;
+  for (size_t i = 0; i < nprompt; i++)
+    if (prompt[i] < 0 || (size_t)prompt[i] >= V)
+      return bt__errorf(err, BT_EINVAL,
+                        "gpt generate: prompt[%zu] = %" PRId32
+                        " is outside [0, V=%zu)",
+                        i, prompt[i], V);
+  if (nprompt == 0) {
+    if (V <= (size_t)newline)
+      return bt__errorf(err, BT_EINVAL,
+                        "gpt generate: an empty prompt starts from the byte "
+                        "'\\n' (10), outside [0, V=%zu); pass a prompt",
+                        V);
+    prompt = &newline;
+    nprompt = 1;
+  }
+  if (n == 0)
+    return BT_OK;
+
+  win = malloc(Tmax * sizeof(*win));
+  logits = malloc(V * sizeof(*logits));
+  if (win == NULL || logits == NULL) {
+    st = bt__errorf(err, BT_ENOMEM,
+                    "gpt generate: out of memory for a window of %zu tokens "
+                    "and %zu logits",
+                    Tmax, V);
+    goto out_free;
+  }
+  len = nprompt < Tmax ? nprompt : Tmax;
+  memcpy(win, prompt + (nprompt - len), len * sizeof(*win));
+  for (size_t i = 0; i < n; i++) {
+    size_t tok;
+
+    st = bt__gpt_logits(m, win, 1, len, logits, err);
+    if (st != BT_OK)
+      goto out_free;
+    if (temperature == 0.0f) {
+      tok = argmax(logits, V);
+    } else {
+      double u = (double)(splitmix64_at(seed, i) >> 11) * 0x1p-53;
+      tok = sample(logits, V, temperature, u);
+    }
+    out[i] = (int32_t)tok;
+    /* Slide the window: drop the oldest token once it holds Tmax. */
+    if (len == Tmax) {
+      memmove(win, win + 1, (Tmax - 1) * sizeof(*win));
+      len--;
+    }
+    win[len++] = (int32_t)tok;
+  }
+
+out_free:
+  free(logits);
+  free(win);
+  return st;
+}
+
 /* ---- optimizers --------------------------------------------------------- */
 
 bt_status

@@ -227,6 +227,40 @@ bt_status bt__gpt_reference_step(struct bt__gpt *m, const int32_t *x,
                                  size_t microbatches, uint64_t seed,
                                  uint32_t step, float *loss, bt_error_t *err);
 
+/* ---- inference -------------------------------------------------------------
+ * Forward only, without dropout whatever cfg.dropout is (evaluation mode),
+ * on the layer forwards above; gradients untouched.  Both take a const
+ * model, so calls may run concurrently with each other (not with a step
+ * or an optimizer that writes the parameters).  Each allocates its buffers
+ * per call. */
+
+/* logits [B,V] = the logits lnf(h) W^T (W = wte tied, head.w untied) at
+ * the LAST position T - 1 of each of the B sequences x [B,T]; by
+ * causality these are the next-token logits after each whole sequence.
+ * BT_EINVAL (detail in err) for NULL arguments, B or T == 0, T > Tmax or a
+ * token outside [0, V); BT_ERANGE when the sizes overflow; BT_ENOMEM;
+ * kernel errors pass through. */
+bt_status bt__gpt_logits(const struct bt__gpt *m, const int32_t *x, size_t B,
+                         size_t T, float *logits, bt_error_t *err);
+
+/* Samples n tokens into out [n] after prompt [nprompt], one at a time:
+ * token i comes from bt__gpt_logits over the last min(len, Tmax) tokens of
+ * prompt ++ out[0 .. i) (the whole window recomputed for each token), the
+ * distribution softmax(logits / temperature), and the uniform
+ * u_i = (splitmix64 output i of seed >> 11) * 2^-53 in [0, 1) (the formula
+ * of params.h, counter-based): the first token whose cumulative
+ * probability exceeds u_i.  Temperature 0 takes the argmax instead (the
+ * first maximal logit) and draws nothing.  An empty prompt (nprompt 0,
+ * prompt may be NULL) starts from the single token 10, the byte '\n'.
+ * Deterministic in (model, prompt, n, temperature, seed).  BT_EINVAL
+ * (detail in err) for a NULL model, out NULL with n > 0, prompt NULL with
+ * nprompt > 0, a prompt token outside [0, V), an empty prompt with
+ * V <= 10, or a temperature negative or not finite; other errors as
+ * bt__gpt_logits'.  n == 0 does nothing. */
+bt_status bt__gpt_generate(const struct bt__gpt *m, const int32_t *prompt,
+                           size_t nprompt, size_t n, float temperature,
+                           uint64_t seed, int32_t *out, bt_error_t *err);
+
 /* ---- optimizers ------------------------------------------------------------
  * Over every parameter (a tied wte once, with its summed gradient):
  * params.h's bt__params_sgd and bt__params_adamw. */

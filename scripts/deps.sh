@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages baton needs to build and test, if missing.
 # Idempotent: does nothing (and needs no network) when all are present.
-#   --demo  also what the demo needs beyond the build and tests:
+#   --demo  also what the demos need beyond the build and tests:
 #           python3-sklearn, whose bundled 8x8 digits data set
-#           scripts/digits.py converts for baton-train (no download).
+#           scripts/digits.py converts for baton-train, and fortunes,
+#           English fortune cookies (text files under
+#           /usr/share/games/fortunes), the GPT's default byte-level
+#           corpus (model/text.h).  No download at run time.
 set -euo pipefail
 
 packages=(gcc g++ make cmake pkg-config python3 libjemalloc-dev libjansson-dev
   libopenblas-dev)
-demo_packages=(python3-sklearn)
+demo_packages=(python3-sklearn fortunes)
 
 for arg in "$@"; do
   case "$arg" in

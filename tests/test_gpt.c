@@ -3,8 +3,10 @@
  * double-precision reimplementation written here from gpt.h's definition
  * (without and with dropout, whose masks the double model takes from the
  * kernel), the loss against it, microbatching (the dropout masks keyed by
- * global row), the tied gradient's two parts, determinism, files, and
- * SGD / AdamW on a tiny repeated sequence. */
+ * global row), the tied gradient's two parts, determinism, files,
+ * SGD / AdamW on a tiny repeated sequence, and inference: the last
+ * position's logits against the reference step's loss, and sampling
+ * (determinism, temperature 0 as argmax over the sliding window). */
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -821,4 +823,193 @@ TEST(gpt_optimizers)
       bt__gpt_adamw_deinit(&st);
       bt__gpt_destroy(m);
     }
+}
+
+/* ---- inference ---------------------------------------------------------- */
+
+/* -log softmax(v [V])[y], in double. */
+static double
+nll(const float *v, size_t V, int32_t y)
+{
+  double mx = v[0], s = 0.0;
+
+  for (size_t i = 1; i < V; i++)
+    mx = v[i] > mx ? v[i] : mx;
+  for (size_t i = 0; i < V; i++)
+    s += exp((double)v[i] - mx);
+  return log(s) + mx - (double)v[y];
+}
+
+static size_t
+first_max(const float *v, size_t n)
+{
+  size_t best = 0;
+
+  for (size_t i = 1; i < n; i++)
+    if (v[i] > v[best])
+      best = i;
+  return best;
+}
+
+/* By causality the logits at position t are bt__gpt_logits of the prefix
+ * x[.., 0..t]; so the mean of -log softmax over every prefix's last logits
+ * is the reference step's loss (the layers' head_fwd path).  The model
+ * with dropout must give the same logits as the same model without: no
+ * dropout at inference. */
+TEST(gpt_logits)
+{
+  const size_t B = 3, T = 5;
+
+  for (int tied = 0; tied < 2; tied++) {
+    struct bt__gpt_config c = tiny(tied, 0.0f), cd = tiny(tied, 0.3f);
+    struct bt__gpt *m = make_model(c, 31, true);
+    struct bt__gpt *md = make_model(cd, 31, true);
+    size_t V = c.V;
+    int32_t *x, *y, *pre = test_xcalloc(B * T, sizeof(int32_t));
+    float *lg = test_xcalloc(B * V, sizeof(float));
+    float *lgd = test_xcalloc(B * V, sizeof(float));
+    float *g0 = test_xcalloc(m->nparams, sizeof(float));
+    float ref = 0.0f;
+    double sum = 0.0;
+    bt_error_t err;
+
+    make_batch(B, T, V, 71 + (uint64_t)tied, &x, &y);
+    /* The gradients stay as they were. */
+    for (size_t k = 0; k < m->nparams; k++)
+      m->grads[k] = g0[k] = (float)k;
+    for (size_t t = 1; t <= T; t++) {
+      for (size_t b = 0; b < B; b++)
+        memcpy(pre + b * t, x + b * T, t * sizeof(int32_t));
+      EXPECT_STATUS(bt__gpt_logits(m, pre, B, t, lg, &err), BT_OK, &err);
+      EXPECT_STATUS(bt__gpt_logits(md, pre, B, t, lgd, &err), BT_OK, &err);
+      EXPECT_TRUE(memcmp(lg, lgd, B * V * sizeof(float)) == 0);
+      for (size_t b = 0; b < B; b++)
+        sum += nll(lg + b * V, V, y[b * T + t - 1]);
+    }
+    EXPECT_TRUE(memcmp(m->grads, g0, m->nparams * sizeof(float)) == 0);
+    EXPECT_STATUS(bt__gpt_reference_step(m, x, y, B, T, 1, 0, 0, &ref, &err),
+                  BT_OK, &err);
+    printf("  %s: loss from logits %.9g, reference %.9g\n",
+           tied ? "tied" : "untied", sum / (double)(B * T), (double)ref);
+    EXPECT_NEAR(sum / (double)(B * T), ref, 1e-5);
+
+    /* Errors. */
+    EXPECT_STATUS(bt__gpt_logits(m, x, B, T + 1, lg, &err), BT_EINVAL, &err);
+    EXPECT_STR_CONTAINS(err.message, "Tmax");
+    EXPECT_STATUS(bt__gpt_logits(m, x, 0, T, lg, &err), BT_EINVAL, &err);
+    EXPECT_STATUS(bt__gpt_logits(m, NULL, B, T, lg, &err), BT_EINVAL, &err);
+    EXPECT_STATUS(bt__gpt_logits(NULL, x, B, T, lg, &err), BT_EINVAL, &err);
+    x[4] = (int32_t)V;
+    EXPECT_STATUS(bt__gpt_logits(m, x, B, T, lg, &err), BT_EINVAL, &err);
+    EXPECT_STR_CONTAINS(err.message, "x[4]");
+
+    free(x);
+    free(y);
+    free(pre);
+    free(lg);
+    free(lgd);
+    free(g0);
+    bt__gpt_destroy(m);
+    bt__gpt_destroy(md);
+  }
+}
+
+TEST(gpt_generate)
+{
+  struct bt__gpt_config c = BT__GPT_CONFIG_INIT(16, 8, 2, 2, 5);
+  struct bt__gpt *m = make_model(c, 57, true);
+  const int32_t prompt[7] = {3, 1, 4, 1, 5, 9, 2};
+  enum { N = 24 };
+  int32_t a[N], b[N], d[N], g[N], win[5];
+  float lg[16];
+  size_t differ = 0;
+  bt_error_t err;
+
+  /* Deterministic for a seed, tokens in [0, V), another seed differs. */
+  EXPECT_STATUS(bt__gpt_generate(m, prompt, 7, N, 1.0f, 5, a, &err), BT_OK,
+                &err);
+  EXPECT_STATUS(bt__gpt_generate(m, prompt, 7, N, 1.0f, 5, b, &err), BT_OK,
+                &err);
+  EXPECT_TRUE(memcmp(a, b, sizeof(a)) == 0);
+  for (size_t i = 0; i < N; i++)
+    EXPECT_TRUE(a[i] >= 0 && a[i] < 16);
+  EXPECT_STATUS(bt__gpt_generate(m, prompt, 7, N, 1.0f, 6, d, &err), BT_OK,
+                &err);
+  for (size_t i = 0; i < N; i++)
+    differ += a[i] != d[i];
+  EXPECT_TRUE(differ > 0);
+  /* A high temperature spreads the draws over many tokens. */
+  {
+    int32_t hot[200];
+    bool seen[16] = {false};
+    size_t distinct = 0;
+    EXPECT_STATUS(bt__gpt_generate(m, prompt, 7, 200, 50.0f, 8, hot, &err),
+                  BT_OK, &err);
+    for (size_t i = 0; i < 200; i++)
+      seen[hot[i]] = true;
+    for (size_t v = 0; v < 16; v++)
+      distinct += seen[v];
+    EXPECT_TRUE(distinct >= 12);
+  }
+
+  /* Temperature 0: the argmax of bt__gpt_logits over the sliding window
+   * of the last Tmax = 5 tokens, token by token, whatever the seed. */
+  EXPECT_STATUS(bt__gpt_generate(m, prompt, 7, N, 0.0f, 1, g, &err), BT_OK,
+                &err);
+  EXPECT_STATUS(bt__gpt_generate(m, prompt, 7, N, 0.0f, 2, b, &err), BT_OK,
+                &err);
+  EXPECT_TRUE(memcmp(g, b, sizeof(g)) == 0);
+  memcpy(win, prompt + 2, sizeof(win));
+  for (size_t i = 0; i < N; i++) {
+    ASSERT_INT_EQ(bt__gpt_logits(m, win, 1, 5, lg, &err), BT_OK);
+    EXPECT_INT_EQ(g[i], first_max(lg, 16));
+    memmove(win, win + 1, 4 * sizeof(int32_t));
+    win[4] = g[i];
+  }
+  /* A short prompt grows the window before it slides. */
+  EXPECT_STATUS(bt__gpt_generate(m, prompt, 2, 4, 0.0f, 0, g, &err), BT_OK,
+                &err);
+  {
+    int32_t seq[6] = {3, 1};
+    for (size_t i = 0; i < 4; i++) {
+      ASSERT_INT_EQ(bt__gpt_logits(m, seq, 1, 2 + i, lg, &err), BT_OK);
+      EXPECT_INT_EQ(g[i], first_max(lg, 16));
+      seq[2 + i] = g[i];
+    }
+  }
+  /* An empty prompt starts from '\n'. */
+  EXPECT_STATUS(bt__gpt_generate(m, NULL, 0, 3, 0.0f, 0, g, &err), BT_OK,
+                &err);
+  win[0] = 10;
+  ASSERT_INT_EQ(bt__gpt_logits(m, win, 1, 1, lg, &err), BT_OK);
+  EXPECT_INT_EQ(g[0], first_max(lg, 16));
+
+  /* Errors. */
+  EXPECT_STATUS(bt__gpt_generate(m, prompt, 7, N, -1.0f, 0, a, &err),
+                BT_EINVAL, &err);
+  EXPECT_STR_CONTAINS(err.message, "temperature");
+  EXPECT_STATUS(bt__gpt_generate(m, prompt, 7, N, INFINITY, 0, a, &err),
+                BT_EINVAL, &err);
+  EXPECT_STATUS(bt__gpt_generate(m, prompt, 7, N, NAN, 0, a, &err),
+                BT_EINVAL, &err);
+  EXPECT_STATUS(bt__gpt_generate(m, prompt, 7, N, 1.0f, 0, NULL, &err),
+                BT_EINVAL, &err);
+  EXPECT_STATUS(bt__gpt_generate(m, NULL, 3, N, 1.0f, 0, a, &err), BT_EINVAL,
+                &err);
+  {
+    const int32_t bad[2] = {1, 16};
+    EXPECT_STATUS(bt__gpt_generate(m, bad, 2, N, 1.0f, 0, a, &err),
+                  BT_EINVAL, &err);
+    EXPECT_STR_CONTAINS(err.message, "prompt[1]");
+  }
+  EXPECT_STATUS(bt__gpt_generate(m, prompt, 7, 0, 1.0f, 0, NULL, &err), BT_OK,
+                &err);
+  bt__gpt_destroy(m);
+
+  /* V <= 10 has no '\n' to start from. */
+  m = make_model(tiny(true, 0.0f), 3, false);
+  EXPECT_STATUS(bt__gpt_generate(m, NULL, 0, 3, 1.0f, 0, a, &err), BT_EINVAL,
+                &err);
+  EXPECT_STR_CONTAINS(err.message, "pass a prompt");
+  bt__gpt_destroy(m);
 }
