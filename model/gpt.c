@@ -61,13 +61,17 @@ lgrad(const struct bt__gpt *m, size_t layer, size_t i)
 static float *
 head_w(const struct bt__gpt *m)
 {
-  return m->cfg.tied ? lparam(m, 0, EMB_WTE) : lparam(m, m->cfg.L + 1, HEAD_W);
+  if (!m->cfg.tied)
+    return lparam(m, m->cfg.L + 1, HEAD_W);
+  return m->head_wte != NULL ? m->head_wte : lparam(m, 0, EMB_WTE);
 }
 
 static float *
 head_dw(const struct bt__gpt *m)
 {
-  return m->cfg.tied ? lgrad(m, 0, EMB_WTE) : lgrad(m, m->cfg.L + 1, HEAD_W);
+  if (!m->cfg.tied)
+    return lgrad(m, m->cfg.L + 1, HEAD_W);
+  return m->head_gwte != NULL ? m->head_gwte : lgrad(m, 0, EMB_WTE);
 }
 
 /* The sum of the element counts, checked for overflow.  The caller has

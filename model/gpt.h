@@ -100,6 +100,11 @@ struct bt__gpt {
       BT__PARAMS_MEMBERS
     };
   };
+  /* Tied only: the head's own copy of wte and of its gradient, [V,C]
+   * each, owned by whoever sets them (the pipelined trainer, when embed and
+   * head are on different stages, so the two never share memory); NULL =
+   * the head uses wte's slice of the blocks, as documented above. */
+  float *head_wte, *head_gwte;
 };
 
 /* Creates a model with parameters initialized from seed and gradients

@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "baton/pipeline.h"
 #include "error.h"
@@ -39,11 +38,7 @@ struct bt__train {
   struct train_stage *st; /* [S] */
   int32_t *layer_stage;   /* [nlayers] */
   bt_pipeline_t *pl;
-  /* Held activation bytes per device, now and the step's peak.  Entry d
-   * is touched only by device d's callbacks, which never overlap and which
-   * the runtime orders one after another, and by bt__train_step between
-   * steps. */
-  size_t *held, *peak; /* [p] */
+  struct bt__held held; /* per device (stages.h) */
   /* The step's inputs: written by bt__train_step before bt_pipeline_step,
    * which publishes them to the callbacks' threads (the runtime's step
    * start is a release / acquire pair), read-only during the step. */
@@ -60,50 +55,13 @@ round_up(size_t n)
 static bool
 checkpointed(const struct bt__train *t, int32_t k)
 {
-  switch (t->checkpoint) {
-  case BT__CKPT_ALWAYS:
-    return true;
-  case BT__CKPT_EXCEPT_LAST:
-    return k < t->m - 1;
-  default:
-    return false;
-  }
+  return bt__stages_checkpointed(t->checkpoint, k, t->m);
 }
 
-/* Test hook: a pseudo-random sleep of 0..200 us, a pure function of the
- * seed and the call, so it needs no shared state. */
 static void
 maybe_perturb(const struct bt__train *t, const bt_stage_call_t *c)
 {
-  uint64_t z;
-  struct timespec ts;
-
-  if (t->perturb == 0)
-    return;
-  z = t->perturb +
-      0x9e3779b97f4a7c15ull *
-          ((uint64_t)c->step * 1000003u + (uint64_t)c->stage * 7919u +
-           (uint64_t)c->microbatch * 131u + (uint64_t)c->kind + 1);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
-  ts.tv_sec = 0;
-  ts.tv_nsec = (long)(z % 201u) * 1000L;
-  nanosleep(&ts, NULL);
-}
-
-static void
-hold(struct bt__train *t, int32_t device, size_t bytes)
-{
-  t->held[device] += bytes;
-  if (t->held[device] > t->peak[device])
-    t->peak[device] = t->held[device];
-}
-
-static void
-release(struct bt__train *t, int32_t device, size_t bytes)
-{
-  t->held[device] -= bytes;
+  bt__stages_perturb(t->perturb, c);
 }
 
 static void *
@@ -201,7 +159,7 @@ cb_forward(const bt_stage_call_t *c, char *errbuf, size_t errlen)
              bt__resmlp_layer_scratch_bytes(st->t->model, l, st->t->R));
     st->dropped[k] = true;
   } else if (rc == 0) {
-    hold(st->t, c->device, st->mb_bytes);
+    bt__held_add(&st->t->held, c->device, st->mb_bytes);
   }
   return rc;
 }
@@ -218,7 +176,7 @@ cb_recompute(const bt_stage_call_t *c, char *errbuf, size_t errlen)
   rc = stage_forward(st, c, true, errbuf, errlen);
   if (rc == 0) {
     st->dropped[c->microbatch] = false;
-    hold(st->t, c->device, st->mb_bytes);
+    bt__held_add(&st->t->held, c->device, st->mb_bytes);
   }
   return rc;
 }
@@ -316,7 +274,7 @@ cb_weight_grad(const bt_stage_call_t *c, char *errbuf, size_t errlen)
   maybe_perturb(st->t, c);
   rc = stage_weight_grad(st, c, errbuf, errlen);
   if (rc == 0)
-    release(st->t, c->device, st->mb_bytes);
+    bt__held_sub(&st->t->held, c->device, st->mb_bytes);
   return rc;
 }
 
@@ -334,7 +292,7 @@ cb_backward(const bt_stage_call_t *c, char *errbuf, size_t errlen)
   if (rc == 0)
     rc = stage_weight_grad(st, c, errbuf, errlen);
   if (rc == 0)
-    release(st->t, c->device, st->mb_bytes);
+    bt__held_sub(&st->t->held, c->device, st->mb_bytes);
   return rc;
 }
 
@@ -343,51 +301,21 @@ static bt_status
 partition(struct bt__train *t, const int32_t *balance, int32_t nbalance,
           int32_t devices, int32_t v, bt_error_t *err)
 {
-  size_t nl = t->model->nlayers, at = 0;
+  size_t *first = malloc(((size_t)t->S + 1) * sizeof *first);
+  bt_status rc;
 
-  if ((size_t)t->S > nl)
-    return bt__errorf(err, BT_EINVAL,
-                      "%d stages (%d devices x %d virtual) but the model "
-                      "has only %zu layers (L + 2); use fewer devices or "
-                      "virtual stages, or more blocks",
-                      (int)t->S, (int)devices, (int)v, nl);
-  if (balance != NULL) {
-    int64_t sum = 0;
-    if (nbalance != t->S)
-      return bt__errorf(err, BT_EINVAL,
-                        "the balance has %d entries but there are %d stages "
-                        "(%d devices x %d virtual); give one entry per "
-                        "stage",
-                        (int)nbalance, (int)t->S, (int)devices, (int)v);
-    for (int32_t s = 0; s < t->S; s++) {
-      if (balance[s] < 1)
-        return bt__errorf(err, BT_EINVAL,
-                          "balance[%d] = %d: every stage needs at least one "
-                          "layer",
-                          (int)s, (int)balance[s]);
-      sum += balance[s];
-    }
-    if (sum != (int64_t)nl)
-      return bt__errorf(err, BT_EINVAL,
-                        "the balance's %d entries sum to %" PRId64
-                        " layers, but the model has %zu (L + 2 = in, %zu "
-                        "blocks, head); give one entry per stage summing "
-                        "to %zu",
-                        (int)t->S, sum, nl, nl - 2, nl);
-  }
-  for (int32_t s = 0; s < t->S; s++) {
-    size_t n;
-    if (balance != NULL)
-      n = (size_t)balance[s];
-    else
-      n = nl / (size_t)t->S + ((size_t)s < nl % (size_t)t->S ? 1 : 0);
-    t->st[s].first = at;
-    t->st[s].last = at + n - 1;
-    for (size_t l = at; l < at + n; l++)
+  if (first == NULL)
+    return bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
+  rc = bt__stages_partition(t->model->nlayers, t->S, devices, v, balance,
+                            nbalance, "in", first, err);
+  for (int32_t s = 0; rc == BT_OK && s < t->S; s++) {
+    t->st[s].first = first[s];
+    t->st[s].last = first[s + 1] - 1;
+    for (size_t l = first[s]; l < first[s + 1]; l++)
       t->layer_stage[l] = s;
-    at += n;
   }
-  return BT_OK;
+  free(first);
+  return rc;
 }
 
 /* One block per stage: m * nl scratch regions, five [R,H] buffers and the
@@ -457,13 +385,7 @@ check_config(const struct bt__train_config *cfg, bt_error_t *err)
                       "microbatches; choose a microbatch count that divides "
                       "N",
                       cfg->batch, (int)cfg->microbatches);
-  if (cfg->checkpoint < BT__CKPT_NEVER || cfg->checkpoint > BT__CKPT_ALWAYS)
-    return bt__errorf(err, BT_EINVAL,
-                      "checkpoint mode %d is not one of never (%d), "
-                      "except_last (%d), always (%d)",
-                      (int)cfg->checkpoint, BT__CKPT_NEVER,
-                      BT__CKPT_EXCEPT_LAST, BT__CKPT_ALWAYS);
-  return BT_OK;
+  return bt__stages_check_mode(cfg->checkpoint, err);
 }
 
 bt_status
@@ -504,16 +426,15 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
   t->perturb = cfg->perturb;
   if ((size_t)t->S > t->model->nlayers) {
     /* Checked before sizing arrays by S. */
-    rc = partition(t, cfg->balance, cfg->nbalance, cfg->devices, v, err);
+    rc = bt__stages_partition(t->model->nlayers, t->S, cfg->devices, v,
+                              NULL, 0, "in", NULL, err);
     goto out_free;
   }
   t->st = calloc((size_t)t->S, sizeof *t->st);
   t->layer_stage = calloc(t->model->nlayers, sizeof *t->layer_stage);
   desc = calloc((size_t)t->S, sizeof *desc);
-  t->held = calloc((size_t)t->p, sizeof *t->held);
-  t->peak = calloc((size_t)t->p, sizeof *t->peak);
   if (t->st == NULL || t->layer_stage == NULL || desc == NULL ||
-      t->held == NULL || t->peak == NULL) {
+      bt__held_init(&t->held, t->p) != BT_OK) {
     rc = bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
     goto out_free;
   }
@@ -599,8 +520,7 @@ bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
   t->x = x;
   t->y = y;
   bt__resmlp_zero_grad(t->model);
-  memset(t->held, 0, (size_t)t->p * sizeof *t->held);
-  memset(t->peak, 0, (size_t)t->p * sizeof *t->peak);
+  bt__held_reset(&t->held);
   rc = bt_pipeline_step(t->pl, err);
   t->x = NULL;
   t->y = NULL;
@@ -628,7 +548,7 @@ bt__train_held_bytes(const struct bt__train *t, int32_t device)
 {
   if (t == NULL || device < 0 || device >= t->p)
     return 0;
-  return t->held[device];
+  return t->held.now[device];
 }
 
 size_t
@@ -636,7 +556,7 @@ bt__train_peak_held_bytes(const struct bt__train *t, int32_t device)
 {
   if (t == NULL || device < 0 || device >= t->p)
     return 0;
-  return t->peak[device];
+  return t->held.peak[device];
 }
 
 int32_t
@@ -680,7 +600,6 @@ bt__train_destroy(struct bt__train *t)
     }
   free(t->st);
   free(t->layer_stage);
-  free(t->held);
-  free(t->peak);
+  bt__held_free(&t->held);
   free(t);
 }

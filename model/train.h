@@ -65,8 +65,7 @@
 #include "baton/status.h"
 #include "baton/timeline.h"
 #include "resmlp.h"
-
-enum { BT__CKPT_NEVER, BT__CKPT_EXCEPT_LAST, BT__CKPT_ALWAYS };
+#include "stages.h"
 
 struct bt__train_config {
   size_t size;              /* sizeof(struct bt__train_config) */

@@ -1,0 +1,141 @@
+/* Shared pieces of the pipelined trainers; see stages.h. */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "error.h"
+#include "stages.h"
+
+bt_status
+bt__stages_partition(size_t nl, int32_t S, int32_t devices, int32_t v,
+                     const int32_t *balance, int32_t nbalance,
+                     const char *first0, size_t *first, bt_error_t *err)
+{
+  size_t at = 0;
+
+  if ((size_t)S > nl)
+    return bt__errorf(err, BT_EINVAL,
+                      "%d stages (%d devices x %d virtual) but the model "
+                      "has only %zu layers (L + 2); use fewer devices or "
+                      "virtual stages, or more blocks",
+                      (int)S, (int)devices, (int)v, nl);
+  if (balance != NULL) {
+    int64_t sum = 0;
+    if (nbalance != S)
+      return bt__errorf(err, BT_EINVAL,
+                        "the balance has %d entries but there are %d stages "
+                        "(%d devices x %d virtual); give one entry per "
+                        "stage",
+                        (int)nbalance, (int)S, (int)devices, (int)v);
+    for (int32_t s = 0; s < S; s++) {
+      if (balance[s] < 1)
+        return bt__errorf(err, BT_EINVAL,
+                          "balance[%d] = %d: every stage needs at least one "
+                          "layer",
+                          (int)s, (int)balance[s]);
+      sum += balance[s];
+    }
+    if (sum != (int64_t)nl)
+      return bt__errorf(err, BT_EINVAL,
+                        "the balance's %d entries sum to %" PRId64
+                        " layers, but the model has %zu (L + 2 = %s, %zu "
+                        "blocks, head); give one entry per stage summing "
+                        "to %zu",
+                        (int)S, sum, nl, first0, nl - 2, nl);
+  }
+  for (int32_t s = 0; s < S; s++) {
+    size_t n;
+    if (balance != NULL)
+      n = (size_t)balance[s];
+    else
+      n = nl / (size_t)S + ((size_t)s < nl % (size_t)S ? 1 : 0);
+    first[s] = at;
+    at += n;
+  }
+  first[S] = at;
+  return BT_OK;
+}
+
+bool
+bt__stages_checkpointed(int32_t mode, int32_t k, int32_t m)
+{
+  switch (mode) {
+  case BT__CKPT_ALWAYS:
+    return true;
+  case BT__CKPT_EXCEPT_LAST:
+    return k < m - 1;
+  default:
+    return false;
+  }
+}
+
+bt_status
+bt__stages_check_mode(int32_t mode, bt_error_t *err)
+{
+  if (mode < BT__CKPT_NEVER || mode > BT__CKPT_ALWAYS)
+    return bt__errorf(err, BT_EINVAL,
+                      "checkpoint mode %d is not one of never (%d), "
+                      "except_last (%d), always (%d)",
+                      (int)mode, BT__CKPT_NEVER, BT__CKPT_EXCEPT_LAST,
+                      BT__CKPT_ALWAYS);
+  return BT_OK;
+}
+
+void
+bt__stages_perturb(uint64_t seed, const bt_stage_call_t *c)
+{
+  uint64_t z;
+  struct timespec ts;
+
+  if (seed == 0)
+    return;
+  z = seed + 0x9e3779b97f4a7c15ull *
+                 ((uint64_t)c->step * 1000003u + (uint64_t)c->stage * 7919u +
+                  (uint64_t)c->microbatch * 131u + (uint64_t)c->kind + 1 +
+                  (uint64_t)c->replica * 104729u);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  ts.tv_sec = 0;
+  ts.tv_nsec = (long)(z % 201u) * 1000L;
+  nanosleep(&ts, NULL);
+}
+
+bt_status
+bt__held_init(struct bt__held *h, int32_t devices)
+{
+  h->devices = devices;
+  h->now = calloc((size_t)devices, sizeof *h->now);
+  h->peak = calloc((size_t)devices, sizeof *h->peak);
+  return h->now != NULL && h->peak != NULL ? BT_OK : BT_ENOMEM;
+}
+
+void
+bt__held_free(struct bt__held *h)
+{
+  free(h->now);
+  free(h->peak);
+  h->now = h->peak = NULL;
+}
+
+void
+bt__held_reset(struct bt__held *h)
+{
+  memset(h->now, 0, (size_t)h->devices * sizeof *h->now);
+  memset(h->peak, 0, (size_t)h->devices * sizeof *h->peak);
+}
+
+void
+bt__held_add(struct bt__held *h, int32_t device, size_t bytes)
+{
+  h->now[device] += bytes;
+  if (h->now[device] > h->peak[device])
+    h->peak[device] = h->now[device];
+}
+
+void
+bt__held_sub(struct bt__held *h, int32_t device, size_t bytes)
+{
+  h->now[device] -= bytes;
+}

@@ -1,0 +1,54 @@
+/* baton: what the pipelined trainers of the test models share (internal):
+ * cutting a model's layers into stages, the checkpoint policy, held
+ * activation accounting and the perturbation test hook.  train.c (resmlp)
+ * and gpt_train.c (gpt) build their stage callbacks on these. */
+#ifndef BATON_MODEL_STAGES_H
+#define BATON_MODEL_STAGES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "baton/pipeline.h"
+#include "baton/status.h"
+
+enum { BT__CKPT_NEVER, BT__CKPT_EXCEPT_LAST, BT__CKPT_ALWAYS };
+
+/* Cuts nlayers layers into S = devices * v contiguous stages: stage s owns
+ * layers [first[s], first[s + 1]) (first has S + 1 entries).  balance
+ * [nbalance] gives layers per stage (each >= 1, summing to nlayers,
+ * nbalance == S); NULL = as even as possible, earlier stages taking the
+ * extra layers.  BT_EINVAL with a message that says what to fix; `first0`
+ * names layer 0 in it ("in", "embed"). */
+bt_status bt__stages_partition(size_t nlayers, int32_t S, int32_t devices,
+                               int32_t v, const int32_t *balance,
+                               int32_t nbalance, const char *first0,
+                               size_t *first, bt_error_t *err);
+
+/* Whether microbatch k of m is recomputed before its backward under mode
+ * (torch Pipe's meaning: always, all but the last, never). */
+bool bt__stages_checkpointed(int32_t mode, int32_t k, int32_t m);
+
+/* BT_EINVAL naming the mode when it is not a BT__CKPT_*. */
+bt_status bt__stages_check_mode(int32_t mode, bt_error_t *err);
+
+/* Test hook: when seed is non-zero, sleeps a pseudo-random 0..200 us, a
+ * pure function of the seed and the call (step, stage, microbatch, kind,
+ * replica), so it needs no shared state. */
+void bt__stages_perturb(uint64_t seed, const bt_stage_call_t *c);
+
+/* Held activation bytes per device: now and the step's peak.  Entry d is
+ * touched only by device d's callbacks, which never overlap, and between
+ * steps. */
+struct bt__held {
+  size_t *now, *peak; /* [devices] */
+  int32_t devices;
+};
+
+bt_status bt__held_init(struct bt__held *h, int32_t devices);
+void bt__held_free(struct bt__held *h);
+void bt__held_reset(struct bt__held *h);
+void bt__held_add(struct bt__held *h, int32_t device, size_t bytes);
+void bt__held_sub(struct bt__held *h, int32_t device, size_t bytes);
+
+#endif /* BATON_MODEL_STAGES_H */
