@@ -780,6 +780,78 @@ out_range:
                     B, T);
 }
 
+bt_status
+bt__gpt_eval_loss(const struct bt__gpt *m, const int32_t *x, const int32_t *y,
+                  size_t B, size_t T, float *loss, bt_error_t *err)
+{
+  size_t R, C, sbytes = 0, bytes;
+  char *block;
+  struct bt__scratch_layout l;
+  bt_status st;
+  enum { E_SCRATCH, E_ACT0, E_ACT1 };
+
+  if (m == NULL || x == NULL || y == NULL || loss == NULL)
+    return bt__errorf(err, BT_EINVAL,
+                      "gpt eval: model, x, y and loss must not be NULL");
+  if (B == 0 || T == 0 || T > m->cfg.Tmax || !bt__mul_fits(B, T, &R))
+    return bt__errorf(err, BT_EINVAL,
+                      "gpt eval: B=%zu, T=%zu: need B >= 1 and 1 <= T <= "
+                      "Tmax=%zu",
+                      B, T, m->cfg.Tmax);
+  for (size_t r = 0; r < R; r++)
+    if (x[r] < 0 || (size_t)x[r] >= m->cfg.V || y[r] < 0 ||
+        (size_t)y[r] >= m->cfg.V)
+      return bt__errorf(err, BT_EINVAL,
+                        "gpt eval: token %zu (x %" PRId32 ", y %" PRId32
+                        ") is outside [0, V=%zu)",
+                        r, x[r], y[r], m->cfg.V);
+  C = m->cfg.C;
+  for (size_t layer = 0; layer < m->nlayers; layer++) {
+    size_t b = bt__gpt_layer_scratch_bytes(m, layer, B, T);
+    if (b == 0)
+      goto out_range;
+    sbytes = b > sbytes ? b : sbytes;
+  }
+  memset(&l, 0, sizeof(l));
+  if (!bt__layout_add(&l, E_SCRATCH, 1, sbytes, 1) ||
+      !bt__layout_add(&l, E_ACT0, R, C, sizeof(float)) ||
+      !bt__layout_add(&l, E_ACT1, R, C, sizeof(float)) ||
+      __builtin_add_overflow(l.bytes, (size_t)BT__SCRATCH_ALIGN - 1, &bytes))
+    goto out_range;
+  bytes &= ~(size_t)(BT__SCRATCH_ALIGN - 1);
+  block = aligned_alloc(BT__SCRATCH_ALIGN, bytes);
+  if (block == NULL)
+    return bt__errorf(err, BT_ENOMEM,
+                      "gpt eval: out of memory for %zu bytes of activations "
+                      "(evaluate fewer sequences at a time)",
+                      bytes);
+  /* Evaluation mode, as bt__gpt_logits: dropout 0 on a header copy. */
+  struct bt__gpt eval = *m;
+  eval.cfg.dropout = 0.0f;
+  const struct bt__gpt_mb mb = {B, T, 0, 0, 0};
+  void *scratch = bt__layout_region(block, &l, E_SCRATCH);
+  float *act[2] = {bt__layout_region(block, &l, E_ACT0),
+                   bt__layout_region(block, &l, E_ACT1)};
+
+  st = bt__gpt_embed_fwd(&eval, x, act[0], scratch, &mb);
+  for (size_t i = 0; i < m->cfg.L && st == BT_OK; i++)
+    st = bt__gpt_layer_fwd(&eval, 1 + i, act[i % 2], act[(i + 1) % 2], scratch,
+                           &mb);
+  if (st == BT_OK)
+    st = bt__gpt_head_fwd(&eval, act[m->cfg.L % 2], y, R, scratch, &mb, loss);
+  if (st != BT_OK)
+    bt__errorf(err, st, "gpt eval: a layer's forward failed: %s",
+               bt_strerror(st));
+  free(block);
+  return st;
+
+out_range:
+  return bt__errorf(err, BT_ERANGE,
+                    "gpt eval: the activations of %zu sequences of %zu tokens "
+                    "overflow size_t (evaluate fewer sequences at a time)",
+                    B, T);
+}
+
 /* splitmix64's output number k (0-based) from state seed, as params.c. */
 static uint64_t
 splitmix64_at(uint64_t seed, uint64_t k)

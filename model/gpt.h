@@ -248,6 +248,14 @@ bt_status bt__gpt_reference_step(struct bt__gpt *m, const int32_t *x,
 bt_status bt__gpt_logits(const struct bt__gpt *m, const int32_t *x, size_t B,
                          size_t T, float *logits, bt_error_t *err);
 
+/* The mean cross-entropy of y [B,T] given x [B,T] over all B*T positions,
+ * forward only with dropout off (evaluation), on the calling thread;
+ * allocates its activations per call.  Gradients untouched.  Errors as
+ * bt__gpt_logits's (a y outside [0, V) too). */
+bt_status bt__gpt_eval_loss(const struct bt__gpt *m, const int32_t *x,
+                            const int32_t *y, size_t B, size_t T, float *loss,
+                            bt_error_t *err);
+
 /* Samples n tokens into out [n] after prompt [nprompt], one at a time:
  * token i comes from bt__gpt_logits over the last min(len, Tmax) tokens of
  * prompt ++ out[0 .. i) (the whole window recomputed for each token), the

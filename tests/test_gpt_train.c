@@ -423,3 +423,26 @@ TEST(bad_input)
   bt_schedule_destroy(sched);
   bt__gpt_destroy(mdl);
 }
+
+/* Evaluation: the forward-only loss equals the reference step's with
+ * dropout 0, for a model trained with dropout (evaluation turns it off). */
+TEST(eval_loss_matches_reference)
+{
+  for (int tied = 0; tied <= 1; tied++) {
+    struct bt__gpt *a = model(tied != 0, 0.3f, 4), *b = model(tied != 0, 0.0f, 4);
+    int32_t x[B_ * T_], y[B_ * T_];
+    float la = 0, lb = 0;
+    bt_error_t err = {0};
+
+    batch(9, x, y);
+    EXPECT_INT_EQ(bt__gpt_eval_loss(a, x, y, B_, T_, &la, &err), BT_OK);
+    EXPECT_INT_EQ(bt__gpt_reference_step(b, x, y, B_, T_, 1, 0, 0, &lb, &err),
+                  BT_OK);
+    EXPECT_TRUE(la == lb);
+    y[3] = -1;
+    EXPECT_INT_EQ(bt__gpt_eval_loss(a, x, y, B_, T_, &la, &err), BT_EINVAL);
+    EXPECT_TRUE(strstr(err.message, "outside [0, V=11)") != NULL);
+    bt__gpt_destroy(a);
+    bt__gpt_destroy(b);
+  }
+}
