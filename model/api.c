@@ -15,18 +15,13 @@
 #include "baton/model.h"
 #include "error.h"
 #include "kernels.h"
-#include "resmlp.h"
-#include "train.h"
-
-#define LAYER_NAME_MAX 24
+#include "api.h"
 
 /* The first version of each config ends at its last field: what a caller's
  * size must cover.  Newer, longer configs are read up to what this library
  * knows. */
 #define RESMLP_CONFIG_V1_SIZE                                                 \
   (offsetof(bt_resmlp_config_t, seed) + sizeof(uint64_t))
-#define TRAINER_CONFIG_V1_SIZE                                                \
-  (offsetof(bt_trainer_config_t, trace) + sizeof(int32_t))
 
 /* Rows per forward in bt_model_predict: bounds its scratch. */
 #define PREDICT_ROWS 256
@@ -35,21 +30,6 @@
  * median is the layer's cost. */
 #define BALANCE_REPS 5
 
-struct bt_model {
-  struct bt__resmlp *m;
-  char (*layer_names)[LAYER_NAME_MAX]; /* [nlayers] */
-};
-
-struct bt_trainer {
-  bt_model_t *model;         /* borrowed */
-  struct bt__train *t;
-  bt_trainer_config_t cfg;   /* copy; balance and schedule cleared (they
-                                are the caller's, read during create) */
-  int32_t S;
-  int32_t *stage_layers;     /* [S] */
-  int64_t updates;           /* optimizer steps taken */
-  struct bt__params_adamw_state adam; /* allocated at the first AdamW step */
-};
 
 /* ---- model ---------------------------------------------------------------- */
 
@@ -86,22 +66,14 @@ bt_model_create_resmlp(const bt_resmlp_config_t *config, bt_model_t **out,
   model = calloc(1, sizeof *model);
   if (model == NULL)
     return bt__errorf(err, BT_ENOMEM, "out of memory creating a model");
+  model->kind = BT__MODEL_RESMLP;
   rc = bt__resmlp_create(&rc_cfg, c.seed, &model->m, err);
   if (rc != BT_OK)
     goto out_free_model;
-  model->layer_names = calloc(model->m->nlayers, sizeof *model->layer_names);
-  if (model->layer_names == NULL) {
-    rc = bt__errorf(err, BT_ENOMEM, "out of memory creating a model");
+  model->tbl = &model->m->table;
+  rc = bt__api_name_layers(model, "in", err);
+  if (rc != BT_OK)
     goto out_free_model;
-  }
-  for (size_t l = 0; l < model->m->nlayers; l++) {
-    if (l == 0)
-      snprintf(model->layer_names[l], LAYER_NAME_MAX, "in");
-    else if (l == model->m->nlayers - 1)
-      snprintf(model->layer_names[l], LAYER_NAME_MAX, "head");
-    else
-      snprintf(model->layer_names[l], LAYER_NAME_MAX, "blk%zu", l - 1);
-  }
   *out = model;
   return BT_OK;
 
@@ -110,12 +82,40 @@ out_free_model:
   return rc;
 }
 
+bt_status
+bt__api_name_layers(bt_model_t *model, const char *first, bt_error_t *err)
+{
+  size_t nl = model->tbl->nlayers;
+
+  model->layer_names = calloc(nl, sizeof *model->layer_names);
+  if (model->layer_names == NULL)
+    return bt__errorf(err, BT_ENOMEM, "out of memory creating a model");
+  for (size_t l = 0; l < nl; l++) {
+    if (l == 0)
+      snprintf(model->layer_names[l], LAYER_NAME_MAX, "%s", first);
+    else if (l == nl - 1)
+      snprintf(model->layer_names[l], LAYER_NAME_MAX, "head");
+    else
+      snprintf(model->layer_names[l], LAYER_NAME_MAX, "blk%zu", l - 1);
+  }
+  return BT_OK;
+}
+
+const char *
+bt_model_kind(const bt_model_t *model)
+{
+  if (model == NULL)
+    return NULL;
+  return model->kind == BT__MODEL_GPT ? "gpt" : "resmlp";
+}
+
 void
 bt_model_destroy(bt_model_t *model)
 {
   if (model == NULL)
     return;
   bt__resmlp_destroy(model->m);
+  bt__gpt_destroy(model->g);
   free(model->layer_names);
   free(model);
 }
@@ -123,13 +123,13 @@ bt_model_destroy(bt_model_t *model)
 int32_t
 bt_model_layer_count(const bt_model_t *model)
 {
-  return model != NULL ? (int32_t)model->m->nlayers : 0;
+  return model != NULL ? (int32_t)model->tbl->nlayers : 0;
 }
 
 const char *
 bt_model_layer_name(const bt_model_t *model, int32_t layer)
 {
-  if (model == NULL || layer < 0 || (size_t)layer >= model->m->nlayers)
+  if (model == NULL || layer < 0 || (size_t)layer >= model->tbl->nlayers)
     return NULL;
   return model->layer_names[layer];
 }
@@ -137,19 +137,19 @@ bt_model_layer_name(const bt_model_t *model, int32_t layer)
 size_t
 bt_model_param_count(const bt_model_t *model)
 {
-  return model != NULL ? model->m->ntensors : 0;
+  return model != NULL ? model->tbl->ntensors : 0;
 }
 
 bt_status
 bt_model_param(const bt_model_t *model, size_t index, bt_param_t *out)
 {
-  const struct bt__resmlp *m;
+  const struct bt__params *m;
   const struct bt__params_tensor *t;
   int32_t layer = 0;
 
   if (model == NULL || out == NULL)
     return BT_EINVAL;
-  m = model->m;
+  m = model->tbl;
   if (index >= m->ntensors)
     return BT_ERANGE;
   t = &m->tensors[index];
@@ -174,7 +174,8 @@ bt_model_save(const bt_model_t *model, const char *path, bt_error_t *err)
   if (model == NULL || path == NULL)
     return bt__errorf(err, BT_EINVAL,
                       "bt_model_save: model and path must not be NULL");
-  return bt__resmlp_save(model->m, path, err);
+  return model->kind == BT__MODEL_GPT ? bt__gpt_save(model->g, path, err)
+                                      : bt__resmlp_save(model->m, path, err);
 }
 
 bt_status
@@ -183,7 +184,8 @@ bt_model_load(bt_model_t *model, const char *path, bt_error_t *err)
   if (model == NULL || path == NULL)
     return bt__errorf(err, BT_EINVAL,
                       "bt_model_load: model and path must not be NULL");
-  return bt__resmlp_load(model->m, path, err);
+  return model->kind == BT__MODEL_GPT ? bt__gpt_load(model->g, path, err)
+                                      : bt__resmlp_load(model->m, path, err);
 }
 
 bt_status
@@ -200,6 +202,10 @@ bt_model_reference_step(bt_model_t *model, const float *x, const int32_t *y,
                       "bt_model_reference_step needs microbatches >= 1 (got "
                       "%d)",
                       (int)microbatches);
+  if (model->kind != BT__MODEL_RESMLP)
+    return bt__errorf(err, BT_EINVAL, "bt_model_reference_step is for "
+                      "resmlp; a gpt model takes token ids: use "
+                      "bt_model_reference_step_tokens");
   return bt__resmlp_reference_step(model->m, x, y, n, (size_t)microbatches,
                                    loss, err);
 }
@@ -275,6 +281,10 @@ bt_model_predict(const bt_model_t *model, const float *x, size_t n,
     return bt__errorf(err, BT_EINVAL,
                       "bt_model_predict: model, x and classes must not be "
                       "NULL and n must be >= 1");
+  if (model->kind != BT__MODEL_RESMLP)
+    return bt__errorf(err, BT_EINVAL, "bt_model_predict is for resmlp; a "
+                      "gpt model predicts tokens: use bt_model_generate or "
+                      "bt_model_eval_tokens");
   m = model->m;
   D = m->cfg.D;
   H = m->cfg.H;
@@ -444,8 +454,8 @@ out_free:
  * take as many layers as they can.  Every segment cost is prefix[j] -
  * prefix[i], computed the same way everywhere, so the comparisons with the
  * optimum are exact. */
-static bt_status
-partition_by_cost(const double *cost, size_t n, int32_t S, int32_t *balance,
+bt_status
+bt__api_partition_by_cost(const double *cost, size_t n, int32_t S, int32_t *balance,
                   bt_error_t *err)
 {
   double *prefix = malloc((n + 1) * sizeof *prefix);
@@ -582,7 +592,7 @@ bt_trainer_create(bt_model_t *model, const bt_trainer_config_t *config,
   memset(&c, 0, sizeof c);
   memcpy(&c, config, config->size < sizeof c ? config->size : sizeof c);
   c.size = sizeof c;
-  nl = (int32_t)model->m->nlayers;
+  nl = (int32_t)model->tbl->nlayers;
   rc = check_trainer_config(&c, err);
   if (rc != BT_OK)
     return rc;
@@ -625,34 +635,47 @@ bt_trainer_create(bt_model_t *model, const bt_trainer_config_t *config,
                         "out of memory creating the trainer");
         goto out_free_trainer;
       }
-      rc = measure_layers(model->m, (size_t)(c.batch / c.microbatches), cost,
-                          err);
+      if (model->kind == BT__MODEL_GPT)
+        rc = bt__api_gpt_layer_costs(model->g, &c, cost, err);
+      else
+        rc = measure_layers(model->m, (size_t)(c.batch / c.microbatches),
+                            cost, err);
       if (rc != BT_OK)
         goto out_free_trainer;
-      rc = partition_by_cost(cost, (size_t)nl, tr->S, auto_balance, err);
+      rc = bt__api_partition_by_cost(cost, (size_t)nl, tr->S, auto_balance, err);
       if (rc != BT_OK)
         goto out_free_trainer;
     }
   }
 
-  tc.model = model->m;
-  tc.batch = (size_t)c.batch;
-  tc.microbatches = c.microbatches;
-  tc.devices = c.devices;
-  tc.virtual_stages = v;
-  tc.balance = c.balance != NULL ? c.balance : auto_balance;
-  tc.nbalance = c.balance != NULL ? c.nbalance : tr->S;
-  tc.schedule = c.schedule;
-  tc.checkpoint = c.checkpoint;
-  tc.threads = c.threads;
-  tc.trace = c.trace != 0;
-  tc.stage_device = c.stage_device;
-  tc.perturb = c.perturb_seed;
-  rc = bt__train_create(&tc, &tr->t, err);
-  if (rc != BT_OK)
-    goto out_free_trainer;
+  if (model->kind == BT__MODEL_GPT) {
+    rc = bt__api_gpt_trainer_create(
+        tr, &c, v, c.balance != NULL ? c.balance : auto_balance,
+        c.balance != NULL ? c.nbalance : tr->S, err);
+    if (rc != BT_OK)
+      goto out_free_trainer;
+  } else {
+    tc.model = model->m;
+    tc.batch = (size_t)c.batch;
+    tc.microbatches = c.microbatches;
+    tc.devices = c.devices;
+    tc.virtual_stages = v;
+    tc.balance = c.balance != NULL ? c.balance : auto_balance;
+    tc.nbalance = c.balance != NULL ? c.nbalance : tr->S;
+    tc.schedule = c.schedule;
+    tc.checkpoint = c.checkpoint;
+    tc.threads = c.threads;
+    tc.trace = c.trace != 0;
+    tc.stage_device = c.stage_device;
+    tc.perturb = c.perturb_seed;
+    rc = bt__train_create(&tc, &tr->t, err);
+    if (rc != BT_OK)
+      goto out_free_trainer;
+  }
   for (int32_t l = 0; l < nl; l++) {
-    int32_t s = bt__train_stage_of_layer(tr->t, (size_t)l);
+    int32_t s = tr->gt != NULL
+                    ? bt__gpt_train_stage_of_layer(tr->gt, (size_t)l)
+                    : bt__train_stage_of_layer(tr->t, (size_t)l);
     if (s >= 0 && s < tr->S)
       tr->stage_layers[s]++;
   }
@@ -680,6 +703,7 @@ bt_trainer_destroy(bt_trainer_t *trainer)
   if (trainer == NULL)
     return;
   bt__train_destroy(trainer->t);
+  bt__gpt_train_destroy(trainer->gt);
   bt__resmlp_adamw_deinit(&trainer->adam);
   free(trainer->stage_layers);
   free(trainer);
@@ -693,6 +717,9 @@ bt_trainer_backward(bt_trainer_t *trainer, const float *x, const int32_t *y,
     return bt__errorf(err, BT_EINVAL,
                       "bt_trainer_backward: trainer, x, y and loss must not "
                       "be NULL");
+  if (trainer->t == NULL)
+    return bt__errorf(err, BT_EINVAL, "a gpt trainer takes token ids: use "
+                      "bt_trainer_backward_tokens or bt_trainer_step_tokens");
   return bt__train_step(trainer->t, x, y, loss, err);
 }
 
@@ -705,6 +732,12 @@ bt_trainer_update(bt_trainer_t *trainer, bt_error_t *err)
 
   if (trainer == NULL)
     return bt__errorf(err, BT_EINVAL, "bt_trainer_update: NULL trainer");
+  if (trainer->gt != NULL) {
+    rc = bt__gpt_train_update(trainer->gt, err);
+    if (rc == BT_OK)
+      trainer->updates++;
+    return rc;
+  }
   m = trainer->model->m;
   c = &trainer->cfg;
   if (c->optimizer == BT_OPTIMIZER_SGD) {
@@ -758,7 +791,10 @@ bt_trainer_stage_layers(const bt_trainer_t *trainer, int32_t stage)
 const bt_plan_t *
 bt_trainer_plan(const bt_trainer_t *trainer)
 {
-  return trainer != NULL ? bt__train_plan(trainer->t) : NULL;
+  if (trainer == NULL)
+    return NULL;
+  return trainer->gt != NULL ? bt__gpt_train_plan(trainer->gt)
+                             : bt__train_plan(trainer->t);
 }
 
 double
@@ -766,6 +802,8 @@ bt_trainer_peak_activation_bytes(const bt_trainer_t *trainer, int32_t device)
 {
   if (trainer == NULL)
     return 0.0;
+  if (trainer->gt != NULL)
+    return (double)bt__gpt_train_peak_held_bytes(trainer->gt, device);
   return (double)bt__train_peak_held_bytes(trainer->t, device);
 }
 
@@ -774,6 +812,8 @@ bt_trainer_stage_activation_bytes(const bt_trainer_t *trainer, int32_t stage)
 {
   if (trainer == NULL)
     return 0.0;
+  if (trainer->gt != NULL)
+    return (double)bt__gpt_train_stage_bytes(trainer->gt, stage);
   return (double)bt__train_stage_bytes(trainer->t, stage);
 }
 
@@ -783,5 +823,7 @@ bt_trainer_slices(const bt_trainer_t *trainer, bt_slice_t *slices,
 {
   if (trainer == NULL || count == NULL || !trainer->cfg.trace)
     return BT_EINVAL;
+  if (trainer->gt != NULL)
+    return bt__gpt_train_slices(trainer->gt, slices, count);
   return bt__train_slices(trainer->t, slices, count);
 }

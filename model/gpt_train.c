@@ -854,6 +854,14 @@ bt__gpt_train_split_tie(const struct bt__gpt_train *t)
 }
 
 size_t
+bt__gpt_train_stage_bytes(const struct bt__gpt_train *t, int32_t s)
+{
+  if (t == NULL || s < 0 || s >= t->S)
+    return 0;
+  return t->st[s].mb_bytes;
+}
+
+size_t
 bt__gpt_train_peak_held_bytes(const struct bt__gpt_train *t, int32_t device)
 {
   if (t == NULL || device < 0 || device >= t->R * t->p)

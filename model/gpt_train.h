@@ -127,6 +127,8 @@ int32_t bt__gpt_train_stage_of_layer(const struct bt__gpt_train *t,
 /* Whether embed and head hold separate copies of wte (tied, different
  * stages). */
 bool bt__gpt_train_split_tie(const struct bt__gpt_train *t);
+/* The held bytes of one microbatch of stage s (its layers' scratch). */
+size_t bt__gpt_train_stage_bytes(const struct bt__gpt_train *t, int32_t s);
 size_t bt__gpt_train_peak_held_bytes(const struct bt__gpt_train *t,
                                      int32_t device);
 const bt_plan_t *bt__gpt_train_plan(const struct bt__gpt_train *t);

@@ -19,6 +19,21 @@
  * [E,H], blk{i}.fc1.b, blk{i}.fc2.w [H,E], blk{i}.fc2.b, head.ln.g,
  * head.ln.b, head.w [C,H], head.b.  Layers: in, blk0 .. blk{L-1}, head.
  *
+ * The `gpt` model (pinned in docs/gpt.md and model/gpt.h): a GPT-2-style
+ * pre-LN decoder over token ids, h = wte[x] + wpe[0..T); per block
+ * h += attn(ln1(h)), h += mlp(ln2(h)); logits = lnf(h) wte^T (tied, the
+ * default) or head.w; loss = mean cross-entropy over all B*T positions;
+ * dropout keyed by (seed, step, layer, global row, column), so every
+ * schedule, microbatch count and data-parallel split draws the same masks.
+ * Parameters: wte [V,C], wpe [Tmax,C], blk{i}.ln1.g|b, blk{i}.attn.qkv.w
+ * [3C,C] |b, blk{i}.attn.proj.w [C,C] |b, blk{i}.ln2.g|b, blk{i}.mlp.fc.w
+ * [4C,C] |b, blk{i}.mlp.proj.w [C,4C] |b, lnf.g|b, head.w [V,C] (untied
+ * only).  Layers: embed, blk0 .. blk{L-1}, head.  Its trainer runs data
+ * parallel replicas (config.replicas), sums a tied wte's two gradients
+ * when embed and head sit on different stages, clips the global gradient
+ * norm (config.max_grad_norm) and steps the optimizer per stage, all as
+ * tasks of the step's graph; the *_tokens calls below drive it.
+ *
  * Threads: a model and its trainer are used from one thread at a time; the
  * trainer's own threads run the stages during bt_trainer_step only. */
 #ifndef BATON_MODEL_H
@@ -55,6 +70,29 @@ typedef struct bt_resmlp_config {
 /* BT_EINVAL (a size < 1, classes < 2), BT_ENOMEM. */
 BT_API bt_status bt_model_create_resmlp(const bt_resmlp_config_t *config,
                                         bt_model_t **out, bt_error_t *err);
+
+typedef struct bt_gpt_config {
+  size_t size;       /* sizeof(bt_gpt_config_t) */
+  int32_t vocab;     /* V (256 for bytes) */
+  int32_t embd;      /* C, a multiple of heads */
+  int32_t heads;     /* nh */
+  int32_t layers;    /* L blocks (0 allowed) */
+  int32_t seq_max;   /* Tmax positions */
+  int32_t untied;    /* a separate head.w instead of wte */
+  float dropout;     /* in [0, 1) */
+  uint64_t seed;     /* parameter initialization (counter-based) */
+} bt_gpt_config_t;
+
+#define BT_GPT_CONFIG_INIT                                                    \
+  { sizeof(bt_gpt_config_t), 256, 64, 4, 4, 64, 0, 0.0f, 1 }
+
+/* BT_EINVAL (a size < 1, embd not a multiple of heads, dropout outside
+ * [0, 1)), BT_ERANGE, BT_ENOMEM. */
+BT_API bt_status bt_model_create_gpt(const bt_gpt_config_t *config,
+                                     bt_model_t **out, bt_error_t *err);
+
+/* "resmlp" or "gpt". */
+BT_API const char *bt_model_kind(const bt_model_t *model);
 BT_API void bt_model_destroy(bt_model_t *model);
 
 /* Layers in order ("in", "blk0", ..., "head"). */
@@ -95,6 +133,35 @@ BT_API bt_status bt_model_reference_step(bt_model_t *model, const float *x,
                                          int32_t microbatches, float *loss,
                                          bt_error_t *err);
 
+/* gpt: the plain step on one thread for x, y [B,T] token ids, no
+ * optimizer; B divisible by microbatches; dropout keyed by (dropout_seed,
+ * step).  The reference the pipelined, data-parallel steps are checked
+ * against (with R m microbatches for R replicas of m). */
+BT_API bt_status bt_model_reference_step_tokens(bt_model_t *model,
+                                                const int32_t *x,
+                                                const int32_t *y, size_t B,
+                                                size_t T, int32_t microbatches,
+                                                uint64_t dropout_seed,
+                                                uint32_t step, float *loss,
+                                                bt_error_t *err);
+
+/* gpt: the mean cross-entropy of y given x [B,T], forward only, dropout
+ * off (validation: perplexity = exp(loss)). */
+BT_API bt_status bt_model_eval_tokens(const bt_model_t *model,
+                                      const int32_t *x, const int32_t *y,
+                                      size_t B, size_t T, float *loss,
+                                      bt_error_t *err);
+
+/* gpt: n tokens sampled after prompt [nprompt] (empty: starts from byte
+ * '\n'), over a sliding window of the last seq_max tokens, from
+ * softmax(logits / temperature) (0 = the most likely token) with a
+ * counter-based generator keyed by seed: the same call gives the same
+ * text. */
+BT_API bt_status bt_model_generate(const bt_model_t *model,
+                                   const int32_t *prompt, size_t nprompt,
+                                   size_t n, float temperature, uint64_t seed,
+                                   int32_t *out, bt_error_t *err);
+
 /* Class predictions for n rows (one thread, forward only). */
 BT_API bt_status bt_model_predict(const bt_model_t *model, const float *x,
                                   size_t n, int32_t *classes,
@@ -132,12 +199,20 @@ typedef struct bt_trainer_config {
                                callback first sleep a pseudo-random 0..200
                                us, to show results do not depend on thread
                                timing; 0 = off */
+  /* Appended in version 2, for gpt (ignored by resmlp): */
+  int32_t seq;              /* T tokens per sequence; batch counts
+                               sequences */
+  int32_t replicas;         /* R data-parallel replicas (0 = 1); replica r
+                               runs on devices r*p .. r*p + p - 1 and takes
+                               batch / R sequences; R m must divide batch */
+  float max_grad_norm;      /* > 0: clip the global gradient norm */
+  uint64_t dropout_seed;    /* keys the dropout masks */
 } bt_trainer_config_t;
 
 #define BT_TRAINER_CONFIG_INIT                                                \
   { sizeof(bt_trainer_config_t), 32, 4, 2, 0, NULL, 0, NULL,                  \
     BT_CHECKPOINT_EXCEPT_LAST, BT_OPTIMIZER_SGD, 0.1f, 0.0f, 0.9f, 0.999f,    \
-    1e-8f, 0, 0, NULL, 0 }
+    1e-8f, 0, 0, NULL, 0, 0, 1, 0.0f, 0 }
 
 /* Partitions the model (measuring layer times when balance is NULL),
  * plans the schedule and instantiates the step.  The model must outlive
@@ -164,6 +239,26 @@ BT_API bt_status bt_trainer_update(bt_trainer_t *trainer, bt_error_t *err);
 BT_API bt_status bt_trainer_step(bt_trainer_t *trainer, const float *x,
                                  const int32_t *y, float *loss,
                                  bt_error_t *err);
+
+/* gpt: forward and backward of x, y [B,T] token ids (B = config.batch,
+ * T = config.seq), pipelined over the replicas; leaves the gradients
+ * (summed over a tie and the replicas, not yet clipped) in the model and
+ * the batch's mean loss in *loss; no optimizer step.  The dropout masks of
+ * the k-th call (counting both calls below) are keyed by step k. */
+BT_API bt_status bt_trainer_backward_tokens(bt_trainer_t *trainer,
+                                            const int32_t *x, const int32_t *y,
+                                            float *loss, bt_error_t *err);
+
+/* gpt: one whole training step, the clipping and the optimizer running
+ * per stage inside the step's graph as soon as that stage's gradients are
+ * final.  (bt_trainer_update after bt_trainer_backward_tokens does the
+ * same, after the step.) */
+BT_API bt_status bt_trainer_step_tokens(bt_trainer_t *trainer,
+                                        const int32_t *x, const int32_t *y,
+                                        float *loss, bt_error_t *err);
+
+/* gpt with clipping: the last step's global gradient norm; else NaN. */
+BT_API double bt_trainer_grad_norm(const bt_trainer_t *trainer);
 
 /* The partition used: layers per stage, stages entries. */
 BT_API int32_t bt_trainer_stages(const bt_trainer_t *trainer);
