@@ -773,3 +773,166 @@ TEST(explicit_placement)
   bt_model_destroy(a);
   bt_model_destroy(b);
 }
+
+/* ---- gpt through the public API ------------------------------------------ */
+
+static bt_model_t *
+make_gpt(int untied, float dropout, uint64_t seed)
+{
+  bt_gpt_config_t gc = BT_GPT_CONFIG_INIT;
+  bt_model_t *m = NULL;
+  bt_error_t err;
+
+  gc.vocab = 13;
+  gc.embd = 8;
+  gc.heads = 2;
+  gc.layers = 2;
+  gc.seq_max = 6;
+  gc.untied = untied;
+  gc.dropout = dropout;
+  gc.seed = seed;
+  if (bt_model_create_gpt(&gc, &m, &err) != BT_OK) {
+    fprintf(stderr, "test_model_api: %s\n", err.message);
+    exit(1);
+  }
+  return m;
+}
+
+static void
+token_batch(int32_t *x, int32_t *y, size_t n, uint64_t seed)
+{
+  rng.state = seed;
+  for (size_t i = 0; i < n; i++) {
+    x[i] = (int32_t)(test_rng_next(&rng) % 13);
+    y[i] = (int32_t)(test_rng_next(&rng) % 13);
+  }
+}
+
+/* Names as pinned, the layers, and the kind checks. */
+TEST(gpt_names_and_kind)
+{
+  bt_model_t *m = make_gpt(1, 0.0f, 1), *r = make_model(4, 4, 3, 1, 0, 1);
+  static const char *want[] = {"wte", "wpe", "blk0.ln1.g", "blk0.ln1.b",
+                               "blk0.attn.qkv.w", "blk0.attn.qkv.b",
+                               "blk0.attn.proj.w", "blk0.attn.proj.b",
+                               "blk0.ln2.g", "blk0.ln2.b", "blk0.mlp.fc.w",
+                               "blk0.mlp.fc.b", "blk0.mlp.proj.w",
+                               "blk0.mlp.proj.b"};
+  bt_param_t p;
+  bt_error_t err = {0};
+  int32_t x[6] = {0}, y[6] = {0}, out[4];
+  float loss;
+  float xf[4] = {0};
+
+  EXPECT_TRUE(strcmp(bt_model_kind(m), "gpt") == 0);
+  EXPECT_TRUE(strcmp(bt_model_kind(r), "resmlp") == 0);
+  EXPECT_INT_EQ(bt_model_layer_count(m), 4);
+  EXPECT_TRUE(strcmp(bt_model_layer_name(m, 0), "embed") == 0);
+  EXPECT_TRUE(strcmp(bt_model_layer_name(m, 3), "head") == 0);
+  for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+    ASSERT_TRUE(bt_model_param(m, i, &p) == BT_OK);
+    EXPECT_TRUE(strcmp(p.name, want[i]) == 0);
+  }
+  ASSERT_TRUE(bt_model_param(m, bt_model_param_count(m) - 1, &p) == BT_OK);
+  EXPECT_TRUE(strcmp(p.name, "head.w") == 0 && p.shape[0] == 13 &&
+              p.shape[1] == 8 && p.layer == 3);
+  EXPECT_INT_EQ(bt_model_eval_tokens(r, x, y, 1, 6, &loss, &err), BT_EINVAL);
+  EXPECT_TRUE(strstr(err.message, "is for gpt models") != NULL);
+  EXPECT_INT_EQ(bt_model_predict(m, xf, 1, out, &err), BT_EINVAL);
+  EXPECT_TRUE(strstr(err.message, "bt_model_generate") != NULL);
+  EXPECT_INT_EQ(bt_model_reference_step(m, xf, y, 1, 1, &loss, &err),
+                BT_EINVAL);
+  EXPECT_INT_EQ(bt_model_generate(m, NULL, 0, 4, 0.0f, 1, out, &err), BT_OK);
+  for (int i = 0; i < 4; i++)
+    EXPECT_TRUE(out[i] >= 0 && out[i] < 13);
+  bt_model_destroy(m);
+  bt_model_destroy(r);
+}
+
+/* A pipelined, data-parallel, tied, clipped run through bt_trainer_*:
+ * gradients against bt_model_reference_step_tokens (R m microbatches),
+ * and bt_trainer_step_tokens (optimizer in the graph) against
+ * bt_trainer_backward_tokens + bt_trainer_update, bitwise. */
+TEST(gpt_trainer_matches_reference)
+{
+  static const char *scheds[] = {"1f1b", "zb-h1", "interleaved"};
+
+  for (size_t si = 0; si < 3; si++) {
+    bt_model_t *a = make_gpt(0, 0.1f, 3), *b = make_gpt(0, 0.1f, 3);
+    bt_model_t *c = make_gpt(0, 0.1f, 3);
+    bt_schedule_t *s = schedule(scheds[si]);
+    bt_trainer_config_t tc = BT_TRAINER_CONFIG_INIT;
+    bt_trainer_t *ta = NULL, *tc2 = NULL;
+    bt_error_t err = {0};
+    int32_t x[8 * 6], y[8 * 6];
+    float la, lc, lr;
+
+    tc.batch = 8;
+    tc.seq = 6;
+    tc.microbatches = 2;
+    tc.devices = 2;
+    tc.virtual_stages = si == 2 ? 2 : 0;
+    tc.replicas = 2;
+    tc.schedule = s;
+    tc.optimizer = BT_OPTIMIZER_ADAMW;
+    tc.lr = 1e-2f;
+    tc.eps = 1e-4f;
+    tc.max_grad_norm = 0.5f;
+    tc.dropout_seed = 77;
+    tc.threads = 2;
+    if (si == 2) {
+      /* 4 stages over embed, 2 blocks, head: give the partition. */
+      static const int32_t bal[4] = {1, 1, 1, 1};
+      tc.balance = bal;
+      tc.nbalance = 4;
+    }
+    ASSERT_TRUE(bt_trainer_create(a, &tc, &ta, &err) == BT_OK);
+    ASSERT_TRUE(bt_trainer_create(c, &tc, &tc2, &err) == BT_OK);
+    token_batch(x, y, 48, 5);
+    ASSERT_TRUE(bt_trainer_backward_tokens(ta, x, y, &la, &err) == BT_OK);
+    ASSERT_TRUE(bt_model_reference_step_tokens(b, x, y, 8, 6, 4, 77, 1, &lr,
+                                               &err) == BT_OK);
+    EXPECT_TRUE(fabsf(la - lr) <= 1e-5f * fabsf(lr));
+    tensors_close(a, b, true, TOL, scheds[si]);
+    EXPECT_TRUE(bt_trainer_grad_norm(ta) > 0.0);
+    ASSERT_TRUE(bt_trainer_update(ta, &err) == BT_OK);
+    ASSERT_TRUE(bt_trainer_step_tokens(tc2, x, y, &lc, &err) == BT_OK);
+    EXPECT_TRUE(la == lc);
+    tensors_close(c, a, false, 0.0, "in-graph vs separate update");
+    bt_trainer_destroy(ta);
+    bt_trainer_destroy(tc2);
+    bt_schedule_destroy(s);
+    bt_model_destroy(a);
+    bt_model_destroy(b);
+    bt_model_destroy(c);
+  }
+}
+
+TEST(gpt_trainer_bad_configs)
+{
+  bt_model_t *m = make_gpt(0, 0.0f, 1);
+  bt_schedule_t *s = schedule("1f1b");
+  bt_trainer_config_t tc = BT_TRAINER_CONFIG_INIT;
+  bt_trainer_t *t = NULL;
+  bt_error_t err = {0};
+  float xf[4] = {0}, loss;
+  int32_t y[4] = {0};
+
+  tc.schedule = s;
+  tc.batch = 8;
+  tc.microbatches = 2;
+  tc.seq = 0;
+  EXPECT_INT_EQ(bt_trainer_create(m, &tc, &t, &err), BT_EINVAL);
+  EXPECT_TRUE(strstr(err.message, "config.seq") != NULL);
+  tc.seq = 6;
+  tc.replicas = 3;
+  EXPECT_INT_EQ(bt_trainer_create(m, &tc, &t, &err), BT_EINVAL);
+  EXPECT_TRUE(strstr(err.message, "multiple of 6") != NULL);
+  tc.replicas = 1;
+  ASSERT_TRUE(bt_trainer_create(m, &tc, &t, &err) == BT_OK);
+  EXPECT_INT_EQ(bt_trainer_backward(t, xf, y, &loss, &err), BT_EINVAL);
+  EXPECT_TRUE(strstr(err.message, "bt_trainer_backward_tokens") != NULL);
+  bt_trainer_destroy(t);
+  bt_schedule_destroy(s);
+  bt_model_destroy(m);
+}
