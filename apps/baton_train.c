@@ -1,47 +1,30 @@
-/* baton-train: train the resmlp model pipelined over CPU devices.
+/* baton-train: train a model pipelined over CPU devices.
  *
- * The reference client of <baton/model.h>: it loads a classification data
- * set (the 8x8 digits, a generated one, or any safetensors file with x and
- * y), splits it into a training and a held-out part, trains with the chosen
- * schedule, and reports the held-out accuracy, the step time and each
- * device's peak activation memory next to the simulator's prediction.  It
- * uses only the public headers. */
+ * The reference client of <baton/model.h>, with two models:
+ *
+ * resmlp (the default): it loads a classification data set (the 8x8
+ * digits, a generated one, or any safetensors file with x and y), splits
+ * it into a training and a held-out part, trains with the chosen schedule,
+ * and reports the held-out accuracy, the step time and each device's peak
+ * activation memory next to the simulator's prediction.
+ *
+ * gpt (baton_train_gpt.c): a byte-level language model on a text corpus,
+ * pipelined and data parallel; reports the validation perplexity and can
+ * sample text.
+ *
+ * This file holds the command line and the resmlp path; baton_train.h the
+ * parts both paths share.  It uses only the public headers. */
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "baton/baton.h"
-#include "baton/model.h"
-#include "baton/safetensors.h"
+#include "baton_train.h"
 
-#define MAX_DEVICES 256
-#define MAX_BALANCE 1024
 #define DIGITS_PATH "data/digits.safetensors"
-
-enum { EXIT_USAGE = 2, EXIT_RUNTIME = 1 };
-
-struct options {
-  const char *model;
-  int layers, hidden, classes, batch, microbatches, virtual_stages;
-  int steps, threads, long_skip, json;
-  int ndevices;
-  int device_ids[MAX_DEVICES];
-  char *device_names[MAX_DEVICES];
-  int32_t balance[MAX_BALANCE];
-  int nbalance; /* 0 = auto */
-  const char *schedule;
-  int checkpoint, optimizer;
-  double lr, weight_decay;
-  uint64_t seed;
-  const char *data, *save, *load, *dump, *trace, *svg;
-  int perturb; /* test hook: random sleeps in stage callbacks */
-};
 
 struct dataset {
   char source[1024]; /* shown in messages: the file, or "synthetic" */
@@ -52,45 +35,6 @@ struct dataset {
 };
 
 /* ---- small helpers -------------------------------------------------- */
-
-static int fail(int code, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-/* Prints "baton-train: <message>" on stderr; returns code for
- * `return fail(...)`. */
-static int
-fail(int code, const char *fmt, ...)
-{
-  va_list ap;
-
-  fputs("baton-train: ", stderr);
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fputc('\n', stderr);
-  return code;
-}
-
-static double
-now(void)
-{
-  struct timespec ts;
-
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* splitmix64: the data shuffles and the synthetic set, the same bits on
- * every platform. */
-static uint64_t
-rng_next(uint64_t *state)
-{
-  uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 
 /* Uniform in [0, 1) with 24 bits, exact as a float. */
 static float
@@ -119,20 +63,22 @@ static void
 usage(FILE *f)
 {
   fputs(
-      "usage: baton-train [options]\n"
-      "  --data digits|synthetic|PATH  training data (default digits, from\n"
-      "                      " DIGITS_PATH "; scripts/setup.sh makes it);\n"
-      "                      PATH: a safetensors file with x [N,D] F32 and\n"
-      "                      y [N] I32\n"
-      "  --model resmlp      the model (resmlp only)\n"
-      "  --layers L          residual blocks (default 4)\n"
-      "  --hidden H          width (default 64)\n"
-      "  --classes C         classes (default: the data's max label + 1)\n"
-      "  --long-skip         add the input layer's output before the head\n"
-      "  --batch N           rows per step (default 64)\n"
-      "  --microbatches M    microbatches per step, dividing N (default 4)\n"
-      "  --devices LIST      comma-separated cpu:K, one per pipeline device\n"
-      "                      (default cpu:0,cpu:1)\n"
+      "usage: baton-train [--model resmlp|gpt] [options]\n"
+      "  --model resmlp|gpt  the model (default resmlp, a classifier; gpt,\n"
+      "                      a byte-level language model)\n"
+      "  --data PATH         resmlp: digits|synthetic|PATH (default digits,\n"
+      "                      from " DIGITS_PATH "; scripts/setup.sh makes\n"
+      "                      it); PATH: a safetensors file with x [N,D] F32\n"
+      "                      and y [N] I32.  gpt: a text file or a directory\n"
+      "                      of them (default " GPT_DEFAULT_DATA ",\n"
+      "                      scripts/deps.sh --demo installs it)\n"
+      "  --layers L          residual or transformer blocks (default 4)\n"
+      "  --batch N           rows (resmlp, default 64) or sequences (gpt,\n"
+      "                      default 16) per step\n"
+      "  --microbatches M    microbatches per step (per replica), dividing N\n"
+      "                      (default 4)\n"
+      "  --devices LIST      comma-separated cpu:K, one per pipeline device;\n"
+      "                      with --dp R, R blocks of p (default cpu:0,cpu:1)\n"
       "  --virtual V         stages per device (default: the schedule's)\n"
       "  --balance LIST|auto layers per stage, e.g. 2,3,1 (L+2 in all);\n"
       "                      auto balances by measured time (default)\n"
@@ -141,7 +87,8 @@ usage(FILE *f)
       "  --optimizer sgd|adamw  (default adamw)\n"
       "  --lr X              learning rate (default 3e-3)\n"
       "  --weight-decay X    AdamW weight decay (default 0)\n"
-      "  --steps K           training steps (default 300)\n"
+      "  --steps K           training steps (default 300; gpt 2000, and 0\n"
+      "                      means no training, e.g. to sample a --load)\n"
       "  --seed S            parameters, data split and order (default 1)\n"
       "  --threads T         runtime threads (default: online CPUs)\n"
       "  --perturb SEED      test hook: every stage callback first sleeps a\n"
@@ -153,38 +100,26 @@ usage(FILE *f)
       "                      gradient g.NAME; training then continues\n"
       "  --trace F.json      the last step's timeline as a Chrome trace\n"
       "  --svg F.svg         the last step's timeline as a picture\n"
-      "  --json              one JSON object with the results on stdout\n",
+      "  --json              one JSON object with the results on stdout\n"
+      "resmlp only:\n"
+      "  --hidden H          width (default 64)\n"
+      "  --classes C         classes (default: the data's max label + 1)\n"
+      "  --long-skip         add the input layer's output before the head\n"
+      "gpt only:\n"
+      "  --embd C            width, a multiple of --heads (default 128)\n"
+      "  --heads NH          attention heads (default 4)\n"
+      "  --seq T             tokens (bytes) per sequence (default 64)\n"
+      "  --dropout P         dropout probability in [0, 1) (default 0)\n"
+      "  --untied            a separate head.w instead of the tied wte\n"
+      "  --dp R              data-parallel replicas; replica r runs on the\n"
+      "                      r-th block of devices/R devices (default 1)\n"
+      "  --clip X            clip the global gradient norm to X, 0 = off\n"
+      "                      (default 0.5)\n"
+      "  --generate N        after training, print N sampled bytes, 0 = none\n"
+      "                      (default 200)\n"
+      "  --prompt TEXT       the text sampling continues (default: a newline)\n"
+      "  --temperature X     sampling temperature, 0 = greedy (default 0.8)\n",
       f);
-}
-
-static int
-parse_int(const char *opt, const char *s, int min, int *out)
-{
-  char *end;
-  long v;
-
-  errno = 0;
-  v = strtol(s, &end, 10);
-  if (errno != 0 || end == s || *end != '\0' || v < min || v > 100000000)
-    return fail(EXIT_USAGE, "%s needs a whole number >= %d (got '%s'); see "
-                "--help", opt, min, s);
-  *out = (int)v;
-  return 0;
-}
-
-static int
-parse_double(const char *opt, const char *s, double *out)
-{
-  char *end;
-  double v;
-
-  errno = 0;
-  v = strtod(s, &end);
-  if (errno != 0 || end == s || *end != '\0' || !isfinite(v) || v < 0.0)
-    return fail(EXIT_USAGE, "%s needs a number >= 0 (got '%s'); see --help",
-                opt, s);
-  *out = v;
-  return 0;
 }
 
 static int
@@ -262,25 +197,111 @@ static const char value_options[] =
     " --model --layers --hidden --classes --batch --microbatches --devices "
     "--virtual --balance --schedule --checkpoint --optimizer --lr "
     "--weight-decay --steps --seed --data --save --load --dump --trace --svg "
-    "--threads --perturb ";
+    "--threads --perturb --embd --heads --seq --dropout --dp --generate "
+    "--prompt --temperature --clip ";
+
+/* Options that only one model takes (flags and those with a value). */
+static const char gpt_options[] =
+    " --embd --heads --seq --dropout --untied --dp --generate --prompt "
+    "--temperature --clip ";
+static const char resmlp_options[] = " --hidden --classes --long-skip ";
 
 static int
-takes_value(const char *opt)
+listed(const char *list, const char *opt)
 {
   char key[64];
 
   snprintf(key, sizeof key, " %s ", opt);
-  return strlen(opt) < 60 && strstr(value_options, key) != NULL;
+  return strlen(opt) < 60 && strstr(list, key) != NULL;
+}
+
+/* After the options: the model's defaults, then the checks that need the
+ * model or several options together. */
+static int
+finish_args(struct options *o, const char *gpt_opt, const char *resmlp_opt)
+{
+  int gpt = strcmp(o->model, "gpt") == 0;
+
+  if (!gpt && gpt_opt != NULL)
+    return fail(EXIT_USAGE, "%s is a gpt option; add --model gpt, or drop "
+                "it for resmlp", gpt_opt);
+  if (gpt && resmlp_opt != NULL)
+    return fail(EXIT_USAGE, "%s is for --model resmlp; %s", resmlp_opt,
+                strcmp(resmlp_opt, "--hidden") == 0
+                    ? "gpt's width is --embd"
+                : strcmp(resmlp_opt, "--classes") == 0
+                    ? "gpt predicts the 256 byte values"
+                    : "gpt has no long skip; drop it");
+  if (o->batch < 0)
+    o->batch = gpt ? GPT_DEFAULT_BATCH : 64;
+  if (o->steps < 0)
+    o->steps = gpt ? GPT_DEFAULT_STEPS : 300;
+  if (o->data == NULL)
+    o->data = gpt ? GPT_DEFAULT_DATA : "digits";
+  if (o->clip < 0.0)
+    o->clip = 0.5;
+  if (o->generate < 0)
+    o->generate = GPT_DEFAULT_GENERATE;
+  if (!gpt) {
+    if (o->steps == 0)
+      return fail(EXIT_USAGE, "--steps needs a whole number >= 1 (got '0') "
+                  "for resmlp; see --help");
+    if (o->batch % o->microbatches != 0)
+      return fail(EXIT_USAGE, "--microbatches %d does not divide --batch "
+                  "%d; pick m dividing N (e.g. --batch %d)", o->microbatches,
+                  o->batch,
+                  o->batch + o->microbatches - o->batch % o->microbatches);
+    return 0;
+  }
+  if (strcmp(o->data, "digits") == 0 || strcmp(o->data, "synthetic") == 0)
+    return fail(EXIT_USAGE, "--data %s is a resmlp data set; gpt reads text: "
+                "pass --data FILE (a text file or a directory of them)",
+                o->data);
+  if (o->ndevices % o->dp != 0)
+    return fail(EXIT_USAGE, "--devices lists %d devices, not a multiple of "
+                "--dp %d: replica r runs on the r-th block of devices/R; "
+                "list R*p devices (e.g. --dp 2 --devices "
+                "cpu:0,cpu:1,cpu:2,cpu:3)", o->ndevices, o->dp);
+  if (o->batch % (o->dp * o->microbatches) != 0) {
+    int k = o->dp * o->microbatches;
+    return fail(EXIT_USAGE, "--batch %d is not divisible by --dp %d x "
+                "--microbatches %d = %d: each replica takes batch/R sequences "
+                "in m microbatches (e.g. --batch %d)", o->batch, o->dp,
+                o->microbatches, k, o->batch + k - o->batch % k);
+  }
+  if (o->seq > GPT_MAX_SEQ)
+    return fail(EXIT_USAGE, "--seq %d is larger than baton-train allows "
+                "(%d); use a shorter sequence", o->seq, GPT_MAX_SEQ);
+  if (o->embd % o->heads != 0)
+    return fail(EXIT_USAGE, "--embd %d is not a multiple of --heads %d; "
+                "pick C = nh x head size (e.g. --embd %d)", o->embd,
+                o->heads, o->embd + o->heads - o->embd % o->heads);
+  if (o->dropout >= 1.0)
+    return fail(EXIT_USAGE, "--dropout is a probability in [0, 1) (got %g)",
+                o->dropout);
+  if (o->steps == 0 && (o->dump || o->trace || o->svg))
+    return fail(EXIT_USAGE, "%s needs a training step; give --steps >= 1",
+                o->dump ? "--dump" : o->trace ? "--trace" : "--svg");
+  if (o->generate == 0 && o->prompt != NULL)
+    return fail(EXIT_USAGE, "--prompt needs --generate N >= 1, the bytes to "
+                "sample after it");
+  return 0;
 }
 
 /* 0, -1 for --help (exit 0), or an exit code. */
 static int
 parse_args(int argc, char **argv, struct options *o)
 {
+  const char *gpt_opt = NULL, *resmlp_opt = NULL;
+
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     int rc = 0, takes = 1;
 
+    if (gpt_opt == NULL && listed(gpt_options, a))
+      gpt_opt = a;
+    if (resmlp_opt == NULL && listed(resmlp_options, a))
+      resmlp_opt = a;
     if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
       usage(stdout);
       return -1;
@@ -290,14 +311,17 @@ parse_args(int argc, char **argv, struct options *o)
     } else if (strcmp(a, "--long-skip") == 0) {
       o->long_skip = 1;
       takes = 0;
-    } else if (!takes_value(a)) {
+    } else if (strcmp(a, "--untied") == 0) {
+      o->untied = 1;
+      takes = 0;
+    } else if (!listed(value_options, a)) {
       return fail(EXIT_USAGE, "unknown option '%s'; see --help", a);
     } else if (v == NULL) {
       return fail(EXIT_USAGE, "%s needs a value; see --help", a);
     } else if (strcmp(a, "--model") == 0) {
-      if (strcmp(v, "resmlp") != 0)
-        rc = fail(EXIT_USAGE, "--model '%s' is not known; the model is "
-                  "resmlp", v);
+      if (strcmp(v, "resmlp") != 0 && strcmp(v, "gpt") != 0)
+        rc = fail(EXIT_USAGE, "--model '%s' is not known; the models are "
+                  "resmlp and gpt", v);
       o->model = v;
     } else if (strcmp(a, "--layers") == 0) {
       rc = parse_int(a, v, 0, &o->layers);
@@ -341,7 +365,8 @@ parse_args(int argc, char **argv, struct options *o)
     } else if (strcmp(a, "--weight-decay") == 0) {
       rc = parse_double(a, v, &o->weight_decay);
     } else if (strcmp(a, "--steps") == 0) {
-      rc = parse_int(a, v, 1, &o->steps);
+      /* 0 (no training) is for gpt only; finish_args checks. */
+      rc = parse_int(a, v, 0, &o->steps);
     } else if (strcmp(a, "--seed") == 0) {
       char *end;
       errno = 0;
@@ -365,46 +390,30 @@ parse_args(int argc, char **argv, struct options *o)
       o->trace = v;
     } else if (strcmp(a, "--svg") == 0) {
       o->svg = v;
+    } else if (strcmp(a, "--embd") == 0) {
+      rc = parse_int(a, v, 1, &o->embd);
+    } else if (strcmp(a, "--heads") == 0) {
+      rc = parse_int(a, v, 1, &o->heads);
+    } else if (strcmp(a, "--seq") == 0) {
+      rc = parse_int(a, v, 1, &o->seq);
+    } else if (strcmp(a, "--dropout") == 0) {
+      rc = parse_double(a, v, &o->dropout);
+    } else if (strcmp(a, "--dp") == 0) {
+      rc = parse_int(a, v, 1, &o->dp);
+    } else if (strcmp(a, "--generate") == 0) {
+      rc = parse_int(a, v, 0, &o->generate);
+    } else if (strcmp(a, "--prompt") == 0) {
+      o->prompt = v;
+    } else if (strcmp(a, "--temperature") == 0) {
+      rc = parse_double(a, v, &o->temperature);
+    } else if (strcmp(a, "--clip") == 0) {
+      rc = parse_double(a, v, &o->clip);
     }
     if (rc != 0)
       return rc;
     i += takes;
   }
-  if (o->batch % o->microbatches != 0)
-    return fail(EXIT_USAGE, "--microbatches %d does not divide --batch %d; "
-                "pick m dividing N (e.g. --batch %d)", o->microbatches,
-                o->batch, o->batch + o->microbatches - o->batch % o->microbatches);
-  return 0;
-}
-
-/* An output file's directory must exist and be writable before training
- * starts, so a typo does not waste the run. */
-static int
-check_output(const char *opt, const char *path)
-{
-  char dir[4096];
-  const char *slash;
-
-  if (path == NULL)
-    return 0;
-  if (path[0] == '\0')
-    return fail(EXIT_USAGE, "%s needs a file name", opt);
-  slash = strrchr(path, '/');
-  if (slash == NULL) {
-    strcpy(dir, ".");
-  } else if (slash == path) {
-    strcpy(dir, "/");
-  } else {
-    if ((size_t)(slash - path) >= sizeof dir)
-      return fail(EXIT_USAGE, "%s: path too long", opt);
-    memcpy(dir, path, (size_t)(slash - path));
-    dir[slash - path] = '\0';
-  }
-  if (access(dir, W_OK | X_OK) != 0)
-    return fail(EXIT_USAGE, "%s %s: cannot write in directory '%s' (%s); "
-                "create it or pick another path", opt, path, dir,
-                strerror(errno));
-  return 0;
+  return finish_args(o, gpt_opt, resmlp_opt);
 }
 
 /* ---- data ----------------------------------------------------------- */
@@ -576,124 +585,6 @@ load_data(const struct options *o, struct dataset *ds)
 
 /* ---- output ---------------------------------------------------------- */
 
-static void
-json_string(FILE *f, const char *s)
-{
-  fputc('"', f);
-  for (; *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\')
-      fprintf(f, "\\%c", c);
-    else if (c < 0x20)
-      fprintf(f, "\\u%04x", c);
-    else
-      fputc(c, f);
-  }
-  fputc('"', f);
-}
-
-/* Writes a timeline file through a temporary beside it, renamed when
- * complete, so a failed write leaves no half file. */
-static int
-write_timeline(const char *path, int svg, const bt_timeline_t *tl)
-{
-  char tmp[4200];
-  bt_error_t err;
-  bt_status st;
-  FILE *f;
-
-  if (strlen(path) > 4096)
-    return fail(EXIT_RUNTIME, "%s: path too long", path);
-  snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-  f = fopen(tmp, "w");
-  if (f == NULL)
-    return fail(EXIT_RUNTIME, "cannot create %s: %s ; check the directory",
-                tmp, strerror(errno));
-  st = svg ? bt_timeline_write_svg(f, tl, 1, &err)
-           : bt_timeline_write_chrome(f, tl, 1, &err);
-  if (fclose(f) != 0 && st == BT_OK) {
-    st = BT_EIO;
-    snprintf(err.message, sizeof err.message, "write failed: %s",
-             strerror(errno));
-  }
-  if (st != BT_OK) {
-    remove(tmp);
-    return fail(EXIT_RUNTIME, "cannot write %s: %s", path, err.message);
-  }
-  if (rename(tmp, path) != 0) {
-    int e = errno;
-    remove(tmp);
-    return fail(EXIT_RUNTIME, "cannot write %s: %s", path, strerror(e));
-  }
-  return 0;
-}
-
-/* x, y and loss of the step, then p.NAME and g.NAME of every parameter. */
-static int
-write_dump(const struct options *o, bt_model_t *model, const float *x,
-           const int32_t *y, size_t n, size_t d, float loss)
-{
-  size_t np = bt_model_param_count(model), count = 0;
-  bt_st_tensor_t *t = calloc(3 + 2 * np, sizeof *t);
-  char **names = calloc(2 * np + 1, sizeof *names), seed[32], steps[32];
-  const char *meta[] = {"producer", "baton-train", "schedule", o->schedule,
-                        "seed", seed, "step", "0", "steps", steps, NULL};
-  bt_error_t err;
-  int rc = EXIT_RUNTIME;
-
-  snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed);
-  snprintf(steps, sizeof steps, "%d", o->steps);
-  if (t == NULL || names == NULL) {
-    fail(EXIT_RUNTIME, "out of memory for the dump");
-    goto out_free;
-  }
-  t[count++] = (bt_st_tensor_t){"x", BT_ST_F32, 2, {(int64_t)n, (int64_t)d},
-                                x, n * d * sizeof *x};
-  t[count++] = (bt_st_tensor_t){"y", BT_ST_I32, 1, {(int64_t)n}, y,
-                                n * sizeof *y};
-  t[count++] = (bt_st_tensor_t){"loss", BT_ST_F32, 1, {1}, &loss,
-                                sizeof loss};
-  for (size_t i = 0; i < np; i++) {
-    bt_param_t p;
-    size_t len;
-    if (bt_model_param(model, i, &p) != BT_OK) {
-      fail(EXIT_RUNTIME, "parameter %zu cannot be read for the dump", i);
-      goto out_free;
-    }
-    len = strlen(p.name) + 3;
-    names[2 * i] = malloc(len);
-    names[2 * i + 1] = malloc(len);
-    if (names[2 * i] == NULL || names[2 * i + 1] == NULL) {
-      fail(EXIT_RUNTIME, "out of memory for the dump");
-      goto out_free;
-    }
-    snprintf(names[2 * i], len, "p.%s", p.name);
-    snprintf(names[2 * i + 1], len, "g.%s", p.name);
-    for (int k = 0; k < 2; k++) {
-      bt_st_tensor_t *e = &t[count++];
-      e->name = names[2 * i + (size_t)k];
-      e->dtype = BT_ST_F32;
-      e->ndim = p.ndim;
-      for (int j = 0; j < p.ndim && j < 2; j++)
-        e->shape[j] = p.shape[j];
-      e->data = k == 0 ? p.value : p.grad;
-      e->bytes = p.count * sizeof(float);
-    }
-  }
-  if (bt_st_save(o->dump, t, count, meta, &err) != BT_OK) {
-    fail(EXIT_RUNTIME, "cannot write the dump: %s", err.message);
-    goto out_free;
-  }
-  rc = 0;
-out_free:
-  if (names)
-    for (size_t i = 0; i < 2 * np; i++)
-      free(names[i]);
-  free(names);
-  free(t);
-  return rc;
-}
-
 /* The simulator's peak activation bytes per device for the trainer's plan:
  * each stage's mem_b is one microbatch's activation bytes, held from its
  * F to its last backward (a split backward holds it until W); checkpointed
@@ -760,32 +651,6 @@ out_free:
   return rc;
 }
 
-static void
-progress(int tty, int step, int steps, double loss, double ms, int final)
-{
-  if (tty) {
-    int width = 30, fill = (int)((double)width * step / steps);
-    fprintf(stderr, "\r[");
-    for (int i = 0; i < width; i++)
-      fputc(i < fill ? '#' : '.', stderr);
-    fprintf(stderr, "] step %d/%d  loss %.4f  %.2f ms/step\033[K", step,
-            steps, loss, ms);
-    if (final)
-      fputc('\n', stderr);
-  } else {
-    fprintf(stderr, "step %d/%d  loss %.4f  %.2f ms/step\n", step, steps,
-            loss, ms);
-  }
-  fflush(stderr);
-}
-
-static const char *
-checkpoint_name(int mode)
-{
-  return mode == BT_CHECKPOINT_ALWAYS  ? "always"
-         : mode == BT_CHECKPOINT_NEVER ? "never"
-                                       : "except_last";
-}
 
 /* ---- main ------------------------------------------------------------ */
 
@@ -948,8 +813,13 @@ train(struct options *o)
       st = bt_trainer_backward(tr, xb, yb, &loss, &err);
       if (st == BT_OK) {
         dt = now() - t0;
-        if ((rc = write_dump(o, model, xb, yb, (size_t)o->batch, ds.d,
-                             loss)) != 0)
+        bt_st_tensor_t lead[3] = {
+            {"x", BT_ST_F32, 2, {(int64_t)o->batch, (int64_t)ds.d}, xb,
+             (size_t)o->batch * ds.d * sizeof *xb},
+            {"y", BT_ST_I32, 1, {(int64_t)o->batch}, yb,
+             (size_t)o->batch * sizeof *yb},
+            {"loss", BT_ST_F32, 1, {1}, &loss, sizeof loss}};
+        if ((rc = write_dump(o, model, lead, 3)) != 0)
           goto out;
         rc = EXIT_RUNTIME;
         t0 = now() - dt;
@@ -986,7 +856,7 @@ train(struct options *o)
     boundary = (long)(step + 1) * 10 >= (long)next_report * o->steps;
     if (tty || boundary || step + 1 == o->steps)
       progress(tty, step + 1, o->steps, win_loss / win_n, win_ms / win_n,
-               step + 1 == o->steps);
+               0.0, NAN, step + 1 == o->steps);
     if (boundary) {
       while ((long)next_report * o->steps <= (long)(step + 1) * 10)
         next_report++;
@@ -1139,20 +1009,27 @@ main(int argc, char **argv)
   o.model = "resmlp";
   o.layers = 4;
   o.hidden = 64;
-  o.batch = 64;
   o.microbatches = 4;
   o.schedule = "1f1b";
   o.checkpoint = BT_CHECKPOINT_EXCEPT_LAST;
   o.optimizer = BT_OPTIMIZER_ADAMW;
   o.lr = 3e-3;
-  o.steps = 300;
+  o.steps = -1; /* -1: the model's default, set by finish_args */
+  o.batch = -1;
   o.seed = 1;
-  o.data = "digits";
+  o.data = NULL;
+  o.embd = 128;
+  o.heads = 4;
+  o.seq = 64;
+  o.dp = 1;
+  o.temperature = 0.8;
+  o.clip = -1.0;
+  o.generate = -1;
   rc = parse_devices("cpu:0,cpu:1", &o);
   if (rc == 0)
     rc = parse_args(argc, argv, &o);
   if (rc == 0)
-    rc = train(&o);
+    rc = strcmp(o.model, "gpt") == 0 ? train_gpt(&o) : train(&o);
   for (int i = 0; i < o.ndevices; i++)
     free(o.device_names[i]);
   return rc < 0 ? 0 : rc;

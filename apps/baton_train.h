@@ -1,0 +1,91 @@
+/* baton-train's shared parts: the options, the small helpers both model
+ * paths use (messages, clocks, parsing, output files) and each path's
+ * entry.  Internal to the app; it uses only the public headers. */
+#ifndef BATON_APPS_BATON_TRAIN_H
+#define BATON_APPS_BATON_TRAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "baton/baton.h"
+#include "baton/model.h"
+#include "baton/safetensors.h"
+
+#define MAX_DEVICES 256
+#define MAX_BALANCE 1024
+
+enum { EXIT_USAGE = 2, EXIT_RUNTIME = 1 };
+
+struct options {
+  const char *model; /* "resmlp" or "gpt" */
+  int layers, hidden, classes, batch, microbatches, virtual_stages;
+  int steps, threads, long_skip, json;
+  int ndevices;
+  int device_ids[MAX_DEVICES];
+  char *device_names[MAX_DEVICES];
+  int32_t balance[MAX_BALANCE];
+  int nbalance; /* 0 = auto */
+  const char *schedule;
+  int checkpoint, optimizer;
+  double lr, weight_decay;
+  uint64_t seed;
+  const char *data, *save, *load, *dump, *trace, *svg;
+  int perturb; /* test hook: random sleeps in stage callbacks */
+  /* gpt only */
+  int embd, heads, seq, untied, dp, generate;
+  double dropout, temperature, clip;
+  const char *prompt;
+};
+
+/* Prints "baton-train: <message>" on stderr; returns code for
+ * `return fail(...)`. */
+int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Seconds on the monotonic clock. */
+double now(void);
+
+/* splitmix64 stepping *state: the data shuffles, the synthetic set and the
+ * text windows, the same bits on every platform. */
+uint64_t rng_next(uint64_t *state);
+
+/* Parse a command-line value; 0 or EXIT_USAGE after a message naming opt. */
+int parse_int(const char *opt, const char *s, int min, int *out);
+int parse_double(const char *opt, const char *s, double *out);
+
+/* A JSON string literal of s (control characters escaped). */
+void json_string(FILE *f, const char *s);
+
+/* 0 when path's directory exists and is writable (or path is NULL), else
+ * EXIT_USAGE after a message: checked before training so a typo does not
+ * waste the run. */
+int check_output(const char *opt, const char *path);
+
+/* A Chrome trace (svg = 0) or an SVG picture of tl, written through a
+ * temporary renamed when complete. */
+int write_timeline(const char *path, int svg, const bt_timeline_t *tl);
+
+/* Writes a --dump file: lead[nlead] (the step's inputs and loss), then
+ * p.NAME and g.NAME of every parameter of model in bt_model_param order,
+ * with metadata naming the producer, schedule, seed and steps. */
+int write_dump(const struct options *o, bt_model_t *model,
+               const bt_st_tensor_t *lead, size_t nlead);
+
+/* The training progress on stderr: a bar redrawn in place on a TTY, a line
+ * otherwise.  tok_s > 0 and a finite val_ppl are shown when given; final
+ * ends a TTY bar with a newline. */
+void progress(int tty, int step, int steps, double loss, double ms,
+              double tok_s, double val_ppl, int final);
+
+/* "always", "except_last" or "never". */
+const char *checkpoint_name(int mode);
+
+/* The gpt path (baton_train_gpt.c): its defaults' values, and the run. */
+#define GPT_DEFAULT_DATA "/usr/share/games/fortunes"
+#define GPT_DEFAULT_STEPS 2000
+#define GPT_DEFAULT_BATCH 16
+#define GPT_DEFAULT_GENERATE 200
+#define GPT_MAX_SEQ 4096
+int train_gpt(struct options *o);
+
+#endif /* BATON_APPS_BATON_TRAIN_H */

@@ -1,0 +1,256 @@
+/* baton-train's helpers shared by the resmlp and gpt paths (declared in
+ * baton_train.h). */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "baton_train.h"
+
+int
+fail(int code, const char *fmt, ...)
+{
+  va_list ap;
+
+  fputs("baton-train: ", stderr);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  return code;
+}
+
+double
+now(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* splitmix64: the data shuffles and the synthetic set, the same bits on
+ * every platform. */
+uint64_t
+rng_next(uint64_t *state)
+{
+  uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+int
+parse_int(const char *opt, const char *s, int min, int *out)
+{
+  char *end;
+  long v;
+
+  errno = 0;
+  v = strtol(s, &end, 10);
+  if (errno != 0 || end == s || *end != '\0' || v < min || v > 100000000)
+    return fail(EXIT_USAGE, "%s needs a whole number >= %d (got '%s'); see "
+                "--help", opt, min, s);
+  *out = (int)v;
+  return 0;
+}
+
+int
+parse_double(const char *opt, const char *s, double *out)
+{
+  char *end;
+  double v;
+
+  errno = 0;
+  v = strtod(s, &end);
+  if (errno != 0 || end == s || *end != '\0' || !isfinite(v) || v < 0.0)
+    return fail(EXIT_USAGE, "%s needs a number >= 0 (got '%s'); see --help",
+                opt, s);
+  *out = v;
+  return 0;
+}
+
+/* An output file's directory must exist and be writable before training
+ * starts, so a typo does not waste the run. */
+int
+check_output(const char *opt, const char *path)
+{
+  char dir[4096];
+  const char *slash;
+
+  if (path == NULL)
+    return 0;
+  if (path[0] == '\0')
+    return fail(EXIT_USAGE, "%s needs a file name", opt);
+  slash = strrchr(path, '/');
+  if (slash == NULL) {
+    strcpy(dir, ".");
+  } else if (slash == path) {
+    strcpy(dir, "/");
+  } else {
+    if ((size_t)(slash - path) >= sizeof dir)
+      return fail(EXIT_USAGE, "%s: path too long", opt);
+    memcpy(dir, path, (size_t)(slash - path));
+    dir[slash - path] = '\0';
+  }
+  if (access(dir, W_OK | X_OK) != 0)
+    return fail(EXIT_USAGE, "%s %s: cannot write in directory '%s' (%s); "
+                "create it or pick another path", opt, path, dir,
+                strerror(errno));
+  return 0;
+}
+
+void
+json_string(FILE *f, const char *s)
+{
+  fputc('"', f);
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\')
+      fprintf(f, "\\%c", c);
+    else if (c < 0x20)
+      fprintf(f, "\\u%04x", c);
+    else
+      fputc(c, f);
+  }
+  fputc('"', f);
+}
+
+/* Writes a timeline file through a temporary beside it, renamed when
+ * complete, so a failed write leaves no half file. */
+int
+write_timeline(const char *path, int svg, const bt_timeline_t *tl)
+{
+  char tmp[4200];
+  bt_error_t err;
+  bt_status st;
+  FILE *f;
+
+  if (strlen(path) > 4096)
+    return fail(EXIT_RUNTIME, "%s: path too long", path);
+  snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+  f = fopen(tmp, "w");
+  if (f == NULL)
+    return fail(EXIT_RUNTIME, "cannot create %s: %s ; check the directory",
+                tmp, strerror(errno));
+  st = svg ? bt_timeline_write_svg(f, tl, 1, &err)
+           : bt_timeline_write_chrome(f, tl, 1, &err);
+  if (fclose(f) != 0 && st == BT_OK) {
+    st = BT_EIO;
+    snprintf(err.message, sizeof err.message, "write failed: %s",
+             strerror(errno));
+  }
+  if (st != BT_OK) {
+    remove(tmp);
+    return fail(EXIT_RUNTIME, "cannot write %s: %s", path, err.message);
+  }
+  if (rename(tmp, path) != 0) {
+    int e = errno;
+    remove(tmp);
+    return fail(EXIT_RUNTIME, "cannot write %s: %s", path, strerror(e));
+  }
+  return 0;
+}
+
+int
+write_dump(const struct options *o, bt_model_t *model,
+           const bt_st_tensor_t *lead, size_t nlead)
+{
+  size_t np = bt_model_param_count(model), count = 0;
+  bt_st_tensor_t *t = calloc(nlead + 2 * np, sizeof *t);
+  char **names = calloc(2 * np + 1, sizeof *names), seed[32], steps[32];
+  const char *meta[] = {"producer", "baton-train", "schedule", o->schedule,
+                        "seed", seed, "step", "0", "steps", steps, NULL};
+  bt_error_t err;
+  int rc = EXIT_RUNTIME;
+
+  snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed);
+  snprintf(steps, sizeof steps, "%d", o->steps);
+  if (t == NULL || names == NULL) {
+    fail(EXIT_RUNTIME, "out of memory for the dump");
+    goto out_free;
+  }
+  for (size_t i = 0; i < nlead; i++)
+    t[count++] = lead[i];
+  for (size_t i = 0; i < np; i++) {
+    bt_param_t p;
+    size_t len;
+    if (bt_model_param(model, i, &p) != BT_OK) {
+      fail(EXIT_RUNTIME, "parameter %zu cannot be read for the dump", i);
+      goto out_free;
+    }
+    len = strlen(p.name) + 3;
+    names[2 * i] = malloc(len);
+    names[2 * i + 1] = malloc(len);
+    if (names[2 * i] == NULL || names[2 * i + 1] == NULL) {
+      fail(EXIT_RUNTIME, "out of memory for the dump");
+      goto out_free;
+    }
+    snprintf(names[2 * i], len, "p.%s", p.name);
+    snprintf(names[2 * i + 1], len, "g.%s", p.name);
+    for (int k = 0; k < 2; k++) {
+      bt_st_tensor_t *e = &t[count++];
+      e->name = names[2 * i + (size_t)k];
+      e->dtype = BT_ST_F32;
+      e->ndim = p.ndim;
+      for (int j = 0; j < p.ndim && j < 2; j++)
+        e->shape[j] = p.shape[j];
+      e->data = k == 0 ? p.value : p.grad;
+      e->bytes = p.count * sizeof(float);
+    }
+  }
+  if (bt_st_save(o->dump, t, count, meta, &err) != BT_OK) {
+    fail(EXIT_RUNTIME, "cannot write the dump: %s", err.message);
+    goto out_free;
+  }
+  rc = 0;
+out_free:
+  if (names)
+    for (size_t i = 0; i < 2 * np; i++)
+      free(names[i]);
+  free(names);
+  free(t);
+  return rc;
+}
+
+void
+progress(int tty, int step, int steps, double loss, double ms, double tok_s,
+         double val_ppl, int final)
+{
+  char extra[96] = "";
+  int len = 0;
+
+  if (tok_s > 0.0)
+    len = snprintf(extra, sizeof extra, "  %.0f tok/s", tok_s);
+  if (isfinite(val_ppl) && len >= 0 && (size_t)len < sizeof extra)
+    snprintf(extra + len, sizeof extra - (size_t)len, "  val ppl %.2f",
+             val_ppl);
+  if (tty) {
+    int width = 30, fill = (int)((double)width * step / steps);
+    fprintf(stderr, "\r[");
+    for (int i = 0; i < width; i++)
+      fputc(i < fill ? '#' : '.', stderr);
+    fprintf(stderr, "] step %d/%d  loss %.4f  %.2f ms/step%s\033[K", step,
+            steps, loss, ms, extra);
+    if (final)
+      fputc('\n', stderr);
+  } else {
+    fprintf(stderr, "step %d/%d  loss %.4f  %.2f ms/step%s\n", step, steps,
+            loss, ms, extra);
+  }
+  fflush(stderr);
+}
+
+const char *
+checkpoint_name(int mode)
+{
+  return mode == BT_CHECKPOINT_ALWAYS  ? "always"
+         : mode == BT_CHECKPOINT_NEVER ? "never"
+                                       : "except_last";
+}
