@@ -77,6 +77,10 @@ struct worker {
    * ends first (task bypass: a chain of hand-offs stays on one thread, its
    * data in this core's cache).  -1 when empty; owner only. */
   int32_t bypass;
+  /* POOL: the last activation ended in a retry; look for work at the old
+   * end of the deque first, so the retrying actor goes behind the others
+   * (the owner's end would hand it straight back).  Owner only. */
+  int retried;
 };
 
 struct bt_runtime {
@@ -265,7 +269,10 @@ call_device(struct bt_exec *e, struct bt_actor *a, int32_t t, char *errbuf)
   return rc;
 }
 
-static void
+/* Runs task t (or, after an error, skips it) and releases its successors.
+ * Returns 1 when the task asked to be retried (BT_TASK_RETRY): it is back
+ * in the actor's mailbox and nothing was released. */
+static int
 run_task(struct bt_exec *e, struct bt_actor *a, int32_t t)
 {
   if (!atomic_load_explicit(&e->abort, memory_order_relaxed)) {
@@ -277,6 +284,11 @@ run_task(struct bt_exec *e, struct bt_actor *a, int32_t t)
     rc = call_device(e, a, t, errbuf);
     if (e->trace)
       e->t_end[t] = now_ns();
+    if (rc == BT_TASK_RETRY) {
+      /* The mailbox has room: t was taken from it. */
+      bt__mailbox_post_mpsc(&e->mail[a->index], t);
+      return 1;
+    }
     if (rc != 0) {
       errbuf[TASK_ERR_MAX - 1] = '\0';
       record_error(e, a, t, rc, errbuf);
@@ -301,6 +313,7 @@ run_task(struct bt_exec *e, struct bt_actor *a, int32_t t)
     atomic_store_explicit(&e->done, 1, memory_order_release);
     bt__ec_notify(&e->rt->pool_ec, 1);
   }
+  return 0;
 }
 
 /* Drains an actor's mailbox.  The caller owns the activation (scheduled
@@ -318,7 +331,18 @@ run_activation(struct bt_exec *e, struct bt_actor *a, struct worker *w)
         push_actor(e->rt, w, w->bypass);
         w->bypass = -1;
       }
-      run_task(e, a, t);
+      if (run_task(e, a, t)) {
+        /* A retry: give the thread to other actors.  The actor stays
+         * scheduled (its mailbox holds the task): in the pool it goes
+         * back on a deque as a new activation; a dedicated thread comes
+         * straight back. */
+        count_pushed(w, 1);
+        if (e->rt->mode == BT_RUNTIME_POOL) {
+          push_actor(e->rt, w, a->index);
+          w->retried = 1;
+        }
+        break;
+      }
       continue;
     }
     /* Seq_cst clear, then a seq_cst peek: a poster either sees 0 and
@@ -341,7 +365,15 @@ run_activation(struct bt_exec *e, struct bt_actor *a, struct worker *w)
 static int64_t
 find_work(bt_runtime_t *rt, struct worker *w)
 {
-  int64_t x = bt__deque_take_owner(&w->deque);
+  int64_t x;
+
+  if (w->retried) {
+    w->retried = 0;
+    x = bt__deque_steal(&w->deque);
+    if (x >= 0)
+      return x;
+  }
+  x = bt__deque_take_owner(&w->deque);
 
   if (x >= 0)
     return x;

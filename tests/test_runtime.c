@@ -1511,3 +1511,86 @@ TEST(dag_labels)
   EXPECT_INT_EQ(bt_exec_destroy(ex), BT_OK);
   EXPECT_INT_EQ(bt_runtime_destroy(rt), BT_OK);
 }
+
+/* ---- BT_TASK_RETRY -----------------------------------------------------------
+ * Task 0 (device 0) waits for a flag that task 1 (device 1, no
+ * dependencies) sets, by retrying; task 2 depends on task 0.  With one pool
+ * thread the retrying actor must hand the thread over, or task 1 never
+ * runs.  A task that gives up ends the step with its error. */
+
+struct retry_state {
+  _Atomic int flag, tries, order_ok, give_up;
+};
+
+static int
+retry_task(const bt_task_call_t *call, char *errbuf, size_t errlen)
+{
+  struct retry_state *st = call->user;
+
+  switch (call->task) {
+  case 0:
+    if (atomic_load(&st->give_up) && atomic_load(&st->tries) >= 3) {
+      snprintf(errbuf, errlen, "gave up waiting");
+      return BT_ETIMEDOUT;
+    }
+    if (!atomic_load(&st->flag)) {
+      atomic_fetch_add(&st->tries, 1);
+      return BT_TASK_RETRY;
+    }
+    return 0;
+  case 1:
+    if (!atomic_load(&st->give_up))
+      atomic_store(&st->flag, 1);
+    return 0;
+  default:
+    atomic_store(&st->order_ok, atomic_load(&st->flag));
+    return 0;
+  }
+}
+
+TEST(task_retry)
+{
+  int32_t device[3] = {0, 1, 0}, src[1] = {0}, dst[1] = {2};
+
+  for (int mode = 0; mode < 2; mode++)
+    for (int32_t threads = 1; threads <= 2; threads++) {
+      bt_runtime_config_t rc = BT_RUNTIME_CONFIG_INIT;
+      bt_exec_config_t ec = BT_EXEC_CONFIG_INIT;
+      bt_dag_t dag = BT_DAG_INIT;
+      bt_runtime_t *rt = NULL;
+      bt_exec_t *ex = NULL;
+      bt_error_t err = {0};
+      struct retry_state st;
+
+      if (mode == BT_RUNTIME_DEDICATED && threads == 2)
+        continue;
+      rc.devices = 2;
+      rc.threads = threads;
+      rc.mode = mode;
+      ASSERT_TRUE(bt_runtime_create(&rc, &rt, &err) == BT_OK);
+      dag.tasks = 3;
+      dag.task_device = device;
+      dag.edges = 1;
+      dag.src = src;
+      dag.dst = dst;
+      ec.fn = retry_task;
+      ec.user = &st;
+      ASSERT_TRUE(bt_exec_create_dag(rt, &dag, &ec, &ex, &err) == BT_OK);
+      for (int step = 0; step < 20; step++) {
+        atomic_store(&st.flag, 0);
+        atomic_store(&st.tries, 0);
+        atomic_store(&st.order_ok, 0);
+        atomic_store(&st.give_up, step % 5 == 4);
+        if (step % 5 == 4) {
+          EXPECT_INT_EQ(bt_exec_run(ex, &err), BT_ETIMEDOUT);
+          EXPECT_TRUE(strcmp(err.message, "task 0 on cpu:0: gave up waiting") ==
+                      0);
+        } else {
+          EXPECT_INT_EQ(bt_exec_run(ex, &err), BT_OK);
+          EXPECT_INT_EQ(atomic_load(&st.order_ok), 1);
+        }
+      }
+      EXPECT_INT_EQ(bt_exec_destroy(ex), BT_OK);
+      EXPECT_INT_EQ(bt_runtime_destroy(rt), BT_OK);
+    }
+}

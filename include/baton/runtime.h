@@ -61,8 +61,17 @@ typedef struct bt_task_call {
 } bt_task_call_t;
 
 /* A task's work.  Returns 0, or a non-zero status (a bt_status, or any
- * negative code of the caller's) with a sentence in errbuf.  Called from a
- * runtime thread: never from two threads at once for one device. */
+ * negative code of the caller's) with a sentence in errbuf, or
+ * BT_TASK_RETRY: the task waits on something outside the graph (a message
+ * from another process) that has not happened yet; it is called again
+ * later, after its device's other ready tasks had their turn, and its
+ * successors wait.  A retrying task must not block, and should sleep a
+ * little when it has waited long (so waiting processes leave the cores to
+ * those that work); it ends the wait itself, with an error, when it gives
+ * up.  Called from a runtime thread: never from two threads at once for
+ * one device. */
+#define BT_TASK_RETRY 0x52455452 /* "RETR", positive: never a bt_status */
+
 typedef int (*bt_task_fn)(const bt_task_call_t *call, char *errbuf,
                           size_t errlen);
 

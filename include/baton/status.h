@@ -34,7 +34,10 @@ extern "C" {
   XX(EPLUGIN_CALLBACK, -13, "plugin descriptor has no plan callback")         \
   XX(EPLUGIN_PLAN, -14, "plugin returned an invalid plan")                    \
   XX(EBUSY, -15, "resource busy")                                             \
-  XX(ERANGE, -16, "value out of range")
+  XX(ERANGE, -16, "value out of range")                                       \
+  XX(ETIMEDOUT, -17, "timed out waiting for another process")                 \
+  XX(ECOMM, -18, "communication with another process failed")                 \
+  XX(EPEER, -19, "another process of the job failed")
 
 typedef enum bt_status {
 #define BT__STATUS_ENUM(name, value, msg) BT_##name = value,
