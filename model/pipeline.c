@@ -15,48 +15,9 @@
 #include "baton/graph.h"
 #include "baton/pipeline.h"
 #include "error.h"
+#include "pipeline_internal.h"
 
-#define ALIGN 64
-#define BT__PL_NAME_MAX 64
-
-/* What an exec task is: a plan action of a replica, or an epilogue task. */
-enum { TASK_PLAN, TASK_TIE, TASK_REDUCE, TASK_NORM, TASK_CLIP, TASK_UPDATE };
-
-struct pl_task {
-  int32_t what;          /* TASK_* */
-  int32_t replica, stage, tie;
-};
-
-struct bt_pipeline {
-  int32_t S, m, p, R;
-  bt_stage_desc_t *stage;     /* [S], copied (zero-extended) */
-  bt_plan_t *plan;
-  bt_skip_layout_t *skips;
-  bt_graph_t *graph;          /* one replica's plan graph */
-  bt_runtime_t *rt;
-  int own_rt;
-  bt_exec_t *exec;
-  struct pl_task *tasks;      /* [exec tasks] */
-  void (*grads_ready)(int32_t, void *);
-  void *user;
-  int32_t *last_bw;           /* [S]: graph task id of the stage's last B/W */
-  /* Epilogue (pipeline.h). */
-  bt_pipeline_tie_t *ties;    /* [nties], names copied */
-  size_t nties;
-  bt_stage_fn tie_grads, reduce_grads, grad_sqnorm, update;
-  double max_grad_norm;
-  double *sqnorm;             /* [S]: written by the NORM tasks */
-  /* Written by the CLIP task, read by UPDATE tasks (ordered by the graph's
-   * edges) and by the caller between steps. */
-  double grad_norm, grad_scale;
-  /* Buffers: one block; pointers per (replica, stage, microbatch). */
-  unsigned char *block;
-  void **act, **grad;         /* [R * S * m] */
-  /* Skip buffers per (replica, stage, microbatch): arrays for the call. */
-  bt_skip_buf_t *skip_pool;
-  int32_t *nout, *nin;        /* [S] */
-  size_t *out_at, *in_at;     /* [R * S * m]: index into skip_pool */
-};
+#define ALIGN BT__PL_ALIGN
 
 static size_t
 round_up(size_t n)
@@ -67,7 +28,7 @@ round_up(size_t n)
 static size_t
 slot(const struct bt_pipeline *pl, int32_t r, int32_t s, int32_t k)
 {
-  return ((size_t)r * (size_t)pl->S + (size_t)s) * (size_t)pl->m + (size_t)k;
+  return bt__pl_slot(pl, r, s, k);
 }
 
 /* An epilogue task: the caller's callback, or the clip reduction. */
@@ -81,18 +42,38 @@ epilogue_task(struct bt_pipeline *pl, const bt_task_call_t *tc,
     double sum = 0.0;
     for (int32_t s = 0; s < pl->S; s++)
       sum += pl->sqnorm[s];
-    pl->grad_norm = sqrt(sum);
-    if (!isfinite(pl->grad_norm)) {
+    pl->gs[0] = sqrt(sum);
+    if (!isfinite(pl->gs[0])) {
       snprintf(errbuf, errlen,
                "the global gradient norm is %g; no parameter was updated "
                "(lower the learning rate, or look for a NaN in the stages' "
                "gradients)",
-               pl->grad_norm);
+               pl->gs[0]);
       return BT_ERANGE;
     }
-    pl->grad_scale = pl->max_grad_norm / (pl->grad_norm + 1e-6);
-    if (pl->grad_scale > 1.0)
-      pl->grad_scale = 1.0;
+    pl->gs[1] = pl->max_grad_norm / (pl->gs[0] + 1e-6);
+    if (pl->gs[1] > 1.0)
+      pl->gs[1] = 1.0;
+    return 0;
+  }
+  if (pt->what == TASK_SEND)
+    return bt__pl_send_task(pl, pt, errbuf, errlen);
+  if (pt->what == TASK_RECV)
+    return bt__pl_recv_task(pl, pt, errbuf, errlen);
+  if (pt->what == TASK_TIE && pl->tie_tensor != NULL) {
+    if (bt__pl_builtin_tie(pl, pt) != 0) {
+      snprintf(errbuf, errlen, "tie '%s': the two tensors differ in size",
+               pl->ties[pt->tie].name);
+      return BT_EINVAL;
+    }
+    return 0;
+  }
+  if (pt->what == TASK_REDUCE && pl->grad_tensor != NULL) {
+    if (bt__pl_builtin_reduce(pl, pt) != 0) {
+      snprintf(errbuf, errlen, "grad_tensor gave no gradient for stage %d",
+               (int)pt->stage);
+      return BT_EINVAL;
+    }
     return 0;
   }
   memset(&c, 0, sizeof c);
@@ -105,8 +86,8 @@ epilogue_task(struct bt_pipeline *pl, const bt_task_call_t *tc,
   c.device_ctx = tc->device_ctx;
   c.step = tc->step;
   c.user = pl->user;
-  c.grad_norm = pl->max_grad_norm > 0 ? pl->grad_norm : NAN;
-  c.grad_scale = pl->max_grad_norm > 0 ? pl->grad_scale : 1.0;
+  c.grad_norm = pl->max_grad_norm > 0 ? pl->gs[0] : NAN;
+  c.grad_scale = pl->max_grad_norm > 0 ? pl->gs[1] : 1.0;
   switch (pt->what) {
   case TASK_TIE:
     c.kind = BT_STAGE_TIE;
@@ -125,8 +106,8 @@ epilogue_task(struct bt_pipeline *pl, const bt_task_call_t *tc,
 }
 
 /* The runtime's task function: one plan action = one stage callback. */
-static int
-pipeline_task(const bt_task_call_t *tc, char *errbuf, size_t errlen)
+int
+bt__pl_task(const bt_task_call_t *tc, char *errbuf, size_t errlen)
 {
   struct bt_pipeline *pl = tc->user;
   const struct pl_task *pt = &pl->tasks[tc->task];
@@ -362,11 +343,13 @@ make_buffers(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
 
   pl->act = calloc(SM, sizeof *pl->act);
   pl->grad = calloc(SM, sizeof *pl->grad);
+  pl->skip_pos = calloc(nsk + 1, sizeof *pl->skip_pos);
   pl->nout = calloc((size_t)pl->S, sizeof *pl->nout);
   pl->nin = calloc((size_t)pl->S, sizeof *pl->nin);
   pl->out_at = calloc(SM, sizeof *pl->out_at);
   pl->in_at = calloc(SM, sizeof *pl->in_at);
   if (!sk_bytes || !seen_out || !seen_in || !pl->act || !pl->grad ||
+      !pl->skip_pos ||
       !pl->nout || !pl->nin || !pl->out_at || !pl->in_at)
     goto nomem;
   for (int32_t s = 0; s < pl->S; s++)
@@ -422,6 +405,7 @@ make_buffers(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
         off += round_up(sk_bytes[i]);
         o = pl->skip_pool + pl->out_at[slot(pl, r, so, k)];
         in = pl->skip_pool + pl->in_at[slot(pl, r, po, k)];
+        pl->skip_pos[i] = seen_out[so];
         o[seen_out[so]] = (bt_skip_buf_t){sk.name, val, sk_bytes[i]};
         o[pl->nout[so] + seen_out[so]] =
             (bt_skip_buf_t){sk.name, grd, sk_bytes[i]};
@@ -503,9 +487,11 @@ read_epilogue(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
   pl->reduce_grads = cfg->reduce_grads;
   pl->grad_sqnorm = cfg->grad_sqnorm;
   pl->update = cfg->update;
+  pl->grad_tensor = cfg->grad_tensor;
+  pl->tie_tensor = cfg->tie_tensor;
   pl->max_grad_norm = cfg->max_grad_norm;
-  pl->grad_norm = NAN;
-  pl->grad_scale = 1.0;
+  pl->gs[0] = NAN;
+  pl->gs[1] = 1.0;
   if (!(cfg->max_grad_norm >= 0.0) || isinf(cfg->max_grad_norm))
     return bt__errorf(err, BT_EINVAL,
                       "max_grad_norm is %g; give a finite value > 0 to clip, "
@@ -516,16 +502,46 @@ read_epilogue(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
                       "clipping at %g needs a grad_sqnorm callback that "
                       "gives each stage's squared gradient norm",
                       cfg->max_grad_norm);
-  if (pl->R > 1 && cfg->reduce_grads == NULL)
+  if (pl->R > 1 && cfg->reduce_grads == NULL && cfg->grad_tensor == NULL)
     return bt__errorf(err, BT_EINVAL,
                       "%d data-parallel replicas need a reduce_grads "
-                      "callback that all-reduces each stage's gradients",
+                      "callback that all-reduces each stage's gradients, or "
+                      "a grad_tensor callback (baton reduces them)",
                       (int)pl->R);
-  if (cfg->nties > 0 && (cfg->ties == NULL || cfg->tie_grads == NULL))
+  if (cfg->nties > 0 &&
+      (cfg->ties == NULL ||
+       (cfg->tie_grads == NULL && cfg->tie_tensor == NULL)))
     return bt__errorf(err, BT_EINVAL,
                       "%zu ties need the ties array and a tie_grads "
-                      "callback that sums each tie's two gradients",
+                      "callback that sums each tie's two gradients, or a "
+                      "tie_tensor callback (baton sums them)",
                       cfg->nties);
+  if (pl->W > 1 && ((pl->R > 1 && cfg->grad_tensor == NULL) ||
+                    (cfg->nties > 0 && cfg->tie_tensor == NULL)))
+    return bt__errorf(err, BT_EINVAL,
+                      "across %d processes baton moves the gradients it "
+                      "reduces and ties itself: give grad_tensor (replicas) "
+                      "and tie_tensor (ties) instead of reduce_grads and "
+                      "tie_grads",
+                      (int)pl->W);
+  if (cfg->grad_tensor != NULL) {
+    pl->nparts_s = calloc((size_t)pl->S, sizeof *pl->nparts_s);
+    if (pl->nparts_s == NULL)
+      return bt__errorf(err, BT_ENOMEM, "out of memory creating the pipeline");
+    for (int32_t s = 0; s < pl->S; s++) {
+      size_t n = 0;
+      while (pl->nparts_s[s] < 64 &&
+             cfg->grad_tensor(0, s, pl->nparts_s[s], &n, cfg->user) != NULL)
+        pl->nparts_s[s]++;
+      if (pl->nparts_s[s] == 0)
+        return bt__errorf(err, BT_EINVAL,
+                          "grad_tensor gave no gradient for stage %d; return "
+                          "part 0 of every stage",
+                          (int)s);
+      if (pl->nparts_s[s] > pl->nparts)
+        pl->nparts = pl->nparts_s[s];
+    }
+  }
   pl->sqnorm = calloc((size_t)pl->S, sizeof *pl->sqnorm);
   pl->ties = calloc(cfg->nties + 1, sizeof *pl->ties);
   if (pl->sqnorm == NULL || pl->ties == NULL)
@@ -547,274 +563,30 @@ read_epilogue(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
   return BT_OK;
 }
 
-/* The step as a DAG being built: tasks with device, action, name and
- * role; edges. */
-struct dag_build {
-  int32_t n, cap;
-  int32_t *device;
-  bt_action_t *action;
-  char **name;
-  struct pl_task *role;
-  size_t ne, ecap;
-  int32_t *src, *dst;
-};
-
-static bool
-dag_grow(struct dag_build *b)
-{
-  int32_t cap = b->cap ? 2 * b->cap : 64;
-  int32_t *dev = realloc(b->device, (size_t)cap * sizeof *dev);
-  bt_action_t *act;
-  char **name;
-  struct pl_task *role;
-
-  if (dev == NULL)
-    return false;
-  b->device = dev;
-  if ((act = realloc(b->action, (size_t)cap * sizeof *act)) == NULL)
-    return false;
-  b->action = act;
-  if ((name = realloc(b->name, (size_t)cap * sizeof *name)) == NULL)
-    return false;
-  b->name = name;
-  if ((role = realloc(b->role, (size_t)cap * sizeof *role)) == NULL)
-    return false;
-  b->role = role;
-  b->cap = cap;
-  return true;
-}
-
-/* Appends a task; -1 when out of memory. */
-static int32_t
-dag_task(struct dag_build *b, int32_t device, bt_action_t action,
-         const char *name, struct pl_task role)
-{
-  if (b->n == b->cap && !dag_grow(b))
-    return -1;
-  b->device[b->n] = device;
-  b->action[b->n] = action;
-  b->name[b->n] = NULL;
-  if (name != NULL && (b->name[b->n] = strdup(name)) == NULL)
-    return -1;
-  b->role[b->n] = role;
-  return b->n++;
-}
-
-static bool
-dag_edge(struct dag_build *b, int32_t from, int32_t to)
-{
-  if (b->ne == b->ecap) {
-    size_t cap = b->ecap ? 2 * b->ecap : 256;
-    int32_t *src = realloc(b->src, cap * sizeof *src), *dst;
-    if (src == NULL)
-      return false;
-    b->src = src;
-    if ((dst = realloc(b->dst, cap * sizeof *dst)) == NULL)
-      return false;
-    b->dst = dst;
-    b->ecap = cap;
-  }
-  b->src[b->ne] = from;
-  b->dst[b->ne] = to;
-  b->ne++;
-  return true;
-}
-
-static void
-dag_free(struct dag_build *b)
-{
-  for (int32_t t = 0; t < b->n; t++)
-    free(b->name[t]);
-  free(b->device);
-  free(b->action);
-  free(b->name);
-  free(b->role);
-  free(b->src);
-  free(b->dst);
-}
-
-static bool
-tie_touches(const bt_pipeline_tie_t *t, int32_t s)
-{
-  return t->stage_a == s || t->stage_b == s;
-}
-
-/* Edges from everything after which replica r's stage s gradients are final
- * (its last backward and ties; with replicas, every replica's reduction of
- * s) to task `to`. */
-static bool
-edges_from_final(const struct bt_pipeline *pl, struct dag_build *b,
-                 int32_t r, int32_t s, int32_t to, int32_t T0,
-                 const int32_t *tie_id, const int32_t *reduce_id)
-{
-  if (reduce_id != NULL) {
-    for (int32_t q = 0; q < pl->R; q++)
-      if (!dag_edge(b, reduce_id[(size_t)q * pl->S + s], to))
-        return false;
-    return true;
-  }
-  if (!dag_edge(b, r * T0 + pl->last_bw[s], to))
-    return false;
-  for (size_t i = 0; tie_id != NULL && i < pl->nties; i++)
-    if (tie_touches(&pl->ties[i], s) &&
-        !dag_edge(b, tie_id[(size_t)r * pl->nties + i], to))
-      return false;
-  return true;
-}
-
-/* The step's DAG: each replica's copy of the plan graph (replica r on
- * devices r * p ..), then the epilogue tasks (pipeline.h). */
-static bool
-build_dag(struct bt_pipeline *pl, struct dag_build *b)
-{
-  int32_t T0 = bt_graph_task_count(pl->graph), S = pl->S, R = pl->R;
-  int32_t *tie_id = NULL, *reduce_id = NULL, *norm_id = NULL, clip = -1;
-  bt_action_t none = {.stage = -1, .kind = BT_ACT_IDLE, .microbatch = -1};
-  char name[BT__PL_NAME_MAX];
-  bool ok = false;
-
-  for (int32_t r = 0; r < R; r++)
-    for (int32_t t = 0; t < T0; t++) {
-      bt_task_t task = bt_graph_task(pl->graph, t);
-      struct pl_task role = {TASK_PLAN, r, task.action.stage, -1};
-      if (dag_task(b, r * pl->p + task.device, task.action, NULL, role) < 0)
-        return false;
-    }
-  for (int32_t r = 0; r < R; r++)
-    for (int32_t t = 0; t < T0; t++)
-      for (int32_t j = 0; j < bt_graph_successor_count(pl->graph, t); j++)
-        if (!dag_edge(b, r * T0 + t,
-                      r * T0 + bt_graph_successor(pl->graph, t, j, NULL)))
-          return false;
-  if (pl->nties > 0) {
-    tie_id = malloc((size_t)R * pl->nties * sizeof *tie_id);
-    if (tie_id == NULL)
-      goto out;
-    for (int32_t r = 0; r < R; r++)
-      for (size_t i = 0; i < pl->nties; i++) {
-        const bt_pipeline_tie_t *t = &pl->ties[i];
-        struct pl_task role = {TASK_TIE, r, t->stage_b, (int32_t)i};
-        int32_t id;
-        snprintf(name, sizeof name, "tie %s", t->name);
-        id = dag_task(b, b->device[r * T0 + pl->last_bw[t->stage_b]], none,
-                      name, role);
-        if (id < 0 || !dag_edge(b, r * T0 + pl->last_bw[t->stage_a], id) ||
-            !dag_edge(b, r * T0 + pl->last_bw[t->stage_b], id))
-          goto out;
-        tie_id[(size_t)r * pl->nties + i] = id;
-      }
-  }
-  if (R > 1) {
-    reduce_id = malloc((size_t)R * (size_t)S * sizeof *reduce_id);
-    if (reduce_id == NULL)
-      goto out;
-    for (int32_t r = 0; r < R; r++)
-      for (int32_t s = 0; s < S; s++) {
-        struct pl_task role = {TASK_REDUCE, r, s, -1};
-        int32_t id;
-        snprintf(name, sizeof name, "reduce %d", (int)s);
-        id = dag_task(b, b->device[r * T0 + pl->last_bw[s]], none, name,
-                      role);
-        if (id < 0)
-          goto out;
-        reduce_id[(size_t)r * S + s] = id;
-        for (int32_t q = 0; q < R; q++)
-          if (!edges_from_final(pl, b, q, s, id, T0, tie_id, NULL))
-            goto out;
-      }
-  }
-  if (pl->max_grad_norm > 0) {
-    struct pl_task role = {TASK_CLIP, 0, 0, -1};
-    norm_id = malloc((size_t)S * sizeof *norm_id);
-    if (norm_id == NULL)
-      goto out;
-    for (int32_t s = 0; s < S; s++) {
-      struct pl_task nrole = {TASK_NORM, 0, s, -1};
-      snprintf(name, sizeof name, "norm %d", (int)s);
-      norm_id[s] = dag_task(b, b->device[pl->last_bw[s]], none, name, nrole);
-      if (norm_id[s] < 0 ||
-          !edges_from_final(pl, b, 0, s, norm_id[s], T0, tie_id, reduce_id))
-        goto out;
-    }
-    clip = dag_task(b, b->device[pl->last_bw[0]], none, "clip", role);
-    if (clip < 0)
-      goto out;
-    for (int32_t s = 0; s < S; s++)
-      if (!dag_edge(b, norm_id[s], clip))
-        goto out;
-  }
-  for (int32_t r = 0; pl->update != NULL && r < R; r++)
-    for (int32_t s = 0; s < S; s++) {
-      struct pl_task role = {TASK_UPDATE, r, s, -1};
-      int32_t id;
-      snprintf(name, sizeof name, "update %d", (int)s);
-      id = dag_task(b, b->device[r * T0 + pl->last_bw[s]], none, name, role);
-      if (id < 0 ||
-          !(clip >= 0 ? dag_edge(b, clip, id)
-                      : edges_from_final(pl, b, r, s, id, T0, tie_id,
-                                         reduce_id)))
-        goto out;
-    }
-  ok = true;
-out:
-  free(tie_id);
-  free(reduce_id);
-  free(norm_id);
-  return ok;
-}
-
 static bt_status
 start_runtime(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
               bt_error_t *err)
 {
   bt_runtime_config_t rc = BT_RUNTIME_CONFIG_INIT;
-  bt_exec_config_t ec = BT_EXEC_CONFIG_INIT;
-  bt_dag_t dag = BT_DAG_INIT;
-  struct dag_build b;
   bt_status st;
 
-  memset(&b, 0, sizeof b);
-  if (!build_dag(pl, &b)) {
-    dag_free(&b);
-    return bt__errorf(err, BT_ENOMEM, "out of memory building the step");
-  }
   if (cfg->runtime != NULL) {
     pl->rt = cfg->runtime;
-    if (bt_runtime_devices(pl->rt) < pl->R * pl->p) {
-      dag_free(&b);
+    if (bt_runtime_devices(pl->rt) < pl->R * pl->p)
       return bt__errorf(err, BT_EINVAL,
                         "the runtime has %d devices, but %d replicas x %d "
                         "devices need %d; create it with more",
                         (int)bt_runtime_devices(pl->rt), (int)pl->R,
                         (int)pl->p, (int)(pl->R * pl->p));
-    }
   } else {
     rc.devices = pl->R * pl->p;
     rc.threads = cfg->threads;
     st = bt_runtime_create(&rc, &pl->rt, err);
-    if (st != BT_OK) {
-      dag_free(&b);
+    if (st != BT_OK)
       return st;
-    }
     pl->own_rt = 1;
   }
-  dag.tasks = b.n;
-  dag.task_device = b.device;
-  dag.edges = b.ne;
-  dag.src = b.src;
-  dag.dst = b.dst;
-  dag.actions = b.action;
-  dag.names = (const char *const *)b.name;
-  ec.fn = pipeline_task;
-  ec.user = pl;
-  ec.trace = cfg->trace;
-  st = bt_exec_create_dag(pl->rt, &dag, &ec, &pl->exec, err);
-  if (st == BT_OK) {
-    pl->tasks = b.role;
-    b.role = NULL;
-  }
-  dag_free(&b);
-  return st;
+  return bt__pl_build_exec(pl, cfg->trace, err);
 }
 
 static void
@@ -831,6 +603,9 @@ pipeline_free(struct bt_pipeline *pl)
   free(pl->stage);
   free(pl->last_bw);
   free(pl->tasks);
+  bt__pl_free_xfers(pl);
+  free(pl->nparts_s);
+  free(pl->skip_pos);
   free(pl->sqnorm);
   for (size_t i = 0; pl->ties != NULL && i < pl->nties; i++)
     free((void *)(uintptr_t)pl->ties[i].name);
@@ -878,6 +653,20 @@ bt_pipeline_create(const bt_pipeline_config_t *user_cfg, bt_pipeline_t **out,
   pl->R = cfg->replicas > 0 ? cfg->replicas : 1;
   pl->grads_ready = cfg->grads_ready;
   pl->user = cfg->user;
+  pl->comm = bt_comm_size(cfg->comm) > 1 ? cfg->comm : NULL;
+  pl->W = bt_comm_size(pl->comm);
+  pl->me = bt_comm_rank(pl->comm);
+  pl->timeout_s = bt_comm_timeout(cfg->comm);
+  if ((pl->R * pl->p) % pl->W != 0) {
+    rc = bt__errorf(err, BT_EINVAL,
+                    "%d devices (%d replicas x %d) do not split evenly over "
+                    "%d ranks; list a multiple of %d devices",
+                    (int)(pl->R * pl->p), (int)pl->R, (int)pl->p,
+                    (int)pl->W, (int)pl->W);
+    pipeline_free(pl);
+    return rc;
+  }
+  pl->per_rank = pl->R * pl->p / pl->W;
   rc = copy_stages(pl, cfg, err);
   if (rc == BT_OK)
     rc = read_epilogue(pl, cfg, err);
@@ -899,6 +688,8 @@ bt_pipeline_create(const bt_pipeline_config_t *user_cfg, bt_pipeline_t **out,
     rc = make_buffers(pl, cfg, err);
   if (rc == BT_OK)
     rc = start_runtime(pl, cfg, err);
+  if (rc == BT_OK)
+    rc = bt__pl_resolve_xfers(pl, err);
   if (rc != BT_OK) {
     pipeline_free(pl);
     return rc;
@@ -910,9 +701,17 @@ bt_pipeline_create(const bt_pipeline_config_t *user_cfg, bt_pipeline_t **out,
 bt_status
 bt_pipeline_step(bt_pipeline_t *pl, bt_error_t *err)
 {
+  bt_status rc;
+
   if (pl == NULL)
     return bt__errorf(err, BT_EINVAL, "bt_pipeline_step: NULL pipeline");
-  return bt_exec_run(pl->exec, err);
+  if (pl->comm == NULL)
+    return bt_exec_run(pl->exec, err);
+  rc = bt__pl_step_begin(pl, err);
+  if (rc != BT_OK)
+    return rc;
+  rc = bt_exec_run(pl->exec, err);
+  return bt__pl_step_end(pl, rc, err);
 }
 
 bt_status
@@ -952,7 +751,7 @@ bt_pipeline_output(const bt_pipeline_t *pl, int32_t stage, int32_t mb,
 double
 bt_pipeline_grad_norm(const bt_pipeline_t *pl)
 {
-  return pl != NULL && pl->max_grad_norm > 0 ? pl->grad_norm : NAN;
+  return pl != NULL && pl->max_grad_norm > 0 ? pl->gs[0] : NAN;
 }
 
 const bt_plan_t *

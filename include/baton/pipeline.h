@@ -93,6 +93,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "baton/comm.h"
 #include "baton/export.h"
 #include "baton/runtime.h"
 #include "baton/schedule.h"
@@ -184,6 +185,25 @@ typedef struct bt_pipeline_skip {
   size_t bytes; /* per microbatch */
 } bt_pipeline_skip_t;
 
+/* Gradient memory baton may read and write itself (instead of calling
+ * reduce_grads / tie_grads), which is what lets it move gradients between
+ * processes:
+ *   grad_tensor(r, s, part, &count)  part 0, 1, .. of replica r's stage s
+ *       gradient (NULL after the last part); baton all-reduces them: the
+ *       reducer (r, s) sums slice r of each part over the replicas in
+ *       replica order (float) and writes it to every replica.
+ *   tie_tensor(r, i, side, &count)   tie i's gradient copy on stage_a
+ *       (side 0) or stage_b (side 1) of replica r; baton writes a + b (float)
+ *       into both.
+ * Called during create (to size transfers) and during steps, possibly on
+ * any rank for any replica: every rank must answer with the same counts. */
+typedef float *(*bt_pipeline_tensor_fn)(int32_t replica, int32_t stage,
+                                        int32_t part, size_t *count,
+                                        void *user);
+typedef float *(*bt_pipeline_tie_tensor_fn)(int32_t replica, int32_t tie,
+                                            int32_t side, size_t *count,
+                                            void *user);
+
 /* A parameter held by two stages of each replica (see tie_grads above).
  * The name is copied. */
 typedef struct bt_pipeline_tie {
@@ -217,11 +237,19 @@ typedef struct bt_pipeline_config {
   bt_stage_fn grad_sqnorm;  /* required with max_grad_norm > 0 */
   double max_grad_norm;     /* > 0: clip the global gradient norm */
   bt_stage_fn update;       /* optional optimizer step */
+  /* Appended in version 3. */
+  bt_pipeline_tensor_fn grad_tensor;    /* baton reduces (see above) */
+  bt_pipeline_tie_tensor_fn tie_tensor; /* baton sums ties (see above) */
+  bt_comm_t *comm;  /* NULL = one process; else the job (<baton/comm.h>):
+                       this process runs only its rank's share of the
+                       R * devices devices, and every rank must create the
+                       pipeline with the same config */
 } bt_pipeline_config_t;
 
 #define BT_PIPELINE_CONFIG_INIT                                               \
   { sizeof(bt_pipeline_config_t), 0, NULL, 1, 0, 1, NULL, NULL, NULL, 0,      \
-    NULL, 0, NULL, NULL, 0, 1, NULL, 0, NULL, NULL, NULL, 0.0, NULL }
+    NULL, 0, NULL, NULL, 0, 1, NULL, 0, NULL, NULL, NULL, 0.0, NULL, NULL,    \
+    NULL, NULL }
 
 typedef struct bt_pipeline bt_pipeline_t;
 
