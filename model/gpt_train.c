@@ -45,13 +45,13 @@ struct bt__gpt_train {
   int64_t adam_t;        /* AdamW steps taken */
   bt_pipeline_t *pl;
   struct bt__held held;
-  float **ptrs;          /* [R * S * R]: the all-reduce's per-task arrays */
+  bt_comm_t *comm;
+  int32_t *stage_rank;   /* [R * S]: the rank of each (replica, stage) */
   /* Written by bt__gpt_train_step before bt_pipeline_step (the runtime's
    * step start publishes them), read-only during the step. */
   const int32_t *x, *y;
   uint32_t step;
   bool do_update;
-  double scale; /* the clip scale of the last step */
 };
 
 static size_t
@@ -304,65 +304,37 @@ wte_of(const struct bt__gpt *m, bool grad)
   return (grad ? m->grads : m->params) + w->offset;
 }
 
-/* Sums embed's and the head's wte gradients into both copies. */
-static int
-cb_tie(const bt_stage_call_t *c, char *errbuf, size_t errlen)
+/* Gradient memory for baton's own tie sum and all-reduce (pipeline.h):
+ * part 0 of a stage is its layers' slice of the flat block, part 1 of the
+ * head's stage (split tie) the head's copy of wte's gradient. */
+static float *
+grad_tensor(int32_t r, int32_t s, int32_t part, size_t *count, void *user)
 {
-  struct bt__gpt_train *t = c->user;
-  struct bt__gpt *m = t->rep[c->replica];
-  float *a = wte_of(m, true), *b = m->head_gwte;
+  struct bt__gpt_train *t = user;
+  const struct gstage *st = &t->st[s];
 
-  (void)errbuf;
-  (void)errlen;
-  for (size_t i = 0, n = vc(t); i < n; i++)
-    a[i] = b[i] = a[i] + b[i];
-  return 0;
-}
-
-/* Slice r of [0, n) for R parts. */
-static void
-slice(size_t n, int32_t r, int32_t R, size_t *lo, size_t *hi)
-{
-  *lo = n * (size_t)r / (size_t)R;
-  *hi = n * ((size_t)r + 1) / (size_t)R;
-}
-
-/* Sums element range [lo, hi) of the arrays at[q] over the replicas in
- * order and writes the sum to every one. */
-static void
-sum_over(float *const *at, int32_t R, size_t lo, size_t hi)
-{
-  for (size_t i = lo; i < hi; i++) {
-    float sum = at[0][i];
-    for (int32_t q = 1; q < R; q++)
-      sum += at[q][i];
-    for (int32_t q = 0; q < R; q++)
-      at[q][i] = sum;
+  if (part == 0) {
+    *count = st->hi - st->lo;
+    return t->rep[r]->grads + st->lo;
   }
+  if (part == 1 && t->split_tie && s == t->head_stage) {
+    *count = vc(t);
+    return t->rep[r]->head_gwte;
+  }
+  return NULL;
 }
 
-static int
-cb_reduce(const bt_stage_call_t *c, char *errbuf, size_t errlen)
+/* The tie's copies: embed's wte gradient (side 0), the head's (side 1).
+ * baton writes a + b into both, embed's first, as the one-device model
+ * order would have them summed. */
+static float *
+tie_tensor(int32_t r, int32_t tie, int32_t side, size_t *count, void *user)
 {
-  struct bt__gpt_train *t = c->user;
-  const struct gstage *st = &t->st[c->stage];
-  float **at = t->ptrs + ((size_t)c->replica * (size_t)t->S +
-                          (size_t)c->stage) * (size_t)t->R;
-  size_t lo, hi;
+  struct bt__gpt_train *t = user;
 
-  (void)errbuf;
-  (void)errlen;
-  slice(st->hi - st->lo, c->replica, t->R, &lo, &hi);
-  for (int32_t q = 0; q < t->R; q++)
-    at[q] = t->rep[q]->grads + st->lo;
-  sum_over(at, t->R, lo, hi);
-  if (t->split_tie && c->stage == t->head_stage) {
-    slice(vc(t), c->replica, t->R, &lo, &hi);
-    for (int32_t q = 0; q < t->R; q++)
-      at[q] = t->rep[q]->head_gwte;
-    sum_over(at, t->R, lo, hi);
-  }
-  return 0;
+  (void)tie;
+  *count = vc(t);
+  return side == 0 ? wte_of(t->rep[r], true) : t->rep[r]->head_gwte;
 }
 
 /* The stage's squared gradient norm on replica 0 (the head's wte copy is
@@ -429,8 +401,6 @@ cb_update(const bt_stage_call_t *c, char *errbuf, size_t errlen)
   struct bt__gpt_train *t = c->user;
   bt_status rc;
 
-  if (c->replica == 0 && c->stage == 0)
-    t->scale = c->grad_scale; /* for bt__gpt_train_update */
   if (!t->do_update)
     return 0;
   rc = update_stage(t, c->replica, c->stage, c->grad_scale);
@@ -439,6 +409,8 @@ cb_update(const bt_stage_call_t *c, char *errbuf, size_t errlen)
              bt_strerror(rc));
   return (int)rc;
 }
+
+static void sync_replicas(struct bt__gpt_train *t);
 
 /* ---- create ---------------------------------------------------------------
  */
@@ -666,15 +638,16 @@ make_pipeline(struct bt__gpt_train *t, int32_t v, bt_error_t *err)
   pc.trace = t->cfg.trace;
   pc.replicas = t->R;
   pc.user = t;
+  pc.comm = t->comm;
   if (t->split_tie) {
     tie.name = "wte";
     tie.stage_a = t->embed_stage;
     tie.stage_b = t->head_stage;
     pc.ties = &tie;
     pc.nties = 1;
-    pc.tie_grads = cb_tie;
+    pc.tie_tensor = tie_tensor;
   }
-  pc.reduce_grads = t->R > 1 ? cb_reduce : NULL;
+  pc.grad_tensor = grad_tensor;
   pc.max_grad_norm = t->cfg.max_grad_norm;
   pc.grad_sqnorm = t->cfg.max_grad_norm > 0 ? cb_sqnorm : NULL;
   pc.update = cb_update;
@@ -715,7 +688,7 @@ bt__gpt_train_create(const struct bt__gpt_train_config *cfg,
   t->T = cfg->seq;
   t->Bm = t->B / ((size_t)t->R * (size_t)t->m);
   t->rows = t->Bm * t->T;
-  t->scale = 1.0;
+  t->comm = cfg->comm;
   if ((size_t)t->S > cfg->model->nlayers) {
     rc = bt__stages_partition(cfg->model->nlayers, t->S, t->p, v, NULL, 0,
                               "embed", NULL, err);
@@ -728,9 +701,15 @@ bt__gpt_train_create(const struct bt__gpt_train_config *cfg,
     rc = alloc_stage(t, &t->st[s], err);
   if (rc == BT_OK &&
       (bt__held_init(&t->held, t->R * t->p) != BT_OK ||
-       (t->ptrs = calloc((size_t)t->R * (size_t)t->S * (size_t)t->R,
-                         sizeof *t->ptrs)) == NULL))
+       (t->stage_rank = calloc((size_t)t->R * (size_t)t->S,
+                               sizeof *t->stage_rank)) == NULL))
     rc = bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
+  for (int32_t r = 0; rc == BT_OK && r < t->R; r++)
+    for (int32_t s = 0; s < t->S; s++)
+      t->stage_rank[(size_t)r * t->S + s] = bt__stages_rank(
+          t->comm, cfg->stage_device, s, r, t->p, t->R);
+  if (rc == BT_OK)
+    sync_replicas(t);
   if (rc == BT_OK)
     rc = make_pipeline(t, v, err);
   if (rc != BT_OK)
@@ -757,28 +736,68 @@ sync_replicas(struct bt__gpt_train *t)
     memcpy(t->rep[r]->head_wte, wte_of(m0, false), vc(t) * sizeof(float));
 }
 
+void
+bt__gpt_train_needs(const struct bt__gpt_train *t, int *x, int *y)
+{
+  int32_t me = bt_comm_rank(t->comm);
+
+  *x = *y = 0;
+  for (int32_t r = 0; r < t->R; r++) {
+    *x |= t->stage_rank[(size_t)r * t->S + t->embed_stage] == me;
+    *y |= t->stage_rank[(size_t)r * t->S + t->head_stage] == me;
+  }
+}
+
+int32_t
+bt__gpt_train_stage_rank(const struct bt__gpt_train *t, int32_t s)
+{
+  return t != NULL && s >= 0 && s < t->S ? t->stage_rank[s] : -1;
+}
+
+/* x or y [B,T]: every token in [0, V). */
+static bt_status
+check_tokens(const struct bt__gpt_train *t, const int32_t *v, const char *n,
+             bt_error_t *err)
+{
+  size_t V = t->rep[0]->cfg.V;
+
+  for (size_t i = 0; v != NULL && i < t->B * t->T; i++)
+    if (v[i] < 0 || (size_t)v[i] >= V)
+      return bt__errorf(err, BT_EINVAL,
+                        "token %zu (%s %" PRId32 ") is outside [0, V=%zu)", i,
+                        n, v[i], V);
+  return BT_OK;
+}
+
 bt_status
 bt__gpt_train_step(struct bt__gpt_train *t, const int32_t *x,
                    const int32_t *y, uint32_t step, bool update, float *loss,
                    bt_error_t *err)
 {
-  size_t n, V;
-  float sum = 0.0f;
+  size_t n;
+  double *shares;
+  int need_x, need_y;
+  int32_t me;
   bt_status rc;
 
-  if (t == NULL || x == NULL || y == NULL || loss == NULL)
+  if (t == NULL || loss == NULL)
     return bt__errorf(err, BT_EINVAL,
-                      "bt__gpt_train_step: trainer, x, y and loss must not "
-                      "be NULL");
-  n = t->B * t->T;
-  V = t->rep[0]->cfg.V;
-  for (size_t i = 0; i < n; i++)
-    if (x[i] < 0 || (size_t)x[i] >= V || y[i] < 0 || (size_t)y[i] >= V)
-      return bt__errorf(err, BT_EINVAL,
-                        "token %zu (x %" PRId32 ", y %" PRId32
-                        ") is outside [0, V=%zu)",
-                        i, x[i], y[i], V);
-  sync_replicas(t);
+                      "bt__gpt_train_step: trainer and loss must not be NULL");
+  bt__gpt_train_needs(t, &need_x, &need_y);
+  if ((need_x && x == NULL) || (need_y && y == NULL))
+    return bt__errorf(err, BT_EINVAL,
+                      "bt__gpt_train_step: this rank runs %s and needs %s",
+                      need_x && x == NULL ? "an embed stage" : "a head stage",
+                      need_x && x == NULL ? "x" : "y");
+  if ((rc = check_tokens(t, need_x ? x : NULL, "x", err)) != BT_OK ||
+      (rc = check_tokens(t, need_y ? y : NULL, "y", err)) != BT_OK)
+    return rc;
+  n = (size_t)t->R * (size_t)t->m;
+  shares = calloc(n, sizeof *shares);
+  if (shares == NULL)
+    return bt__errorf(err, BT_ENOMEM, "out of memory for the loss");
+  if (bt_comm_size(t->comm) <= 1)
+    sync_replicas(t);
   for (int32_t r = 0; r < t->R; r++) {
     bt__gpt_zero_grad(t->rep[r]);
     if (t->split_tie)
@@ -791,28 +810,45 @@ bt__gpt_train_step(struct bt__gpt_train *t, const int32_t *x,
   bt__held_reset(&t->held);
   rc = bt_pipeline_step(t->pl, err);
   t->x = t->y = NULL;
-  if (rc != BT_OK)
-    return rc;
-  if (update)
-    t->adam_t++;
-  /* The shares in replica then microbatch order, in float: the
-   * reference's order for R m microbatches. */
-  for (int32_t r = 0; r < t->R; r++)
-    for (int32_t k = 0; k < t->m; k++)
-      sum += *(const float *)bt_pipeline_replica_output(t->pl, r, t->S - 1, k,
-                                                        NULL);
-  *loss = sum;
-  return BT_OK;
+  if (rc == BT_OK) {
+    if (update)
+      t->adam_t++;
+    /* The shares in replica then microbatch order, in float: the
+     * reference's order for R m microbatches. */
+    me = bt_comm_rank(t->comm);
+    for (int32_t r = 0; r < t->R; r++)
+      for (int32_t k = 0; k < t->m; k++)
+        if (t->stage_rank[(size_t)r * t->S + t->S - 1] == me)
+          shares[(size_t)r * t->m + (size_t)k] =
+              *(const float *)bt_pipeline_replica_output(t->pl, r, t->S - 1,
+                                                         k, NULL);
+    rc = bt__stages_loss(t->comm, shares, n, loss, err);
+  }
+  free(shares);
+  return rc;
 }
 
 bt_status
 bt__gpt_train_update(struct bt__gpt_train *t, bt_error_t *err)
 {
+  double scale = 1.0;
+  int32_t me;
+
   if (t == NULL)
     return bt__errorf(err, BT_EINVAL, "bt__gpt_train_update: NULL trainer");
+  /* The clip's scale, as the graph computed it (pipeline.h). */
+  if (t->cfg.max_grad_norm > 0) {
+    scale = t->cfg.max_grad_norm / (bt_pipeline_grad_norm(t->pl) + 1e-6);
+    if (scale > 1.0)
+      scale = 1.0;
+  }
+  me = bt_comm_rank(t->comm);
   for (int32_t r = 0; r < t->R; r++)
     for (int32_t s = 0; s < t->S; s++) {
-      bt_status rc = update_stage(t, r, s, t->scale);
+      bt_status rc;
+      if (t->stage_rank[(size_t)r * t->S + s] != me)
+        continue;
+      rc = update_stage(t, r, s, scale);
       if (rc != BT_OK)
         return bt__errorf(err, rc, "the optimizer step failed on stage %d: "
                           "%s", (int)s, bt_strerror(rc));
@@ -919,6 +955,6 @@ bt__gpt_train_destroy(struct bt__gpt_train *t)
   free(t->adamh);
   free(t->wte_copy);
   bt__held_free(&t->held);
-  free(t->ptrs);
+  free(t->stage_rank);
   free(t);
 }

@@ -40,6 +40,12 @@
  * the recompute callback; dropout masks are redrawn, so bitwise the
  * same).  Devices in the accounting are the runtime's R * p devices.
  *
+ * Across processes (comm): every rank holds every replica's model but
+ * computes, reduces and updates only the stages it runs; x and y may be
+ * NULL on ranks that do not need them (bt__gpt_train_needs); the loss is
+ * the job's.  The replicas are copied from replica 0 at create only (a
+ * checkpoint must be loaded before).
+ *
  * Threads: bt__gpt_train_step drives the pipeline's threads; one step at a
  * time per trainer; nobody else may touch the model during it.  Between
  * steps the caller may change replica 0's parameters (load a checkpoint):
@@ -80,13 +86,15 @@ struct bt__gpt_train_config {
   int32_t optimizer;             /* BT__OPT_* */
   float lr, beta1, beta2, eps, weight_decay;
   uint64_t dropout_seed;
+  bt_comm_t *comm; /* NULL = one process; else the job (this rank runs its
+                      share of the R * p devices) */
 };
 
 #define BT__GPT_TRAIN_CONFIG_INIT                                              \
   {                                                                            \
     sizeof(struct bt__gpt_train_config), NULL, 0, 0, 1, 1, 1, 1, NULL, 0,      \
         NULL, BT__CKPT_NEVER, 0, 0, 0, NULL, 0.0, BT__OPT_SGD, 0.1f, 0.9f,     \
-        0.999f, 1e-8f, 0.0f, 0                                                 \
+        0.999f, 1e-8f, 0.0f, 0, NULL                                           \
   }
 
 struct bt__gpt_train;
@@ -108,6 +116,12 @@ bt_status bt__gpt_train_create(const struct bt__gpt_train_config *cfg,
 bt_status bt__gpt_train_step(struct bt__gpt_train *t, const int32_t *x,
                              const int32_t *y, uint32_t step, bool update,
                              float *loss, bt_error_t *err);
+
+/* Whether this rank reads x (it runs an embed stage) and y (a head). */
+void bt__gpt_train_needs(const struct bt__gpt_train *t, int *x, int *y);
+
+/* The rank that runs stage s of replica 0. */
+int32_t bt__gpt_train_stage_rank(const struct bt__gpt_train *t, int32_t s);
 
 /* After a step without update: the optimizer on every replica, with the
  * last step's clip scale, on the calling thread (what the graph's update

@@ -139,3 +139,32 @@ bt__held_sub(struct bt__held *h, int32_t device, size_t bytes)
 {
   h->now[device] -= bytes;
 }
+
+int32_t
+bt__stages_rank(const bt_comm_t *comm, const int32_t *stage_device, int32_t s,
+                int32_t r, int32_t p, int32_t R)
+{
+  int32_t W = bt_comm_size(comm), dev;
+
+  if (W <= 1)
+    return 0;
+  dev = r * p + (stage_device != NULL ? stage_device[s] : s % p);
+  return dev / (R * p / W);
+}
+
+bt_status
+bt__stages_loss(bt_comm_t *comm, double *shares, size_t n, float *loss,
+                bt_error_t *err)
+{
+  float sum = 0.0f;
+  bt_status rc = BT_OK;
+
+  if (bt_comm_size(comm) > 1)
+    rc = bt_comm_allreduce_sum(comm, shares, n, err);
+  if (rc != BT_OK)
+    return rc;
+  for (size_t i = 0; i < n; i++)
+    sum += (float)shares[i];
+  *loss = sum;
+  return BT_OK;
+}

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "baton/comm.h"
 #include "baton/pipeline.h"
 #include "baton/status.h"
 
@@ -36,6 +37,20 @@ bt_status bt__stages_check_mode(int32_t mode, bt_error_t *err);
  * pure function of the seed and the call (step, stage, microbatch, kind,
  * replica), so it needs no shared state. */
 void bt__stages_perturb(uint64_t seed, const bt_stage_call_t *c);
+
+/* The rank that runs stage s of replica r: its device is stage_device[s]
+ * (or s % p) plus r * p, and the job's R * p devices are split into equal
+ * consecutive shares (comm NULL: 0). */
+int32_t bt__stages_rank(const bt_comm_t *comm, const int32_t *stage_device,
+                        int32_t s, int32_t r, int32_t p, int32_t R);
+
+/* The step's loss from the last stage's shares of R replicas x m
+ * microbatches (shares[r * m + k], 0 where this rank does not run that
+ * last stage): every rank's shares summed across the job (exact: one rank
+ * holds each), then added in replica-then-microbatch order in float, the
+ * reference's order.  Errors as bt_comm_allreduce_sum's. */
+bt_status bt__stages_loss(bt_comm_t *comm, double *shares, size_t n,
+                          float *loss, bt_error_t *err);
 
 /* Held activation bytes per device: now and the step's peak.  Entry d is
  * touched only by device d's callbacks, which never overlap, and between

@@ -35,6 +35,8 @@ struct bt__train {
   size_t N, R;
   int32_t m, S, p, checkpoint;
   uint64_t perturb;
+  bt_comm_t *comm;
+  int32_t *stage_rank; /* [S] */
   struct train_stage *st; /* [S] */
   int32_t *layer_stage;   /* [nlayers] */
   bt_pipeline_t *pl;
@@ -424,6 +426,7 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
   t->p = cfg->devices;
   t->checkpoint = cfg->checkpoint;
   t->perturb = cfg->perturb;
+  t->comm = cfg->comm;
   if ((size_t)t->S > t->model->nlayers) {
     /* Checked before sizing arrays by S. */
     rc = bt__stages_partition(t->model->nlayers, t->S, cfg->devices, v,
@@ -478,6 +481,7 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
   pc.microbatches = t->m;
   pc.schedule = cfg->schedule;
   pc.stage_device = cfg->stage_device;
+  pc.comm = cfg->comm;
   pc.threads = cfg->threads;
   pc.trace = cfg->trace;
   if (t->model->cfg.long_skip && t->S > 1) {
@@ -491,6 +495,14 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
   rc = bt_pipeline_create(&pc, &t->pl, err);
   if (rc != BT_OK)
     goto out_free;
+  t->stage_rank = calloc((size_t)t->S, sizeof *t->stage_rank);
+  if (t->stage_rank == NULL) {
+    rc = bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
+    goto out_free;
+  }
+  for (int32_t s = 0; s < t->S; s++)
+    t->stage_rank[s] =
+        bt__stages_rank(t->comm, cfg->stage_device, s, 0, t->p, 1);
   free(desc);
   *out = t;
   return BT_OK;
@@ -501,22 +513,47 @@ out_free:
   return rc;
 }
 
+void
+bt__train_needs(const struct bt__train *t, int *x, int *y)
+{
+  int32_t me = bt_comm_rank(t->comm);
+
+  *x = t->stage_rank[0] == me;
+  *y = t->stage_rank[t->S - 1] == me;
+}
+
+int32_t
+bt__train_stage_rank(const struct bt__train *t, int32_t s)
+{
+  return t != NULL && s >= 0 && s < t->S ? t->stage_rank[s] : -1;
+}
+
 bt_status
 bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
                float *loss, bt_error_t *err)
 {
-  float sum = 0.0f;
+  double *shares;
+  int need_x, need_y;
   bt_status rc;
 
-  if (t == NULL || x == NULL || y == NULL || loss == NULL)
+  if (t == NULL || loss == NULL)
     return bt__errorf(err, BT_EINVAL,
-                      "bt__train_step: trainer, x, y and loss must not be "
-                      "NULL");
-  for (size_t r = 0; r < t->N; r++)
+                      "bt__train_step: trainer and loss must not be NULL");
+  bt__train_needs(t, &need_x, &need_y);
+  if ((need_x && x == NULL) || (need_y && y == NULL))
+    return bt__errorf(err, BT_EINVAL,
+                      "bt__train_step: this rank runs the %s stage and needs "
+                      "%s",
+                      need_x && x == NULL ? "first" : "last",
+                      need_x && x == NULL ? "x" : "y");
+  for (size_t r = 0; need_y && r < t->N; r++)
     if (y[r] < 0 || (size_t)y[r] >= t->model->cfg.C)
       return bt__errorf(err, BT_EINVAL,
                         "label y[%zu] = %" PRId32 " is outside [0, C=%zu)", r,
                         y[r], t->model->cfg.C);
+  shares = calloc((size_t)t->m, sizeof *shares);
+  if (shares == NULL)
+    return bt__errorf(err, BT_ENOMEM, "out of memory for the loss");
   t->x = x;
   t->y = y;
   bt__resmlp_zero_grad(t->model);
@@ -524,15 +561,14 @@ bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
   rc = bt_pipeline_step(t->pl, err);
   t->x = NULL;
   t->y = NULL;
-  if (rc != BT_OK)
-    return rc;
-  /* The shares in microbatch order, in float, as the reference adds them. */
-  for (int32_t k = 0; k < t->m; k++) {
-    const float *share = bt_pipeline_output(t->pl, t->S - 1, k, NULL);
-    sum += *share;
+  if (rc == BT_OK) {
+    for (int32_t k = 0; need_y && k < t->m; k++)
+      shares[k] = *(const float *)bt_pipeline_output(t->pl, t->S - 1, k, NULL);
+    /* In microbatch order, in float, as the reference adds them. */
+    rc = bt__stages_loss(t->comm, shares, (size_t)t->m, loss, err);
   }
-  *loss = sum;
-  return BT_OK;
+  free(shares);
+  return rc;
 }
 
 int32_t
@@ -600,6 +636,7 @@ bt__train_destroy(struct bt__train *t)
     }
   free(t->st);
   free(t->layer_stage);
+  free(t->stage_rank);
   bt__held_free(&t->held);
   free(t);
 }

@@ -89,12 +89,14 @@ struct bt__train_config {
   int32_t trace;                 /* record task times (bt__train_slices) */
   const int32_t *stage_device;   /* [S] placement; NULL = stage s on
                                     device s % devices.  Create only. */
+  bt_comm_t *comm;               /* NULL = one process; else the job: this
+                                    rank runs its share of the devices */
 };
 
 #define BT__TRAIN_CONFIG_INIT                                                  \
   {                                                                            \
     sizeof(struct bt__train_config), NULL, 0, 1, 1, 1, NULL, 0, NULL,          \
-        BT__CKPT_NEVER, 0, 0, 0, NULL                                          \
+        BT__CKPT_NEVER, 0, 0, 0, NULL, NULL                                    \
   }
 
 struct bt__train;
@@ -114,11 +116,20 @@ bt_status bt__train_create(const struct bt__train_config *cfg,
  * gradients, runs forward and backward of every microbatch as the schedule
  * orders them, and leaves the step's gradients in model->grads and the
  * batch's mean loss in *loss.  No optimizer: run one after (e.g.
- * bt__resmlp_sgd).  x and y are read during the call only.  BT_EINVAL for
+ * bt__resmlp_sgd).  x and y are read during the call only.  With a comm,
+ * x may be NULL on a rank that does not run stage 0 and y on one that does
+ * not run the last stage (bt__train_needs), only this rank's stages'
+ * gradients are computed here, and *loss is the job's.  BT_EINVAL for
  * NULL arguments or a label out of range; a stage's failure as the
  * pipeline reports it (then the gradients are unusable). */
 bt_status bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
                          float *loss, bt_error_t *err);
+
+/* Whether this rank reads x (it runs stage 0) and y (the last stage). */
+void bt__train_needs(const struct bt__train *t, int *x, int *y);
+
+/* The rank that runs stage s. */
+int32_t bt__train_stage_rank(const struct bt__train *t, int32_t s);
 
 /* The stage that owns layer, or -1 (for tests and tools). */
 int32_t bt__train_stage_of_layer(const struct bt__train *t, size_t layer);
