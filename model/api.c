@@ -12,6 +12,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <jansson.h>
+
 #include "baton/model.h"
 #include "error.h"
 #include "kernels.h"
@@ -645,6 +647,23 @@ bt_trainer_create(bt_model_t *model, const bt_trainer_config_t *config,
       rc = bt__api_partition_by_cost(cost, (size_t)nl, tr->S, auto_balance, err);
       if (rc != BT_OK)
         goto out_free_trainer;
+      /* Across processes every rank must cut the same way: rank 0's
+       * measurement decides. */
+      if (bt_comm_size(c.comm) > 1) {
+        double *b = calloc((size_t)tr->S, sizeof *b);
+        if (b == NULL) {
+          rc = bt__errorf(err, BT_ENOMEM, "out of memory balancing");
+          goto out_free_trainer;
+        }
+        for (int32_t s = 0; bt_comm_rank(c.comm) == 0 && s < tr->S; s++)
+          b[s] = auto_balance[s];
+        rc = bt_comm_allreduce_sum(c.comm, b, (size_t)tr->S, err);
+        for (int32_t s = 0; s < tr->S; s++)
+          auto_balance[s] = (int32_t)b[s];
+        free(b);
+        if (rc != BT_OK)
+          goto out_free_trainer;
+      }
     }
   }
 
@@ -668,6 +687,7 @@ bt_trainer_create(bt_model_t *model, const bt_trainer_config_t *config,
     tc.trace = c.trace != 0;
     tc.stage_device = c.stage_device;
     tc.perturb = c.perturb_seed;
+    tc.comm = c.comm;
     rc = bt__train_create(&tc, &tr->t, err);
     if (rc != BT_OK)
       goto out_free_trainer;
@@ -826,4 +846,152 @@ bt_trainer_slices(const bt_trainer_t *trainer, bt_slice_t *slices,
   if (trainer->gt != NULL)
     return bt__gpt_train_slices(trainer->gt, slices, count);
   return bt__train_slices(trainer->t, slices, count);
+}
+
+/* ---- across processes ------------------------------------------------------
+ */
+
+void
+bt_trainer_needs_data(const bt_trainer_t *trainer, int *inputs, int *labels)
+{
+  int x = 1, y = 1;
+
+  if (trainer != NULL && trainer->gt != NULL)
+    bt__gpt_train_needs(trainer->gt, &x, &y);
+  else if (trainer != NULL && trainer->t != NULL)
+    bt__train_needs(trainer->t, &x, &y);
+  if (inputs != NULL)
+    *inputs = x;
+  if (labels != NULL)
+    *labels = y;
+}
+
+int32_t
+bt_trainer_param_rank(const bt_trainer_t *trainer, size_t index)
+{
+  bt_param_t p;
+  int32_t s;
+
+  if (trainer == NULL || bt_model_param(trainer->model, index, &p) != BT_OK)
+    return -1;
+  if (trainer->gt != NULL) {
+    s = bt__gpt_train_stage_of_layer(trainer->gt, (size_t)p.layer);
+    return bt__gpt_train_stage_rank(trainer->gt, s);
+  }
+  s = bt__train_stage_of_layer(trainer->t, (size_t)p.layer);
+  return bt__train_stage_rank(trainer->t, s);
+}
+
+bt_status
+bt_trainer_gather(bt_trainer_t *trainer, int grads, bt_error_t *err)
+{
+  bt_comm_t *comm;
+  int32_t me;
+  size_t n;
+
+  if (trainer == NULL)
+    return bt__errorf(err, BT_EINVAL, "bt_trainer_gather: NULL trainer");
+  comm = trainer->cfg.comm;
+  if (bt_comm_size(comm) <= 1)
+    return BT_OK;
+  me = bt_comm_rank(comm);
+  n = bt_model_param_count(trainer->model);
+  for (size_t i = 0; i < n; i++) {
+    int32_t owner = bt_trainer_param_rank(trainer, i);
+    bt_param_t p;
+    bt_status rc = BT_OK;
+    bt_model_param(trainer->model, i, &p);
+    if (owner == 0 || (me != 0 && me != owner))
+      continue;
+    for (int k = 0; k <= (grads != 0) && rc == BT_OK; k++) {
+      float *v = k == 0 ? p.value : p.grad;
+      int32_t tag = (int32_t)(2 * i + (size_t)k) % (1 << 19);
+      rc = me == 0 ? bt_comm_recv(comm, v, p.count * sizeof *v, owner, tag,
+                                  err)
+                   : bt_comm_send(comm, v, p.count * sizeof *v, 0, tag, err);
+    }
+    if (rc != BT_OK)
+      return rc;
+  }
+  return BT_OK;
+}
+
+/* Writes the index of a sharded checkpoint: {"format": "baton-sharded",
+ * "ranks": W, "weight_map": {name: shard}}, atomically. */
+static bt_status
+write_index(const bt_trainer_t *trainer, const char *path, int32_t W,
+            bt_error_t *err)
+{
+  const char *slash = strrchr(path, '/');
+  const char *base = slash != NULL ? slash + 1 : path;
+  json_t *root = json_object(), *map = json_object();
+  char tmp[4200], shard[4200];
+  bt_status rc = BT_OK;
+
+  if (root == NULL || map == NULL || strlen(path) > 4000) {
+    json_decref(root);
+    json_decref(map);
+    return bt__errorf(err, BT_ENOMEM, "cannot write the index %s", path);
+  }
+  for (size_t i = 0; i < bt_model_param_count(trainer->model); i++) {
+    bt_param_t p;
+    bt_model_param(trainer->model, i, &p);
+    snprintf(shard, sizeof shard, "%s.rank%d.safetensors", base,
+             (int)bt_trainer_param_rank(trainer, i));
+    json_object_set_new(map, p.name, json_string(shard));
+  }
+  json_object_set_new(root, "format", json_string("baton-sharded"));
+  json_object_set_new(root, "ranks", json_integer(W));
+  json_object_set_new(root, "weight_map", map);
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  if (json_dump_file(root, tmp, JSON_INDENT(1) | JSON_SORT_KEYS) != 0 ||
+      rename(tmp, path) != 0) {
+    remove(tmp);
+    rc = bt__errorf(err, BT_EIO, "cannot write the checkpoint index %s; "
+                    "check the directory", path);
+  }
+  json_decref(root);
+  return rc;
+}
+
+bt_status
+bt_trainer_save(bt_trainer_t *trainer, const char *path, bt_error_t *err)
+{
+  bt_comm_t *comm;
+  int32_t me, W;
+  bool *keep;
+  char shard[4200];
+  bt_status rc, all;
+  double failed;
+
+  if (trainer == NULL || path == NULL)
+    return bt__errorf(err, BT_EINVAL,
+                      "bt_trainer_save: trainer and path must not be NULL");
+  comm = trainer->cfg.comm;
+  W = bt_comm_size(comm);
+  if (W <= 1)
+    return bt_model_save(trainer->model, path, err);
+  me = bt_comm_rank(comm);
+  keep = calloc(bt_model_param_count(trainer->model) + 1, sizeof *keep);
+  if (keep == NULL || strlen(path) > 4000) {
+    free(keep);
+    return bt__errorf(err, BT_ENOMEM, "cannot save %s", path);
+  }
+  for (size_t i = 0; i < bt_model_param_count(trainer->model); i++)
+    keep[i] = bt_trainer_param_rank(trainer, i) == me;
+  snprintf(shard, sizeof shard, "%s.rank%d.safetensors", path, (int)me);
+  rc = bt__params_save_some(trainer->model->tbl, shard, keep,
+                            bt_model_kind(trainer->model), err);
+  free(keep);
+  if (rc == BT_OK && me == 0)
+    rc = write_index(trainer, path, W, err);
+  /* Every rank learns whether all shards were written. */
+  failed = rc != BT_OK;
+  all = bt_comm_allreduce_sum(comm, &failed, 1, err);
+  if (all != BT_OK)
+    return all;
+  if (rc == BT_OK && failed > 0)
+    return bt__errorf(err, BT_EIO, "another rank could not write its shard "
+                      "of %s (see its message)", path);
+  return rc;
 }

@@ -172,6 +172,7 @@ bt__api_gpt_trainer_create(bt_trainer_t *tr, const bt_trainer_config_t *c,
   tc.eps = c->eps;
   tc.weight_decay = c->weight_decay;
   tc.dropout_seed = c->dropout_seed;
+  tc.comm = c->comm;
   return bt__gpt_train_create(&tc, &tr->gt, err);
 }
 

@@ -2,6 +2,7 @@
  * models share over them; params.h pins the initialization and the
  * messages. */
 #include <inttypes.h>
+#include <jansson.h>
 #include <stdbool.h>
 #include <math.h>
 #include <stdio.h>
@@ -246,17 +247,138 @@ format_shape(char *buf, size_t n, int ndim, const int64_t *shape)
     snprintf(buf + used, n - used, "]");
 }
 
+/* The files a checkpoint spans: one safetensors file, or an index
+ * ({"weight_map": {name: shard}}, shards relative to the index's
+ * directory) and its shards.  file_of[t] is the file holding tensor t of
+ * p (-1: missing). */
+struct ckpt {
+  bt_st_file_t **f;
+  size_t nf;
+  char **names; /* [nf]: the files' paths, for messages */
+};
+
+static void
+ckpt_close(struct ckpt *c)
+{
+  for (size_t i = 0; i < c->nf; i++) {
+    bt_st_close(c->f[i]);
+    free(c->names[i]);
+  }
+  free(c->f);
+  free(c->names);
+}
+
+static bool
+is_index(const char *path)
+{
+  FILE *f = fopen(path, "rb");
+  int ch;
+
+  if (f == NULL)
+    return false;
+  do
+    ch = fgetc(f);
+  while (ch == ' ' || ch == '\n' || ch == '\t' || ch == '\r');
+  fclose(f);
+  return ch == '{';
+}
+
+/* Opens path (a file or an index and its shards) into c. */
+static bt_status
+ckpt_open(const char *path, struct ckpt *c, bt_error_t *err)
+{
+  json_error_t je;
+  json_t *root, *map;
+  const char *key, *slash = strrchr(path, '/');
+  json_t *val;
+  size_t dirlen = slash != NULL ? (size_t)(slash - path) + 1 : 0;
+  bt_status st = BT_OK;
+
+  memset(c, 0, sizeof *c);
+  if (!is_index(path)) {
+    c->f = calloc(1, sizeof *c->f);
+    c->names = calloc(1, sizeof *c->names);
+    if (c->f == NULL || c->names == NULL ||
+        (c->names[0] = strdup(path)) == NULL) {
+      ckpt_close(c);
+      return bt__errorf(err, BT_ENOMEM, "out of memory loading %s", path);
+    }
+    c->nf = 1;
+    st = bt_st_load(path, &c->f[0], err);
+    if (st != BT_OK)
+      ckpt_close(c);
+    return st;
+  }
+  root = json_load_file(path, 0, &je);
+  map = root != NULL ? json_object_get(root, "weight_map") : NULL;
+  if (!json_is_object(map)) {
+    json_decref(root);
+    return bt__errorf(err, BT_EPARSE,
+                      "%s: not a safetensors file nor a checkpoint index "
+                      "with a \"weight_map\" object (%s)",
+                      path, root == NULL ? je.text : "no weight_map");
+  }
+  c->f = calloc(json_object_size(map) + 1, sizeof *c->f);
+  c->names = calloc(json_object_size(map) + 1, sizeof *c->names);
+  if (c->f == NULL || c->names == NULL)
+    st = bt__errorf(err, BT_ENOMEM, "out of memory loading %s", path);
+  json_object_foreach(map, key, val) {
+    const char *shard = json_string_value(val);
+    char *full;
+    bool seen = false;
+    if (st != BT_OK)
+      break;
+    if (shard == NULL || strchr(shard, '/') != NULL) {
+      st = bt__errorf(err, BT_EPARSE,
+                      "%s: tensor '%s' maps to %s; give a shard file name "
+                      "next to the index",
+                      path, key, shard ? shard : "a non-string");
+      break;
+    }
+    full = malloc(dirlen + strlen(shard) + 1);
+    if (full == NULL) {
+      st = bt__errorf(err, BT_ENOMEM, "out of memory loading %s", path);
+      break;
+    }
+    memcpy(full, path, dirlen);
+    strcpy(full + dirlen, shard);
+    for (size_t i = 0; i < c->nf && !seen; i++)
+      seen = strcmp(c->names[i], full) == 0;
+    if (seen) {
+      free(full);
+      continue;
+    }
+    c->names[c->nf] = full;
+    st = bt_st_load(full, &c->f[c->nf], err);
+    c->nf++;
+  }
+  json_decref(root);
+  if (st != BT_OK)
+    ckpt_close(c);
+  return st;
+}
+
+/* Tensor name in whichever file holds it: its file index, or -1. */
+static int
+ckpt_find(const struct ckpt *c, const char *name, bt_st_tensor_t *out)
+{
+  for (size_t i = 0; i < c->nf; i++)
+    if (bt_st_find(c->f[i], name, out) == BT_OK)
+      return (int)i;
+  return -1;
+}
+
 bt_status
 bt__params_load(struct bt__params *p, const char *path, const char *who,
                 const struct bt__params_load_desc *desc, bt_error_t *err)
 {
-  bt_st_file_t *f = NULL;
+  struct ckpt c;
   bt_status st;
 
   if (p == NULL || path == NULL)
     return bt__errorf(err, BT_EINVAL,
                       "%s load: model and path must not be NULL", who);
-  if ((st = bt_st_load(path, &f, err)) != BT_OK)
+  if ((st = ckpt_open(path, &c, err)) != BT_OK)
     return st;
 
   /* Everything is checked before anything is copied, so a bad file
@@ -266,8 +388,9 @@ bt__params_load(struct bt__params *p, const char *path, const char *who,
     int64_t want[2] = {(int64_t)tt->shape[0], (int64_t)tt->shape[1]};
     bt_st_tensor_t ft;
     char got_s[96], want_s[64];
+    int fi = ckpt_find(&c, tt->name, &ft);
 
-    if (bt_st_find(f, tt->name, &ft) != BT_OK) {
+    if (fi < 0) {
       st = bt__errorf(err, BT_EINVAL,
                       "%s: tensor '%s' is missing (a checkpoint of a "
                       "model with %s?)",
@@ -278,7 +401,7 @@ bt__params_load(struct bt__params *p, const char *path, const char *who,
       const char *dn = bt_st_dtype_name(ft.dtype);
       st = bt__errorf(err, BT_EINVAL,
                       "%s: tensor '%s' has dtype %s; the model needs F32",
-                      path, tt->name, dn != NULL ? dn : "?");
+                      c.names[fi], tt->name, dn != NULL ? dn : "?");
       goto out_close;
     }
     bool same = ft.ndim == tt->ndim;
@@ -289,29 +412,62 @@ bt__params_load(struct bt__params *p, const char *path, const char *who,
       format_shape(want_s, sizeof(want_s), tt->ndim, want);
       st = bt__errorf(err, BT_EINVAL,
                       "%s: tensor '%s' has shape %s; the model (%s) needs %s",
-                      path, tt->name, got_s, desc->shape, want_s);
+                      c.names[fi], tt->name, got_s, desc->shape, want_s);
       goto out_close;
     }
   }
-  for (size_t i = 0; i < bt_st_count(f); i++) {
-    bt_st_tensor_t ft = bt_st_get(f, i);
-    if (bt__params_find(p, ft.name) == NULL) {
-      st = bt__errorf(err, BT_EINVAL,
-                      "%s: tensor '%s' is not a parameter of this model "
-                      "(%s): a checkpoint of another config?",
-                      path, ft.name, desc->extra);
-      goto out_close;
+  for (size_t i = 0; i < c.nf; i++)
+    for (size_t j = 0; j < bt_st_count(c.f[i]); j++) {
+      bt_st_tensor_t ft = bt_st_get(c.f[i], j);
+      if (bt__params_find(p, ft.name) == NULL) {
+        st = bt__errorf(err, BT_EINVAL,
+                        "%s: tensor '%s' is not a parameter of this model "
+                        "(%s): a checkpoint of another config?",
+                        c.names[i], ft.name, desc->extra);
+        goto out_close;
+      }
     }
-  }
   for (size_t t = 0; t < p->ntensors; t++) {
     const struct bt__params_tensor *tt = &p->tensors[t];
     bt_st_tensor_t ft;
-    bt_st_find(f, tt->name, &ft);
+    ckpt_find(&c, tt->name, &ft);
     memcpy(p->params + tt->offset, ft.data, tt->count * sizeof(float));
   }
   st = BT_OK;
 
 out_close:
-  bt_st_close(f);
+  ckpt_close(&c);
+  return st;
+}
+
+bt_status
+bt__params_save_some(const struct bt__params *p, const char *path,
+                     const bool *keep, const char *who, bt_error_t *err)
+{
+  bt_st_tensor_t *t;
+  size_t n = 0;
+  bt_status st;
+
+  if (p == NULL || path == NULL || keep == NULL)
+    return bt__errorf(err, BT_EINVAL,
+                      "%s save: model, path and mask must not be NULL", who);
+  t = calloc(p->ntensors + 1, sizeof *t);
+  if (t == NULL)
+    return bt__errorf(err, BT_ENOMEM, "%s save: out of memory", who);
+  for (size_t i = 0; i < p->ntensors; i++) {
+    const struct bt__params_tensor *tt = &p->tensors[i];
+    if (!keep[i])
+      continue;
+    t[n].name = tt->name;
+    t[n].dtype = BT_ST_F32;
+    t[n].ndim = tt->ndim;
+    t[n].shape[0] = (int64_t)tt->shape[0];
+    t[n].shape[1] = (int64_t)tt->shape[1];
+    t[n].data = p->params + tt->offset;
+    t[n].bytes = tt->count * sizeof(float);
+    n++;
+  }
+  st = bt_st_save(path, t, n, NULL, err);
+  free(t);
   return st;
 }

@@ -155,7 +155,10 @@ struct bt__params_load_desc {
   const char *missing, *shape, *extra;
 };
 
-/* Loads a checkpoint into p's parameters (gradients untouched).  The file
+/* Loads a checkpoint into p's parameters (gradients untouched): a
+ * safetensors file, or an index ({"weight_map": {name: shard file}}, the
+ * shards next to it, as bt__params_save_some and an index writer leave
+ * them).  The file(s)
  * must hold exactly p's tensors, each F32 with p's shape; BT_EINVAL
  * naming the file and the tensor otherwise (missing, wrong dtype or
  * shape, or not a parameter), and "WHO load: model and path must not be
@@ -165,6 +168,12 @@ bt_status bt__params_load(struct bt__params *p, const char *path,
                           const char *who,
                           const struct bt__params_load_desc *desc,
                           bt_error_t *err);
+
+/* Writes the tensors i with keep[i] (a shard of a checkpoint), as
+ * bt__params_save does. */
+bt_status bt__params_save_some(const struct bt__params *p, const char *path,
+                               const bool *keep, const char *who,
+                               bt_error_t *err);
 
 /* ---- scratch layouts ------------------------------------------------------
  * A layer's scratch is one caller buffer cut into regions, each on a 64-byte

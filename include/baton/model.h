@@ -42,6 +42,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "baton/comm.h"
 #include "baton/export.h"
 #include "baton/schedule.h"
 #include "baton/status.h"
@@ -118,7 +119,9 @@ BT_API bt_status bt_model_param(const bt_model_t *model, size_t index,
                                 bt_param_t *out);
 
 /* Parameters to / from a safetensors file (names as above).  Loading checks
- * every name, dtype and shape and changes nothing on failure. */
+ * every name, dtype and shape and changes nothing on failure; it also
+ * reads the index of a checkpoint written by bt_trainer_save across ranks
+ * (the shards must sit next to it). */
 BT_API bt_status bt_model_save(const bt_model_t *model, const char *path,
                                bt_error_t *err);
 BT_API bt_status bt_model_load(bt_model_t *model, const char *path,
@@ -207,12 +210,17 @@ typedef struct bt_trainer_config {
                                batch / R sequences; R m must divide batch */
   float max_grad_norm;      /* > 0: clip the global gradient norm */
   uint64_t dropout_seed;    /* keys the dropout masks */
+  /* Appended in version 3: */
+  bt_comm_t *comm;          /* NULL = one process; else the job
+                               (<baton/comm.h>): devices lists the whole
+                               job's devices, this rank runs its share, and
+                               every rank must pass the same config */
 } bt_trainer_config_t;
 
 #define BT_TRAINER_CONFIG_INIT                                                \
   { sizeof(bt_trainer_config_t), 32, 4, 2, 0, NULL, 0, NULL,                  \
     BT_CHECKPOINT_EXCEPT_LAST, BT_OPTIMIZER_SGD, 0.1f, 0.0f, 0.9f, 0.999f,    \
-    1e-8f, 0, 0, NULL, 0, 0, 1, 0.0f, 0 }
+    1e-8f, 0, 0, NULL, 0, 0, 1, 0.0f, 0, NULL }
 
 /* Partitions the model (measuring layer times when balance is NULL),
  * plans the schedule and instantiates the step.  The model must outlive
@@ -256,6 +264,34 @@ BT_API bt_status bt_trainer_backward_tokens(bt_trainer_t *trainer,
 BT_API bt_status bt_trainer_step_tokens(bt_trainer_t *trainer,
                                         const int32_t *x, const int32_t *y,
                                         float *loss, bt_error_t *err);
+
+/* Across processes: whether this rank reads the batch's inputs (it runs a
+ * first stage) and its labels or targets (a last stage); elsewhere they
+ * may be NULL.  One process: both. */
+BT_API void bt_trainer_needs_data(const bt_trainer_t *trainer, int *inputs,
+                                  int *labels);
+
+/* The rank that owns parameter `index` (bt_model_param order): it runs the
+ * parameter's stage in replica 0, and only its copy is current after an
+ * update (a tied wte: its embedding's rank). */
+BT_API int32_t bt_trainer_param_rank(const bt_trainer_t *trainer,
+                                     size_t index);
+
+/* Collective (every rank calls it): rank 0 receives the value (and, with
+ * grads, the gradient) of every parameter it does not own, so its model
+ * is whole (for a dump, evaluation, sampling or a single-file save).
+ * Other ranks' models are unchanged.  One process: nothing to do.
+ * Errors as bt_comm_recv's. */
+BT_API bt_status bt_trainer_gather(bt_trainer_t *trainer, int grads,
+                                   bt_error_t *err);
+
+/* Collective: a checkpoint of the trained model.  One process: one
+ * safetensors file, as bt_model_save.  W ranks: each writes the
+ * parameters it owns to PATH.rank<r>.safetensors and rank 0 writes PATH,
+ * an index ({"weight_map": {name: file}}), which bt_model_load reads with
+ * any number of ranks. */
+BT_API bt_status bt_trainer_save(bt_trainer_t *trainer, const char *path,
+                                 bt_error_t *err);
 
 /* gpt with clipping: the last step's global gradient norm; else NaN. */
 BT_API double bt_trainer_grad_norm(const bt_trainer_t *trainer);
