@@ -91,6 +91,8 @@ usage(FILE *f)
       "                      means no training, e.g. to sample a --load)\n"
       "  --seed S            parameters, data split and order (default 1)\n"
       "  --threads T         runtime threads (default: online CPUs)\n"
+      "  --comm-timeout S    under mpirun/srun: seconds a rank waits for\n"
+      "                      another before failing (default 60)\n"
       "  --perturb SEED      test hook: every stage callback first sleeps a\n"
       "                      random 0..200 us; results must not change\n"
       "  --load CKPT         start from a checkpoint (safetensors)\n"
@@ -146,10 +148,6 @@ parse_devices(const char *s, struct options *o)
       return fail(EXIT_USAGE, "--devices: '%.*s' needs a device number "
                   "0..%d after cpu: (e.g. cpu:0,cpu:1)", (int)len, p,
                   MAX_DEVICES - 1);
-    for (int i = 0; i < o->ndevices; i++)
-      if (o->device_ids[i] == (int)k)
-        return fail(EXIT_USAGE, "--devices lists cpu:%ld twice; name each "
-                    "device once", k);
     if (o->ndevices == MAX_DEVICES)
       return fail(EXIT_USAGE, "--devices: at most %d devices", MAX_DEVICES);
     o->device_ids[o->ndevices] = (int)k;
@@ -198,7 +196,7 @@ static const char value_options[] =
     "--virtual --balance --schedule --checkpoint --optimizer --lr "
     "--weight-decay --steps --seed --data --save --load --dump --trace --svg "
     "--threads --perturb --embd --heads --seq --dropout --dp --generate "
-    "--prompt --temperature --clip ";
+    "--prompt --temperature --clip --comm-timeout ";
 
 /* Options that only one model takes (flags and those with a value). */
 static const char gpt_options[] =
@@ -221,6 +219,21 @@ static int
 finish_args(struct options *o, const char *gpt_opt, const char *resmlp_opt)
 {
   int gpt = strcmp(o->model, "gpt") == 0;
+
+  /* Under W ranks --devices lists the job's devices, rank r owning the
+   * r-th share, names local to the rank: a name may repeat across shares,
+   * not within one. */
+  if (o->ndevices % job_ranks != 0)
+    return fail(EXIT_USAGE, "--devices lists %d devices, which do not split "
+                "evenly over the job's %d ranks; list a multiple of %d",
+                o->ndevices, job_ranks, job_ranks);
+  for (int i = 0; i < o->ndevices; i++)
+    for (int j = i + 1; j < o->ndevices; j++)
+      if (o->device_ids[i] == o->device_ids[j] &&
+          i / (o->ndevices / job_ranks) == j / (o->ndevices / job_ranks))
+        return fail(EXIT_USAGE, "--devices lists cpu:%d twice%s; name each "
+                    "device once", o->device_ids[i],
+                    job_ranks > 1 ? " in one rank's share" : "");
 
   if (!gpt && gpt_opt != NULL)
     return fail(EXIT_USAGE, "%s is a gpt option; add --model gpt, or drop "
@@ -378,6 +391,11 @@ parse_args(int argc, char **argv, struct options *o)
       rc = parse_int(a, v, 1, &o->threads);
     } else if (strcmp(a, "--perturb") == 0) {
       rc = parse_int(a, v, 1, &o->perturb);
+    } else if (strcmp(a, "--comm-timeout") == 0) {
+      rc = parse_double(a, v, &o->comm_timeout);
+      if (rc == 0 && o->comm_timeout <= 0.0)
+        rc = fail(EXIT_USAGE, "--comm-timeout needs seconds > 0 (got '%s')",
+                  v);
     } else if (strcmp(a, "--data") == 0) {
       o->data = v;
     } else if (strcmp(a, "--save") == 0) {
@@ -672,6 +690,7 @@ train(struct options *o)
   double win_ms = 0.0, loss_tail = 0.0, first_loss = 0.0, last_loss = 0.0;
   int rc = EXIT_RUNTIME, tty = isatty(STDERR_FILENO), win_n = 0, tail_n;
   int next_report = 1, correct = 0, p = o->ndevices, boundary;
+  int need_x = 1, need_y = 1;
   uint64_t rng;
 
   if ((rc = check_output("--save", o->save)) != 0 ||
@@ -685,9 +704,22 @@ train(struct options *o)
          o->schedule, err.message);
     return st == BT_ENOENT ? EXIT_USAGE : EXIT_RUNTIME;
   }
-  if ((rc = load_data(o, &ds)) != 0)
+  /* Under several ranks rank 0 reads the data (it evaluates) and tells
+   * the others its shape; they read it only if they run a first or last
+   * stage (below). */
+  if (job_rank == 0 && (rc = load_data(o, &ds)) != 0)
     goto out;
   rc = EXIT_RUNTIME;
+  if (job_ranks > 1) {
+    double shape[3] = {(double)ds.n, (double)ds.d, (double)ds.classes};
+    if ((st = bt_comm_allreduce_sum(o->comm, shape, 3, &err)) != BT_OK) {
+      fail(EXIT_RUNTIME, "cannot share the data's shape: %s", err.message);
+      goto out;
+    }
+    ds.n = (size_t)shape[0];
+    ds.d = (size_t)shape[1];
+    ds.classes = (int32_t)shape[2];
+  }
 
   mc.inputs = (int32_t)ds.d;
   mc.hidden = o->hidden;
@@ -733,6 +765,7 @@ train(struct options *o)
   tc.threads = o->threads;
   tc.perturb_seed = (uint32_t)o->perturb;
   tc.trace = o->trace != NULL || o->svg != NULL;
+  tc.comm = o->comm;
   if ((st = bt_trainer_create(model, &tc, &tr, &err)) != BT_OK) {
     rc = fail(st == BT_EINVAL || st == BT_EUNSUPPORTED ? EXIT_USAGE
                                                        : EXIT_RUNTIME,
@@ -740,6 +773,19 @@ train(struct options *o)
     goto out;
   }
   S = bt_trainer_stages(tr);
+  bt_trainer_needs_data(tr, &need_x, &need_y);
+  if (job_rank != 0 && (need_x || need_y)) {
+    struct dataset shape = ds;
+    if ((rc = load_data(o, &ds)) != 0)
+      goto out;
+    rc = EXIT_RUNTIME;
+    if (ds.n != shape.n || ds.d != shape.d) {
+      fail(EXIT_RUNTIME, "this rank reads %zu rows of %zu from %s, rank 0 "
+           "read %zu of %zu: give every rank the same data", ds.n, ds.d,
+           ds.source, shape.n, shape.d);
+      goto out;
+    }
+  }
 
   /* A seeded shuffle; the first 80% train, the rest is held out. */
   rng = o->seed ^ 0xd1b54a32d192ed03ull;
@@ -766,7 +812,7 @@ train(struct options *o)
   sim_peaks = calloc((size_t)p, sizeof *sim_peaks);
   if (!xb || !yb || !xtest || !ytest || !pred || !peaks || !sim_peaks)
     goto out_oom;
-  for (size_t i = 0; i < ntest; i++) {
+  for (size_t i = 0; ds.x != NULL && i < ntest; i++) {
     memcpy(xtest + i * ds.d, ds.x + order[ntrain + i] * ds.d,
            ds.d * sizeof *xtest);
     ytest[i] = ds.y[order[ntrain + i]];
@@ -805,13 +851,21 @@ train(struct options *o)
         cursor = 0;
       }
       row = train_idx[cursor++];
+      if (ds.x == NULL)
+        continue;
       memcpy(xb + (size_t)r * ds.d, ds.x + row * ds.d, ds.d * sizeof *xb);
       yb[r] = ds.y[row];
     }
     t0 = now();
     if (step == 0 && o->dump) {
-      st = bt_trainer_backward(tr, xb, yb, &loss, &err);
-      if (st == BT_OK) {
+      st = bt_trainer_backward(tr, need_x ? xb : NULL, need_y ? yb : NULL,
+                               &loss, &err);
+      /* Rank 0 writes the whole model's values and gradients. */
+      if (st == BT_OK)
+        st = bt_trainer_gather(tr, 1, &err);
+      if (st == BT_OK && job_rank != 0) {
+        st = bt_trainer_update(tr, &err);
+      } else if (st == BT_OK) {
         dt = now() - t0;
         bt_st_tensor_t lead[3] = {
             {"x", BT_ST_F32, 2, {(int64_t)o->batch, (int64_t)ds.d}, xb,
@@ -826,7 +880,8 @@ train(struct options *o)
         st = bt_trainer_update(tr, &err);
       }
     } else {
-      st = bt_trainer_step(tr, xb, yb, &loss, &err);
+      st = bt_trainer_step(tr, need_x ? xb : NULL, need_y ? yb : NULL, &loss,
+                           &err);
     }
     dt = now() - t0;
     if (st != BT_OK) {
@@ -866,11 +921,17 @@ train(struct options *o)
   }
   loss_tail /= tail_n;
 
-  if ((st = bt_model_predict(model, xtest, ntest, pred, &err)) != BT_OK) {
+  /* Rank 0 evaluates the whole model. */
+  if ((st = bt_trainer_gather(tr, 0, &err)) != BT_OK) {
+    fail(EXIT_RUNTIME, "cannot gather the model: %s", err.message);
+    goto out;
+  }
+  if (job_rank == 0 &&
+      (st = bt_model_predict(model, xtest, ntest, pred, &err)) != BT_OK) {
     fail(EXIT_RUNTIME, "prediction failed: %s", err.message);
     goto out;
   }
-  for (size_t i = 0; i < ntest; i++)
+  for (size_t i = 0; job_rank == 0 && i < ntest; i++)
     correct += pred[i] == ytest[i];
   for (int d = 0; d < p; d++)
     peaks[d] = bt_trainer_peak_activation_bytes(tr, d);
@@ -878,7 +939,7 @@ train(struct options *o)
     goto out;
   rc = EXIT_RUNTIME;
 
-  if (o->trace || o->svg) {
+  if (job_rank == 0 && (o->trace || o->svg)) {
     bt_timeline_t tl = BT_TIMELINE_INIT;
     bt_slice_t *slices = NULL;
     size_t count = 0;
@@ -910,7 +971,7 @@ train(struct options *o)
     free(slices);
     rc = EXIT_RUNTIME;
   }
-  if (o->save && (st = bt_model_save(model, o->save, &err)) != BT_OK) {
+  if (o->save && (st = bt_trainer_save(tr, o->save, &err)) != BT_OK) {
     fail(EXIT_RUNTIME, "--save: %s", err.message);
     goto out;
   }
@@ -1025,12 +1086,33 @@ main(int argc, char **argv)
   o.temperature = 0.8;
   o.clip = -1.0;
   o.generate = -1;
+  o.comm_timeout = 60.0;
+  {
+    bt_error_t err = {0};
+    bt_status st = bt_comm_init(&argc, &argv, &o.comm, &err);
+    if (st != BT_OK)
+      return fail(st == BT_EUNSUPPORTED ? EXIT_USAGE : EXIT_RUNTIME,
+                  "cannot join the job: %s", err.message);
+  }
+  job_rank = bt_comm_rank(o.comm);
+  job_ranks = bt_comm_size(o.comm);
+  if (job_ranks > 1) {
+    install_stop_handler(o.comm);
+    /* Rank 0 reports; the others speak only to fail. */
+    if (job_rank != 0 && freopen("/dev/null", "w", stdout) == NULL)
+      return fail(EXIT_RUNTIME, "cannot silence stdout: %s", strerror(errno));
+  }
   rc = parse_devices("cpu:0,cpu:1", &o);
   if (rc == 0)
     rc = parse_args(argc, argv, &o);
+  bt_comm_set_timeout(o.comm, o.comm_timeout);
   if (rc == 0)
     rc = strcmp(o.model, "gpt") == 0 ? train_gpt(&o) : train(&o);
   for (int i = 0; i < o.ndevices; i++)
     free(o.device_names[i]);
+  /* A failed rank leaves without finalizing: the launcher then ends the
+   * job (finalizing would wait for ranks that may never arrive). */
+  if (rc <= 0)
+    bt_comm_finalize(o.comm);
   return rc < 0 ? 0 : rc;
 }

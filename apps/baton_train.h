@@ -36,7 +36,17 @@ struct options {
   int embd, heads, seq, untied, dp, generate;
   double dropout, temperature, clip;
   const char *prompt;
+  /* the job (several processes under mpirun / srun) */
+  double comm_timeout; /* --comm-timeout, seconds */
+  bt_comm_t *comm;
 };
+
+/* This process's rank and the job's size (fail() names the rank when
+ * there are several). */
+extern int job_rank, job_ranks;
+
+/* On SIGTERM, prints what this rank was waiting for and exits 1. */
+void install_stop_handler(const bt_comm_t *comm);
 
 /* Prints "baton-train: <message>" on stderr; returns code for
  * `return fail(...)`. */

@@ -1,6 +1,7 @@
 /* baton-train's helpers shared by the resmlp and gpt paths (declared in
  * baton_train.h). */
 #include <errno.h>
+#include <signal.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -17,12 +18,57 @@ fail(int code, const char *fmt, ...)
 {
   va_list ap;
 
-  fputs("baton-train: ", stderr);
+  if (job_ranks > 1)
+    fprintf(stderr, "baton-train: rank %d: ", job_rank);
+  else
+    fputs("baton-train: ", stderr);
   va_start(ap, fmt);
   vfprintf(stderr, fmt, ap);
   va_end(ap);
   fputc('\n', stderr);
   return code;
+}
+
+int job_rank, job_ranks = 1;
+
+static const bt_comm_t *stop_comm;
+static char stop_prefix[64];
+
+/* SIGTERM (mpirun stopping the job, e.g. because another rank died):
+ * say what this rank was waiting for, with async-signal-safe calls only
+ * (the note is a stable, terminated string: comm.h). */
+static void
+on_stop(int sig)
+{
+  const char *what = bt_comm_waiting_for(stop_comm);
+  static const char mid[] = "stopped by the launcher (another rank failed "
+                            "or died?)";
+  static const char wait[] = " while waiting for ";
+
+  (void)sig;
+  if (write(STDERR_FILENO, stop_prefix, strlen(stop_prefix)) < 0 ||
+      write(STDERR_FILENO, mid, sizeof mid - 1) < 0)
+    _exit(1);
+  if (what[0] != '\0' && (write(STDERR_FILENO, wait, sizeof wait - 1) < 0 ||
+                           write(STDERR_FILENO, what, strlen(what)) < 0))
+    _exit(1);
+  if (write(STDERR_FILENO, "\n", 1) < 0)
+    _exit(1);
+  _exit(1);
+}
+
+void
+install_stop_handler(const bt_comm_t *comm)
+{
+  struct sigaction sa;
+
+  stop_comm = comm;
+  snprintf(stop_prefix, sizeof stop_prefix, "baton-train: rank %d: ",
+           job_rank);
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
 }
 
 double

@@ -275,7 +275,7 @@ train_gpt(struct options *o)
   double t_total = 0.0, win_loss = 0.0, win_t = 0.0, loss_tail = 0.0;
   double first_loss = NAN, val_loss = NAN, grad_norm = NAN;
   int rc, tty = isatty(STDERR_FILENO), win_n = 0, tail_n, next_report = 1;
-  int p = o->ndevices / o->dp;
+  int p = o->ndevices / o->dp, need_x = 1, need_y = 1;
   uint64_t train_seed = o->seed ^ TRAIN_KEY;
 
   if ((rc = check_output("--save", o->save)) != 0 ||
@@ -288,11 +288,18 @@ train_gpt(struct options *o)
     fail(rc, "--schedule %s: %s", o->schedule, err.message);
     return rc;
   }
-  if ((rc = load_text(o->data, &text)) != 0)
+  /* Without training there is nothing for the other ranks to do. */
+  if (o->steps == 0 && job_rank != 0) {
+    bt_schedule_destroy(sched);
+    return 0;
+  }
+  /* Rank 0 reads the text (it validates and samples); another rank only
+   * if it runs an embed or a head stage (below). */
+  if (job_rank == 0 && (rc = load_text(o->data, &text)) != 0)
     goto out;
   /* The split of model/text.c: the last max(n / 10, T + 1) bytes validate;
    * both parts must hold a window of T + 1. */
-  if (T >= text.n / 2) {
+  if (job_rank == 0 && T >= text.n / 2) {
     rc = fail(EXIT_USAGE, "--seq %zu is too long for %s (%zu bytes): the "
               "training and the validation part each need a window of T + 1 "
               "bytes; use --seq below %zu or more text", T, o->data, text.n,
@@ -360,6 +367,7 @@ train_gpt(struct options *o)
     tc.threads = o->threads;
     tc.perturb_seed = (uint32_t)o->perturb;
     tc.trace = o->trace != NULL || o->svg != NULL;
+    tc.comm = o->comm;
     if ((st = bt_trainer_create(model, &tc, &tr, &err)) != BT_OK) {
       rc = fail(st == BT_EINVAL || st == BT_EUNSUPPORTED ? EXIT_USAGE
                                                          : EXIT_RUNTIME,
@@ -367,6 +375,20 @@ train_gpt(struct options *o)
       goto out;
     }
     S = bt_trainer_stages(tr);
+    bt_trainer_needs_data(tr, &need_x, &need_y);
+    if (job_rank != 0 && (need_x || need_y)) {
+      if ((rc = load_text(o->data, &text)) != 0)
+        goto out;
+      rc = EXIT_RUNTIME;
+      nval = text.n / 10 > T + 1 ? text.n / 10 : T + 1;
+      if (T >= text.n / 2) {
+        fail(EXIT_USAGE, "--seq %zu is too long for %s here", T, o->data);
+        goto out;
+      }
+      ntrain = text.n - nval;
+      train_data = text.data;
+      val_data = text.data + ntrain;
+    }
   }
 
   x = malloc(B * T * sizeof *x);
@@ -402,11 +424,18 @@ train_gpt(struct options *o)
     float loss;
     int boundary;
 
-    text_batch(train_data, ntrain, B, T, train_seed, (uint64_t)step, x, y);
+    if (text.data != NULL)
+      text_batch(train_data, ntrain, B, T, train_seed, (uint64_t)step, x, y);
     t0 = now();
     if (step == 0 && o->dump) {
-      st = bt_trainer_backward_tokens(tr, x, y, &loss, &err);
-      if (st == BT_OK) {
+      st = bt_trainer_backward_tokens(tr, need_x ? x : NULL,
+                                      need_y ? y : NULL, &loss, &err);
+      /* Rank 0 writes the whole model's values and gradients. */
+      if (st == BT_OK)
+        st = bt_trainer_gather(tr, 1, &err);
+      if (st == BT_OK && job_rank != 0) {
+        st = bt_trainer_update(tr, &err);
+      } else if (st == BT_OK) {
         bt_st_tensor_t lead[3] = {
             {"x", BT_ST_I32, 2, {(int64_t)B, (int64_t)T}, x,
              B * T * sizeof *x},
@@ -421,7 +450,8 @@ train_gpt(struct options *o)
         st = bt_trainer_update(tr, &err);
       }
     } else {
-      st = bt_trainer_step_tokens(tr, x, y, &loss, &err);
+      st = bt_trainer_step_tokens(tr, need_x ? x : NULL, need_y ? y : NULL,
+                                  &loss, &err);
     }
     dt = now() - t0;
     if (st != BT_OK) {
@@ -450,7 +480,13 @@ train_gpt(struct options *o)
      * time not counted as training) and keeps the bar's line. */
     boundary = (long)(step + 1) * 10 >= (long)next_report * o->steps;
     if (boundary) {
-      if ((rc = validate(model, val_data, nval, B, T, x, y, &val_loss)) != 0)
+      /* Rank 0 validates the whole model (every rank gathers). */
+      if ((st = bt_trainer_gather(tr, 0, &err)) != BT_OK) {
+        fail(EXIT_RUNTIME, "cannot gather the model: %s", err.message);
+        goto out;
+      }
+      if (job_rank == 0 &&
+          (rc = validate(model, val_data, nval, B, T, x, y, &val_loss)) != 0)
         goto out;
       rc = EXIT_RUNTIME;
       ppl = exp(val_loss);
@@ -476,11 +512,18 @@ train_gpt(struct options *o)
     rc = EXIT_RUNTIME;
   }
 
-  if ((o->trace || o->svg) && (rc = write_trace(o, tr, sched, S)) != 0)
+  if (job_rank == 0 && (o->trace || o->svg) &&
+      (rc = write_trace(o, tr, sched, S)) != 0)
     goto out;
   rc = EXIT_RUNTIME;
-  if (o->save && (st = bt_model_save(model, o->save, &err)) != BT_OK) {
+  if (o->save &&
+      (st = tr != NULL ? bt_trainer_save(tr, o->save, &err)
+                       : bt_model_save(model, o->save, &err)) != BT_OK) {
     fail(EXIT_RUNTIME, "--save: %s", err.message);
+    goto out;
+  }
+  if (job_rank != 0) {
+    rc = 0; /* rank 0 reports */
     goto out;
   }
   if (o->generate > 0) {

@@ -733,10 +733,11 @@ bt_status
 bt_trainer_backward(bt_trainer_t *trainer, const float *x, const int32_t *y,
                     float *loss, bt_error_t *err)
 {
-  if (trainer == NULL || x == NULL || y == NULL || loss == NULL)
+  if (trainer == NULL || loss == NULL)
     return bt__errorf(err, BT_EINVAL,
-                      "bt_trainer_backward: trainer, x, y and loss must not "
-                      "be NULL");
+                      "bt_trainer_backward: trainer and loss must not be "
+                      "NULL (x and y may be, on a rank that does not read "
+                      "them: bt_trainer_needs_data)");
   if (trainer->t == NULL)
     return bt__errorf(err, BT_EINVAL, "a gpt trainer takes token ids: use "
                       "bt_trainer_backward_tokens or bt_trainer_step_tokens");
@@ -913,6 +914,9 @@ bt_trainer_gather(bt_trainer_t *trainer, int grads, bt_error_t *err)
     if (rc != BT_OK)
       return rc;
   }
+  /* gpt: rank 0's head reads its own copy of a tied wte. */
+  if (me == 0 && trainer->gt != NULL)
+    bt__gpt_train_refresh_tie(trainer->gt);
   return BT_OK;
 }
 

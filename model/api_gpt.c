@@ -182,9 +182,10 @@ tokens_step(bt_trainer_t *trainer, const int32_t *x, const int32_t *y,
 {
   bt_status rc;
 
-  if (trainer == NULL || x == NULL || y == NULL || loss == NULL)
+  if (trainer == NULL || loss == NULL)
     return bt__errorf(err, BT_EINVAL,
-                      "the trainer, x, y and loss must not be NULL");
+                      "the trainer and loss must not be NULL (x and y may "
+                      "be, on a rank that does not read them)");
   if (trainer->gt == NULL)
     return bt__errorf(err, BT_EINVAL,
                       "a resmlp trainer takes rows of features: use "

@@ -737,6 +737,14 @@ sync_replicas(struct bt__gpt_train *t)
 }
 
 void
+bt__gpt_train_refresh_tie(struct bt__gpt_train *t)
+{
+  if (t != NULL && t->split_tie)
+    memcpy(t->rep[0]->head_wte, wte_of(t->rep[0], false),
+           vc(t) * sizeof(float));
+}
+
+void
 bt__gpt_train_needs(const struct bt__gpt_train *t, int *x, int *y)
 {
   int32_t me = bt_comm_rank(t->comm);

@@ -123,6 +123,10 @@ void bt__gpt_train_needs(const struct bt__gpt_train *t, int *x, int *y);
 /* The rank that runs stage s of replica 0. */
 int32_t bt__gpt_train_stage_rank(const struct bt__gpt_train *t, int32_t s);
 
+/* Replica 0's head copy of wte from wte (after a gather brought the
+ * owner's wte to a rank that does not run the head). */
+void bt__gpt_train_refresh_tie(struct bt__gpt_train *t);
+
 /* After a step without update: the optimizer on every replica, with the
  * last step's clip scale, on the calling thread (what the graph's update
  * tasks would have done). */

@@ -270,7 +270,8 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
   struct lists fin = {0}, rdy = {0};
   char name[BT__PL_NAME_MAX];
   bool ok = false, builtin_red = pl->grad_tensor != NULL;
-  int cap = 2 + (int)pl->nties + R * (pl->nparts > 0 ? pl->nparts : 1);
+  int cap = 2 + 2 * (int)pl->nties +
+            2 * R * (pl->nparts > 0 ? pl->nparts : 1);
 
   dev = malloc((size_t)R * (size_t)S * sizeof *dev);
   scale_rv = malloc((size_t)pl->W * sizeof *scale_rv);
@@ -333,6 +334,9 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
         if (rv < 0)
           goto out;
         lists_add(&fin, (size_t)r * S + t->stage_a, rv);
+        /* The send (task rv - 1) snapshots b's copy: stage_b's gradient
+         * changes (reduction, clipping) only after it. */
+        lists_add(&fin, (size_t)r * S + t->stage_b, rv - 1);
       }
       lists_add(&fin, (size_t)r * S + t->stage_b, id);
     }
@@ -381,6 +385,9 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
             if (rv < 0)
               goto out;
             lists_add(&rdy, (size_t)q * S + s, rv);
+            /* The send (rv - 1) snapshots r's reduced slice: r's gradient
+             * is final for its norm and update only after it. */
+            lists_add(&rdy, (size_t)r * S + s, rv - 1);
           }
         }
       }
@@ -637,6 +644,11 @@ bt__pl_resolve_xfers(struct bt_pipeline *pl, bt_error_t *err)
         x->staging = malloc(x->bytes);
       break;
     }
+    if (sender && (x->kind == XF_TIE_UP || x->kind == XF_TIE_DOWN ||
+                   x->kind == XF_RED_UP || x->kind == XF_RED_DOWN) &&
+        (x->snap = malloc(x->bytes + 1)) == NULL)
+      return bt__errorf(err, BT_ENOMEM,
+                        "out of memory for the transfers' send copies");
     if (receiver && x->staging == NULL &&
         (x->kind == XF_TIE_UP || x->kind == XF_TIE_DOWN ||
          x->kind == XF_RED_UP || x->kind == XF_RED_DOWN ||
@@ -654,6 +666,7 @@ bt__pl_free_xfers(struct bt_pipeline *pl)
     if (pl->comm != NULL)
       bt__comm_cancel(pl->comm, &pl->xf[j].req);
     free(pl->xf[j].staging);
+    free(pl->xf[j].snap);
   }
   free(pl->xf);
   pl->xf = NULL;
@@ -675,8 +688,13 @@ bt__pl_send_task(struct bt_pipeline *pl, const struct pl_task *pt,
                  char *errbuf, size_t errlen)
 {
   struct pl_xfer *x = &pl->xf[pt->xfer];
+  const void *src = x->buf;
 
-  return (int)bt__comm_isend(pl->comm, x->buf, x->bytes, x->to,
+  if (x->snap != NULL) {
+    memcpy(x->snap, x->buf, x->bytes);
+    src = x->snap;
+  }
+  return (int)bt__comm_isend(pl->comm, src, x->bytes, x->to,
                              BT__COMM_TAG_XFER + pt->xfer, &x->req, errbuf,
                              errlen);
 }

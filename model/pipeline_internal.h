@@ -60,6 +60,9 @@ struct pl_xfer {
   void *buf;          /* send: the source; receive: where the data goes
                          (NULL: read in place from staging) */
   void *staging;      /* receive: MPI's target when not buf (owned) */
+  void *snap;         /* send of gradient memory that later tasks of this
+                         step change (ties, reductions, clipping): the
+                         send task copies buf here and sends the copy */
   size_t bytes;
   struct bt__comm_req req;
   double wait_since;  /* receive: when the task first found it missing */
