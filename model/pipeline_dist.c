@@ -737,9 +737,9 @@ bt__pl_recv_task(struct bt_pipeline *pl, const struct pl_task *pt,
   } else if (now - x->wait_since > pl->timeout_s) {
     describe(x, what, sizeof what);
     snprintf(errbuf, errlen,
-             "rank %d timed out after %g s waiting for %s (raise "
-             "--comm-timeout if the job is only slow)",
-             (int)pl->me, pl->timeout_s, what);
+             "timed out after %g s waiting for %s (raise --comm-timeout if "
+             "the job is only slow)",
+             pl->timeout_s, what);
     return BT_ETIMEDOUT;
   } else if (now - x->wait_since > 200e-6) {
     /* Waited a while: leave the core to the ranks that work. */

@@ -9,8 +9,10 @@
 #           corpus (model/text.h).  No download at run time.
 set -euo pipefail
 
+# OpenMPI (openmpi-bin for mpirun, libopenmpi-dev to build the transport):
+# the tests run jobs of 2 and 4 processes.
 packages=(gcc g++ make cmake pkg-config python3 libjemalloc-dev libjansson-dev
-  libopenblas-dev)
+  libopenblas-dev openmpi-bin libopenmpi-dev)
 demo_packages=(python3-sklearn fortunes)
 
 for arg in "$@"; do
