@@ -26,6 +26,7 @@ struct bt_comm {
    * a whole string. */
   char note[2][NOTE_MAX];
   _Atomic int note_at;
+  atomic_flag note_busy; /* one writer at a time; others skip their note */
   /* A peer's failure, once seen: rank and message (written once, under mu,
    * before failed_rank is released). */
   _Atomic int32_t failed_rank;
@@ -62,11 +63,14 @@ bt__comm_note_wait(bt_comm_t *c, const char *what)
 {
   int next;
 
-  if (c == NULL)
+  /* A diagnostic only: when another thread is writing its note, skip. */
+  if (c == NULL ||
+      atomic_flag_test_and_set_explicit(&c->note_busy, memory_order_acquire))
     return;
   next = 1 - atomic_load_explicit(&c->note_at, memory_order_relaxed);
   snprintf(c->note[next], NOTE_MAX, "%s", what != NULL ? what : "");
   atomic_store_explicit(&c->note_at, next, memory_order_release);
+  atomic_flag_clear_explicit(&c->note_busy, memory_order_release);
 }
 
 const char *
@@ -129,6 +133,7 @@ comm_new(void)
   c->timeout_s = 60.0;
   atomic_init(&c->failed_rank, -1);
   atomic_init(&c->note_at, 0);
+  atomic_flag_clear(&c->note_busy);
   return c;
 }
 

@@ -1112,7 +1112,7 @@ main(int argc, char **argv)
     free(o.device_names[i]);
   /* A failed rank leaves without finalizing: the launcher then ends the
    * job (finalizing would wait for ranks that may never arrive). */
-  if (rc <= 0)
+  if (rc <= 0 || job_ranks <= 1)
     bt_comm_finalize(o.comm);
   return rc < 0 ? 0 : rc;
 }
