@@ -38,6 +38,12 @@ struct bt_comm {
   char ctrl_buf[CTRL_MAX];
   char ctrl_out[CTRL_MAX]; /* this rank's own report, kept while sent */
   int announced;
+  /* The progress thread: while a step runs it enters MPI every few tens
+   * of microseconds, so transfers advance (OpenMPI moves a large message
+   * only inside MPI calls) even when every actor is computing. */
+  pthread_t progress;
+  pthread_cond_t progress_cv; /* with mu */
+  int progress_started, progress_active, progress_stop;
 #endif
 };
 
@@ -198,6 +204,7 @@ bt_comm_init(int *argc, char ***argv, bt_comm_t **out, bt_error_t *err)
                       provided);
   }
   pthread_mutex_init(&c->mu, NULL);
+  pthread_cond_init(&c->progress_cv, NULL);
   MPI_Comm_dup(MPI_COMM_WORLD, &c->world);
   MPI_Comm_set_errhandler(c->world, MPI_ERRORS_RETURN);
   MPI_Comm_rank(c->world, &rc);
@@ -218,11 +225,65 @@ bt_comm_init(int *argc, char ***argv, bt_comm_t **out, bt_error_t *err)
   return BT_OK;
 }
 
+static void *
+progress_main(void *arg)
+{
+  bt_comm_t *c = arg;
+
+  pthread_mutex_lock(&c->mu);
+  while (!c->progress_stop) {
+    int done = 0;
+    struct timespec ts = {0, 20000};
+    if (c->progress_active == 0) {
+      pthread_cond_wait(&c->progress_cv, &c->mu);
+      continue;
+    }
+    /* Any MPI call drives the progress engine; testing the control
+     * receive also notices a peer's failure report early. */
+    MPI_Status st;
+    if (atomic_load_explicit(&c->failed_rank, memory_order_relaxed) < 0 &&
+        c->ctrl_req != MPI_REQUEST_NULL)
+      MPI_Test(&c->ctrl_req, &done, &st);
+    if (done) {
+      c->ctrl_buf[CTRL_MAX - 1] = '\0';
+      snprintf(c->failed_msg, sizeof c->failed_msg, "%s", c->ctrl_buf);
+      atomic_store_explicit(&c->failed_rank, st.MPI_SOURCE,
+                            memory_order_release);
+    }
+    pthread_mutex_unlock(&c->mu);
+    nanosleep(&ts, NULL);
+    pthread_mutex_lock(&c->mu);
+  }
+  pthread_mutex_unlock(&c->mu);
+  return NULL;
+}
+
+void
+bt__comm_progress(bt_comm_t *c, int on)
+{
+  if (c == NULL || c->size <= 1)
+    return;
+  pthread_mutex_lock(&c->mu);
+  if (on && !c->progress_started &&
+      pthread_create(&c->progress, NULL, progress_main, c) == 0)
+    c->progress_started = 1;
+  c->progress_active += on ? 1 : -1;
+  pthread_cond_signal(&c->progress_cv);
+  pthread_mutex_unlock(&c->mu);
+}
+
 void
 bt_comm_finalize(bt_comm_t *c)
 {
   if (c == NULL)
     return;
+  if (c->size > 1 && c->progress_started) {
+    pthread_mutex_lock(&c->mu);
+    c->progress_stop = 1;
+    pthread_cond_signal(&c->progress_cv);
+    pthread_mutex_unlock(&c->mu);
+    pthread_join(c->progress, NULL);
+  }
   if (c->size > 1) {
     int done = 0;
     pthread_mutex_lock(&c->mu);
@@ -235,6 +296,7 @@ bt_comm_finalize(bt_comm_t *c)
     }
     MPI_Comm_free(&c->world);
     pthread_mutex_unlock(&c->mu);
+    pthread_cond_destroy(&c->progress_cv);
     pthread_mutex_destroy(&c->mu);
     if (c->own_init) {
       int fin = 0;
@@ -489,6 +551,13 @@ bt_comm_announce_failure(bt_comm_t *c, const char *msg)
 {
   (void)c;
   (void)msg;
+}
+
+void
+bt__comm_progress(bt_comm_t *c, int on)
+{
+  (void)c;
+  (void)on;
 }
 
 #endif /* BATON_HAVE_MPI */

@@ -58,6 +58,10 @@ int32_t bt__comm_peer_failure(bt_comm_t *c, char *msg, size_t n);
 bt_status bt__comm_wait(bt_comm_t *c, struct bt__comm_req *req,
                         const char *what, bt_error_t *err);
 
+/* Starts (on) or ends (off) a stretch in which transfers must progress on
+ * their own: a thread enters MPI every ~20 us while any stretch is on. */
+void bt__comm_progress(bt_comm_t *c, int on);
+
 /* Sets / clears the "waiting for" note (NULL clears). */
 void bt__comm_note_wait(bt_comm_t *c, const char *what);
 

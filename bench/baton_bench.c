@@ -80,7 +80,9 @@ usage(FILE *f)
       "                      recomputation, as torch Pipe's modes (never)\n"
       "  --mem-limit X       per-device activation memory cap (for 'auto')\n"
       "  --placement loop|LIST  stage -> device ('loop': s %% P)\n"
-      "  --backend sim|synthetic\n"
+      "  --backend sim|synthetic|cpu\n"
+      "                      cpu: the pipeline across processes (run under\n"
+      "                      mpirun -np W; its flags are in bench/cpu.c)\n"
       "                      sim: the discrete-event simulator (exact);\n"
       "                      synthetic: the real runtime, each task taking\n"
       "                      its cost in wall time, next to the simulation\n"
@@ -676,6 +678,9 @@ main(int argc, char **argv)
 
   if (argc > 1 && strcmp(argv[1], "overhead") == 0)
     return bench_overhead(argc, argv);
+  for (int i = 1; i + 1 < argc; i++)
+    if (strcmp(argv[i], "--backend") == 0 && strcmp(argv[i + 1], "cpu") == 0)
+      return bench_cpu(argc, argv);
   memset(rs, 0, sizeof rs);
   if (parse_args(argc, argv, &o) != 0)
     return 2;

@@ -6,6 +6,10 @@
  * tasks (bench/overhead.c).  Returns the process exit status. */
 int bench_overhead(int argc, char **argv);
 
+/* `baton-bench --backend cpu ...`: the pipeline across processes, measured
+ * against one process and against the simulator (bench/cpu.c). */
+int bench_cpu(int argc, char **argv);
+
 #include <stddef.h>
 #include <stdlib.h>
 #include <time.h>

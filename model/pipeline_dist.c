@@ -32,6 +32,11 @@ struct dag_build {
   int32_t *src, *dst;
   size_t nx, xcap; /* transfers, into pl->xf */
   struct pl_xfer *xf;
+  /* The task a new receive task waits for before it starts polling (-1:
+   * none): the task before its consumer on that device, so a device polls
+   * only the message it needs next, not every message of the step. */
+  int32_t gate;
+  int32_t *dev_last; /* [devices]: the last plan task of each device */
 };
 
 static bool
@@ -98,6 +103,7 @@ dag_free(struct dag_build *b)
   free(b->src);
   free(b->dst);
   free(b->xf);
+  free(b->dev_last);
 }
 
 static const bt_action_t none = {.stage = -1, .kind = BT_ACT_IDLE,
@@ -150,6 +156,8 @@ xfer_add(struct bt_pipeline *pl, struct dag_build *b, struct pl_xfer x,
   for (int j = 0; j < npred; j++)
     if (!dag_edge(b, pred[j], send))
       return -1;
+  if (b->gate >= 0 && !dag_edge(b, b->gate, recv))
+    return -1;
   if (index != NULL)
     *index = (int32_t)b->nx;
   b->nx++;
@@ -179,7 +187,11 @@ plan_xfers(struct bt_pipeline *pl, struct dag_build *b, int32_t r,
 {
   bt_action_t a = b->action[src], c = b->action[dst];
   size_t nsk = bt_skip_layout_count(pl->skips);
-  int32_t k = a.microbatch;
+  int32_t k = a.microbatch, T0 = bt_graph_task_count(pl->graph);
+
+  /* Plan tasks of one device are consecutive, in plan order. */
+  b->gate = dst % T0 > 0 && b->device[dst - 1] == b->device[dst] ? dst - 1
+                                                                  : -1;
 
   if (a.kind == BT_ACT_F && c.kind == BT_ACT_F) {
     if (c.stage == a.stage + 1) {
@@ -304,6 +316,12 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
       dev[(size_t)r * S + s] = b->device[r * T0 + pl->last_bw[s]];
       lists_add(&fin, (size_t)r * S + s, r * T0 + pl->last_bw[s]);
     }
+  b->dev_last = malloc((size_t)R * (size_t)pl->p * sizeof *b->dev_last);
+  if (b->dev_last == NULL)
+    goto out;
+  for (int32_t t = 0; t < R * T0; t++)
+    b->dev_last[b->device[t]] = t;
+#define GATE(d) (b->gate = b->dev_last[(d)])
 #define DEV(r, s) dev[(size_t)(r) * S + (s)]
 #define RANK(d) bt__pl_rank_of(pl, (d))
   /* Ties: on stage_b's device; stage_a's gradient comes over if it lives
@@ -324,12 +342,14 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
       } else {
         int32_t pred = r * T0 + pl->last_bw[t->stage_a], rv, down;
         struct pl_xfer x = xf_make(XF_TIE_UP, r, t->stage_a, 0, (int32_t)i, 0);
+        GATE(db);
         rv = xfer_add(pl, b, x, da, db, &pred, 1, &up);
         if (rv < 0 || !dag_edge(b, rv, id))
           goto out;
         b->role[id].xfer = up;
         x = xf_make(XF_TIE_DOWN, r, t->stage_a, 0, (int32_t)i, 0);
         x.guard = up;
+        GATE(da);
         rv = xfer_add(pl, b, x, db, da, &id, 1, &down);
         if (rv < 0)
           goto out;
@@ -362,6 +382,7 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
           for (int32_t part = 0; part < PARTS(s); part++) {
             int32_t rv, ix;
             struct pl_xfer x = xf_make(XF_RED_UP, r, s, 0, part, q);
+            GATE(DEV(r, s));
             rv = xfer_add(pl, b, x, DEV(q, s), DEV(r, s),
                           &fin.v[fq * (size_t)fin.cap], fin.n[fq], &ix);
             if (rv < 0 || !dag_edge(b, rv, id))
@@ -381,6 +402,7 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
             int32_t rv;
             x.guard = pl->red_up[(((size_t)q * R + r) * S + s) * (size_t)P +
                                  part];
+            GATE(DEV(q, s));
             rv = xfer_add(pl, b, x, DEV(r, s), DEV(q, s), &id, 1, NULL);
             if (rv < 0)
               goto out;
@@ -417,7 +439,9 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
         if (!dag_edge(b, norm_id[s], clip))
           goto out;
       } else {
-        int32_t rv = xfer_add(pl, b, xf_make(XF_NORM, 0, s, 0, 0, 0),
+        int32_t rv;
+        GATE(clip_dev);
+        rv = xfer_add(pl, b, xf_make(XF_NORM, 0, s, 0, 0, 0),
                               DEV(0, s), clip_dev, &norm_id[s], 1, NULL);
         if (rv < 0 || !dag_edge(b, rv, clip))
           goto out;
@@ -441,6 +465,7 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
       }
       if (scale_rv[w] < 0) {
         struct pl_xfer x = xf_make(XF_SCALE, 0, 0, 0, 0, 0);
+        GATE(DEV(r, s));
         scale_rv[w] = xfer_add(pl, b, x, clip_dev, DEV(r, s), &clip, 1, NULL);
         if (scale_rv[w] < 0)
           goto out;
@@ -450,6 +475,7 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
     }
 #undef DEV
 #undef RANK
+#undef GATE
   ok = true;
 out:
   lists_free(&fin);
@@ -473,6 +499,7 @@ bt__pl_build_exec(struct bt_pipeline *pl, int trace, bt_error_t *err)
                 (size_t)(pl->nparts > 0 ? pl->nparts : 1);
 
   memset(&b, 0, sizeof b);
+  b.gate = -1;
   pl->red_up = malloc((nred + 1) * sizeof *pl->red_up);
   if (pl->red_up == NULL)
     goto out;
@@ -741,9 +768,10 @@ bt__pl_recv_task(struct bt_pipeline *pl, const struct pl_task *pt,
              "the job is only slow)",
              pl->timeout_s, what);
     return BT_ETIMEDOUT;
-  } else if (now - x->wait_since > 200e-6) {
-    /* Waited a while: leave the core to the ranks that work. */
-    struct timespec ts = {0, 50000};
+  } else {
+    /* Not there yet: leave the core to the tasks and ranks that work (a
+     * retry comes back at once when the device has nothing else). */
+    struct timespec ts = {0, 20000};
     nanosleep(&ts, NULL);
   }
   return BT_TASK_RETRY;
@@ -816,6 +844,7 @@ bt__pl_step_begin(struct bt_pipeline *pl, bt_error_t *err)
                       "an earlier step of this job failed across processes; "
                       "the job must stop (start it again, e.g. from a "
                       "checkpoint)");
+  bt__comm_progress(pl->comm, 1);
   for (size_t j = 0; j < pl->nxf; j++) {
     struct pl_xfer *x = &pl->xf[j];
     bt_status rc;
@@ -827,14 +856,26 @@ bt__pl_step_begin(struct bt_pipeline *pl, bt_error_t *err)
                         sizeof msg);
     if (rc != BT_OK) {
       pl->broken = 1;
+      bt__comm_progress(pl->comm, 0);
       return bt__errorf(err, rc, "rank %d: %s", (int)pl->me, msg);
     }
   }
   return BT_OK;
 }
 
+static bt_status step_end(struct bt_pipeline *pl, bt_status rc,
+                          bt_error_t *err);
+
 bt_status
 bt__pl_step_end(struct bt_pipeline *pl, bt_status rc, bt_error_t *err)
+{
+  rc = step_end(pl, rc, err);
+  bt__comm_progress(pl->comm, 0);
+  return rc;
+}
+
+static bt_status
+step_end(struct bt_pipeline *pl, bt_status rc, bt_error_t *err)
 {
   if (rc == BT_OK) {
     for (size_t j = 0; j < pl->nxf && rc == BT_OK; j++) {

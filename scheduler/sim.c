@@ -92,6 +92,9 @@ heap_pop(struct heap *h)
 struct costs {
   const double *f, *b, *w, *mb, *mw;
   double latency;
+  const double *bytes; /* [stages] or NULL */
+  double per_byte;
+  int32_t per_rank;    /* devices per rank, 0 = every device apart */
   int32_t recompute; /* microbatches below this are recomputed */
   double *owned;
 };
@@ -132,6 +135,20 @@ resolve_costs(const struct bt_graph *g, const bt_sim_config_t *cfg,
   c->mb = res[3];
   c->mw = res[4];
   c->latency = cfg->comm_latency;
+  if (!(isfinite(cfg->comm_per_byte) && cfg->comm_per_byte >= 0.0) ||
+      cfg->devices_per_rank < 0)
+    return bt__errorf(err, BT_EINVAL,
+                      "comm_per_byte = %g and devices_per_rank = %d: must be "
+                      "finite and >= 0",
+                      cfg->comm_per_byte, (int)cfg->devices_per_rank);
+  for (size_t s = 0; cfg->edge_bytes != NULL && s < S; s++)
+    if (!(isfinite(cfg->edge_bytes[s]) && cfg->edge_bytes[s] >= 0.0))
+      return bt__errorf(err, BT_EINVAL,
+                        "edge_bytes[%zu] = %g: must be finite and >= 0", s,
+                        cfg->edge_bytes[s]);
+  c->bytes = cfg->edge_bytes;
+  c->per_byte = cfg->comm_per_byte;
+  c->per_rank = cfg->devices_per_rank;
   c->recompute = cfg->recompute_microbatches;
   return BT_OK;
 }
@@ -155,7 +172,17 @@ static double
 edge_delay(const struct bt_graph *g, const struct costs *c, int32_t from,
            int32_t to)
 {
-  return g->tasks[from].device != g->tasks[to].device ? c->latency : 0.0;
+  int32_t d = g->tasks[from].device, e = g->tasks[to].device;
+
+  if (d == e)
+    return 0.0;
+  if (c->per_rank <= 0)
+    return c->latency;
+  if (d / c->per_rank == e / c->per_rank)
+    return 0.0;
+  return c->latency +
+         (c->bytes != NULL ? c->bytes[g->tasks[from].action.stage] : 0.0) *
+             c->per_byte;
 }
 
 /* Memory a task allocates at its start and frees at its end (net). */
@@ -278,7 +305,7 @@ bt_sim_run(const bt_graph_t *graph, const bt_sim_config_t *cfg,
            bt_sim_t **out, bt_error_t *err)
 {
   bt_sim_config_t dflt = BT_SIM_CONFIG_INIT, local;
-  struct costs c = {NULL, NULL, NULL, NULL, NULL, 0.0, 0, NULL};
+  struct costs c;
   struct heap h = {NULL, 0, 0};
   struct bt_sim *sim = NULL;
   int32_t *npred = NULL;
@@ -296,6 +323,7 @@ bt_sim_run(const bt_graph_t *graph, const bt_sim_config_t *cfg,
                       "bt_sim_run: config size %zu is too small; start from "
                       "BT_SIM_CONFIG_INIT",
                       cfg->size);
+  memset(&c, 0, sizeof c);
   memset(&local, 0, sizeof local);
   memcpy(&local, cfg, cfg->size < sizeof local ? cfg->size : sizeof local);
   cfg = &local;

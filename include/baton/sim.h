@@ -38,10 +38,21 @@ typedef struct bt_sim_config {
    * backward (torch Pipe: k = m for `always`, m - 1 for `except_last`, 0
    * for `never`).  Appended in 0.1; older callers get 0. */
   int32_t recompute_microbatches;
+  /* Transfers between processes (appended in 0.2; older callers get the
+   * latency on every cross-device edge, as before).  With
+   * devices_per_rank k > 0, devices d and e share a rank when d / k ==
+   * e / k; an edge between ranks costs comm_latency + bytes *
+   * comm_per_byte, bytes = edge_bytes[s] of the producing task's stage
+   * (its output for a forward, its input gradient for a backward), and an
+   * edge within a rank costs nothing. */
+  const double *edge_bytes; /* [stages]; NULL = 0 each */
+  double comm_per_byte;     /* cost units per byte, >= 0 */
+  int32_t devices_per_rank; /* 0 = comm_latency on every cross-device edge */
 } bt_sim_config_t;
 
 #define BT_SIM_CONFIG_INIT                                                    \
-  { sizeof(bt_sim_config_t), NULL, NULL, NULL, NULL, NULL, 0.0, 0 }
+  { sizeof(bt_sim_config_t), NULL, NULL, NULL, NULL, NULL, 0.0, 0, NULL, 0.0, \
+    0 }
 
 typedef struct bt_sim bt_sim_t;
 
