@@ -65,7 +65,12 @@ def configs(tmp):
     gpt = ["--model", "gpt", "--data", text, "--layers", "2", "--embd", "16",
            "--heads", "2", "--seq", "8", "--batch", "8", "--microbatches",
            "2", "--dp", "2", "--generate", "24"]
-    return {"resmlp": resmlp, "gpt": gpt}
+    # One replica of 4 stages: the tied wte spans the job's first and last
+    # rank (with 2 ranks and with 4).
+    gpt_tie = ["--model", "gpt", "--data", text, "--layers", "2", "--embd",
+               "16", "--heads", "2", "--seq", "8", "--batch", "8",
+               "--microbatches", "4", "--generate", "24"]
+    return {"resmlp": resmlp, "gpt": gpt, "gpt-tie": gpt_tie}
 
 
 def test_equal_to_one_process(tmp):
@@ -133,8 +138,12 @@ def rank_pid(rank):
             env = open("/proc/%s/environ" % pid, "rb").read()
         except OSError:
             continue
-        if (b"baton-train" in cmd.split(b"\0")[0] and
-                b"OMPI_COMM_WORLD_RANK=%d\0" % rank in env):
+        # This run's binary and a marker only this test's job carries (other
+        # jobs may run beside it, e.g. CI's sanitizer builds).
+        if (os.path.realpath(cmd.split(b"\0")[0].decode(errors="replace")) ==
+                os.path.realpath(TRAIN) and
+                b"OMPI_COMM_WORLD_RANK=%d\0" % rank in env and
+                b"BATON_MPI_CLI=%d\0" % os.getpid() in env):
             return int(pid)
     return None
 
@@ -143,7 +152,9 @@ def fault(sig, timeout_s):
     gpt = configs(tempfile.gettempdir())["gpt"]
     args = gpt + ["--steps", "1000000", "--generate", "0", "--devices",
                   devices(4, 2), "--comm-timeout", str(timeout_s)]
-    p = subprocess.Popen(MPI + ["-np", "2", TRAIN] + args, env=ENV,
+    env = dict(ENV, BATON_MPI_CLI=str(os.getpid()))
+    p = subprocess.Popen(MPI + ["-np", "2", "-x", "BATON_MPI_CLI", TRAIN] + args,
+                         env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     pid = None
@@ -158,7 +169,13 @@ def fault(sig, timeout_s):
         check(False, "found no rank 1 to stop")
         return None, None
     t0 = time.time()
-    os.kill(pid, sig)
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        p.kill()
+        p.communicate()
+        check(False, "rank 1 (pid %d) ended before the signal" % pid)
+        return None, None
     try:
         _, err = p.communicate(timeout=timeout_s + 30)
     except subprocess.TimeoutExpired:
