@@ -852,16 +852,6 @@ out_range:
                     B, T);
 }
 
-/* splitmix64's output number k (0-based) from state seed, as params.c. */
-static uint64_t
-splitmix64_at(uint64_t seed, uint64_t k)
-{
-  uint64_t z = seed + (k + 1) * 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 /* The first maximal logit. */
 static size_t
 argmax(const float *v, size_t n)
@@ -959,7 +949,7 @@ bt__gpt_generate(const struct bt__gpt *m, const int32_t *prompt, size_t nprompt,
     if (temperature == 0.0f) {
       tok = argmax(logits, V);
     } else {
-      double u = (double)(splitmix64_at(seed, i) >> 11) * 0x1p-53;
+      double u = (double)(bt__splitmix64_at(seed, i) >> 11) * 0x1p-53;
       tok = sample(logits, V, temperature, u);
     }
     out[i] = (int32_t)tok;

@@ -53,10 +53,8 @@ bt__params_layer(struct bt__params_builder *b, size_t layer)
   b->p->layer_tensor[layer] = b->next;
 }
 
-/* splitmix64's output number k (0-based) from state seed, computed
- * directly from the counter. */
-static uint64_t
-splitmix64_at(uint64_t seed, uint64_t k)
+uint64_t
+bt__splitmix64_at(uint64_t seed, uint64_t k)
 {
   uint64_t z = seed + (k + 1) * 0x9e3779b97f4a7c15ull;
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -86,7 +84,7 @@ bt__params_add(struct bt__params_builder *b, const char *prefix,
   if (fan_in > 0) {
     float bound = 1.0f / sqrtf((float)fan_in);
     for (size_t j = 0; j < t->count; j++) {
-      uint64_t bits = splitmix64_at(b->seed, (uint64_t)(t->offset + j));
+      uint64_t bits = bt__splitmix64_at(b->seed, (uint64_t)(t->offset + j));
       float u = (float)(bits >> 40) * 0x1.0p-24f;
       w[j] = (2.0f * u - 1.0f) * bound;
     }

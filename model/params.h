@@ -38,6 +38,11 @@
 
 #define BT__PARAMS_NAME_MAX 32
 
+/* splitmix64's output number k (0-based) from state seed, computed directly
+ * from the counter (the formula above): the models' initialization, the
+ * text batches' windows and the samplers' uniforms. */
+uint64_t bt__splitmix64_at(uint64_t seed, uint64_t k);
+
 /* One named parameter tensor: shape[0..ndim), its count elements at
  * offset in both the params and the grads blocks. */
 struct bt__params_tensor {

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "error.h"
+#include "params.h"
 #include "text.h"
 
 const char *
@@ -277,16 +278,6 @@ bt__text_split(const uint8_t *data, size_t n, size_t T, const uint8_t **train,
   return BT_OK;
 }
 
-/* splitmix64's output number k (0-based) from state seed, as params.c. */
-static uint64_t
-splitmix64_at(uint64_t seed, uint64_t k)
-{
-  uint64_t z = seed + (k + 1) * 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 bt_status
 bt__text_batch(const uint8_t *data, size_t n, size_t B, size_t T, uint64_t seed,
                uint64_t index, int32_t *x, int32_t *y)
@@ -298,7 +289,7 @@ bt__text_batch(const uint8_t *data, size_t n, size_t B, size_t T, uint64_t seed,
     return BT_EINVAL;
   for (size_t b = 0; b < B; b++) {
     uint64_t k = index * (uint64_t)B + (uint64_t)b;
-    size_t start = (size_t)(splitmix64_at(seed, k) % (uint64_t)(n - T));
+    size_t start = (size_t)(bt__splitmix64_at(seed, k) % (uint64_t)(n - T));
     const uint8_t *w = data + start;
 
     for (size_t t = 0; t < T; t++) {
