@@ -306,10 +306,14 @@ train_gpt(struct options *o)
               text.n / 2);
     goto out;
   }
-  nval = text.n / 10 > T + 1 ? text.n / 10 : T + 1;
-  ntrain = text.n - nval;
-  train_data = text.data;
-  val_data = text.data + ntrain;
+  nval = ntrain = 0;
+  train_data = val_data = NULL;
+  if (text.data != NULL) {
+    nval = text.n / 10 > T + 1 ? text.n / 10 : T + 1;
+    ntrain = text.n - nval;
+    train_data = text.data;
+    val_data = text.data + ntrain;
+  }
   rc = EXIT_RUNTIME;
 
   mc.vocab = 256;
