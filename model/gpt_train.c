@@ -27,6 +27,8 @@ struct gstage {
   void **scratch;        /* [R * m * nl] */
   float **tmp;           /* [R * 2] */
   bool *dropped;         /* [R * m] */
+  int32_t nslots;        /* scratch slots per replica (bt__stages_slots) */
+  struct bt__slots *pool; /* [R]: each microbatch's slot */
 };
 
 struct bt__gpt_train {
@@ -66,12 +68,29 @@ nlayers_of(const struct gstage *st)
   return st->last - st->first + 1;
 }
 
+/* Replica r's microbatch k's scratch of layer (k holds a slot). */
 static void *
 scratch_of(const struct gstage *st, int32_t r, int32_t k, size_t layer)
 {
   size_t nl = nlayers_of(st);
-  return st->scratch[((size_t)r * (size_t)st->t->m + (size_t)k) * nl +
+  return st->scratch[((size_t)r * (size_t)st->nslots +
+                      (size_t)st->pool[r].of[k]) *
+                         nl +
                      (layer - st->first)];
+}
+
+/* Takes a scratch slot for replica r's microbatch k: 0, or an error. */
+static int
+take_slot(struct gstage *st, int32_t r, int32_t k, char *errbuf,
+          size_t errlen)
+{
+  if (bt__slots_take(&st->pool[r], k) >= 0)
+    return 0;
+  snprintf(errbuf, errlen,
+           "no free activation slot for microbatch %d (stage %d has %d); "
+           "the plan holds more microbatches than counted: report this",
+           (int)k, (int)st->s, (int)st->nslots);
+  return BT_EINVAL;
 }
 
 /* The global first sequence of replica r's microbatch k. */
@@ -157,6 +176,7 @@ drop_scratch(struct gstage *st, int32_t r, int32_t k)
   for (size_t l = st->first; l <= st->last; l++)
     memset(scratch_of(st, r, k, l), 0xff,
            bt__gpt_layer_scratch_bytes(t->rep[r], l, t->Bm, t->T));
+  bt__slots_give(&st->pool[r], k);
   st->dropped[(size_t)r * (size_t)t->m + (size_t)k] = true;
 }
 
@@ -168,7 +188,9 @@ cb_forward(const bt_stage_call_t *c, char *errbuf, size_t errlen)
   int rc;
 
   bt__stages_perturb(t->cfg.perturb, c);
-  rc = stage_forward(st, c, false, errbuf, errlen);
+  rc = take_slot(st, c->replica, c->microbatch, errbuf, errlen);
+  if (rc == 0)
+    rc = stage_forward(st, c, false, errbuf, errlen);
   if (rc != 0)
     return rc;
   /* A checkpointed microbatch's scratch is poisoned (a missed recompute
@@ -191,7 +213,9 @@ cb_recompute(const bt_stage_call_t *c, char *errbuf, size_t errlen)
   if (!st->dropped[at])
     return 0;
   bt__stages_perturb(t->cfg.perturb, c);
-  rc = stage_forward(st, c, true, errbuf, errlen);
+  rc = take_slot(st, c->replica, c->microbatch, errbuf, errlen);
+  if (rc == 0)
+    rc = stage_forward(st, c, true, errbuf, errlen);
   if (rc == 0) {
     st->dropped[at] = false;
     bt__held_add(&t->held, c->device, st->mb_bytes);
@@ -265,8 +289,10 @@ cb_weight_grad(const bt_stage_call_t *c, char *errbuf, size_t errlen)
 
   bt__stages_perturb(st->t->cfg.perturb, c);
   rc = stage_weight_grad(st, c, errbuf, errlen);
-  if (rc == 0)
+  if (rc == 0) {
     bt__held_sub(&st->t->held, c->device, st->mb_bytes);
+    bt__slots_give(&st->pool[c->replica], c->microbatch);
+  }
   return rc;
 }
 
@@ -283,8 +309,10 @@ cb_backward(const bt_stage_call_t *c, char *errbuf, size_t errlen)
   rc = stage_input_grad(st, c, errbuf, errlen);
   if (rc == 0)
     rc = stage_weight_grad(st, c, errbuf, errlen);
-  if (rc == 0)
+  if (rc == 0) {
     bt__held_sub(&st->t->held, c->device, st->mb_bytes);
+    bt__slots_give(&st->pool[c->replica], c->microbatch);
+  }
   return rc;
 }
 
@@ -466,12 +494,15 @@ flat_offset(const struct bt__gpt *m, size_t layer)
                              : m->tensors[m->layer_tensor[layer]].offset;
 }
 
-/* Replica r's scratch and buffers for stage st. */
+/* Stage st's scratch (`slots` per replica) and buffers, for the replicas
+ * this rank runs (none elsewhere). */
 static bt_status
-alloc_stage(struct bt__gpt_train *t, struct gstage *st, bt_error_t *err)
+alloc_stage(struct bt__gpt_train *t, struct gstage *st, int32_t slots,
+            bt_error_t *err)
 {
   const struct bt__gpt *m = t->rep[0];
   size_t nl = nlayers_of(st), per_mb = 0, total, rc_bytes;
+  int32_t me = bt_comm_rank(t->comm);
 
   for (size_t l = st->first; l <= st->last; l++) {
     size_t b = bt__gpt_layer_scratch_bytes(m, l, t->Bm, t->T);
@@ -480,26 +511,33 @@ alloc_stage(struct bt__gpt_train *t, struct gstage *st, bt_error_t *err)
   }
   if (!bt__mul_fits(t->rows, m->cfg.C, &rc_bytes) ||
       !bt__mul_fits(rc_bytes, sizeof(float), &rc_bytes) ||
-      !bt__mul_fits(per_mb, (size_t)t->m, &total) ||
+      !bt__mul_fits(per_mb, (size_t)slots, &total) ||
       __builtin_add_overflow(total, 2 * round_up(rc_bytes), &total))
     goto range;
   st->mb_bytes = per_mb;
+  st->nslots = slots;
   st->block = calloc((size_t)t->R, sizeof *st->block);
-  st->scratch = calloc((size_t)t->R * (size_t)t->m * nl, sizeof *st->scratch);
+  st->scratch = calloc((size_t)t->R * (size_t)slots * nl, sizeof *st->scratch);
   st->tmp = calloc(2 * (size_t)t->R, sizeof *st->tmp);
   st->dropped = calloc((size_t)t->R * (size_t)t->m, sizeof *st->dropped);
-  if (!st->block || !st->scratch || !st->tmp || !st->dropped)
+  st->pool = calloc((size_t)t->R, sizeof *st->pool);
+  if (!st->block || !st->scratch || !st->tmp || !st->dropped || !st->pool)
     goto nomem;
   for (int32_t r = 0; r < t->R; r++) {
     size_t off = 0;
-    unsigned char *b = aligned_alloc(ALIGN, total);
-    if (b == NULL)
+    unsigned char *b;
+    if (t->stage_rank[(size_t)r * t->S + st->s] != me)
+      continue; /* another rank runs it */
+    b = aligned_alloc(ALIGN, total);
+    if (b == NULL || bt__slots_init(&st->pool[r], slots, t->m) != BT_OK) {
+      free(b);
       goto nomem;
+    }
     memset(b, 0, total);
     st->block[r] = b;
-    for (int32_t k = 0; k < t->m; k++)
+    for (int32_t k = 0; k < slots; k++)
       for (size_t l = st->first; l <= st->last; l++) {
-        st->scratch[((size_t)r * (size_t)t->m + (size_t)k) * nl +
+        st->scratch[((size_t)r * (size_t)slots + (size_t)k) * nl +
                     (l - st->first)] = b + off;
         off += round_up(bt__gpt_layer_scratch_bytes(m, l, t->Bm, t->T));
       }
@@ -511,7 +549,7 @@ nomem:
   return bt__errorf(err, BT_ENOMEM,
                     "out of memory for stage %d's activations (%zu bytes per "
                     "replica; use more microbatches or a shorter sequence)",
-                    (int)st->s, per_mb * (size_t)t->m);
+                    (int)st->s, per_mb * (size_t)slots);
 range:
   return bt__errorf(err, BT_ERANGE,
                     "stage %d's activations for %zu rows overflow size_t "
@@ -697,8 +735,6 @@ bt__gpt_train_create(const struct bt__gpt_train_config *cfg,
   rc = make_stages(t, v, err);
   if (rc == BT_OK)
     rc = alloc_replicas(t, err);
-  for (int32_t s = 0; rc == BT_OK && s < t->S; s++)
-    rc = alloc_stage(t, &t->st[s], err);
   if (rc == BT_OK &&
       (bt__held_init(&t->held, t->R * t->p) != BT_OK ||
        (t->stage_rank = calloc((size_t)t->R * (size_t)t->S,
@@ -712,6 +748,18 @@ bt__gpt_train_create(const struct bt__gpt_train_config *cfg,
     sync_replicas(t);
   if (rc == BT_OK)
     rc = make_pipeline(t, v, err);
+  /* Activation scratch: as many slots per stage as the plan ever holds. */
+  if (rc == BT_OK) {
+    int32_t *slots = calloc((size_t)t->S, sizeof *slots);
+    if (slots == NULL)
+      rc = bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
+    else
+      bt__stages_slots(bt_pipeline_plan(t->pl), t->m, t->cfg.checkpoint,
+                       slots);
+    for (int32_t s = 0; rc == BT_OK && s < t->S; s++)
+      rc = alloc_stage(t, &t->st[s], slots[s], err);
+    free(slots);
+  }
   if (rc != BT_OK)
     goto out_free;
   t->cfg.balance = NULL;
@@ -816,6 +864,13 @@ bt__gpt_train_step(struct bt__gpt_train *t, const int32_t *x,
   t->step = step;
   t->do_update = update;
   bt__held_reset(&t->held);
+  for (int32_t s = 0; s < t->S; s++) {
+    for (int32_t r = 0; r < t->R; r++)
+      if (t->st[s].pool[r].of != NULL)
+        bt__slots_reset(&t->st[s].pool[r]);
+    memset(t->st[s].dropped, 0,
+           (size_t)t->R * (size_t)t->m * sizeof *t->st[s].dropped);
+  }
   rc = bt_pipeline_step(t->pl, err);
   t->x = t->y = NULL;
   if (rc == BT_OK) {
@@ -942,6 +997,9 @@ bt__gpt_train_destroy(struct bt__gpt_train *t)
     free(st->scratch);
     free(st->tmp);
     free(st->dropped);
+    for (int32_t r = 0; st->pool != NULL && r < t->R; r++)
+      bt__slots_free(&st->pool[r]);
+    free(st->pool);
   }
   free(t->st);
   free(t->layer_stage);

@@ -168,3 +168,100 @@ bt__stages_loss(bt_comm_t *comm, double *shares, size_t n, float *loss,
   *loss = sum;
   return BT_OK;
 }
+
+void
+bt__stages_slots(const bt_plan_t *plan, int32_t m, int32_t ckpt,
+                 int32_t *slots)
+{
+  int32_t S = bt_plan_stages(plan);
+  int32_t *live = calloc((size_t)S + 1, sizeof *live);
+
+  for (int32_t s = 0; s < S; s++)
+    slots[s] = 1;
+  if (live == NULL) {
+    /* No memory to walk the plan: every microbatch gets a slot. */
+    for (int32_t s = 0; s < S; s++)
+      slots[s] = m;
+    return;
+  }
+  for (int32_t d = 0; d < bt_plan_devices(plan); d++)
+    for (size_t i = 0; i < bt_plan_length(plan, d); i++) {
+      bt_action_t a = bt_plan_action(plan, d, i);
+      bool ck;
+      if (a.kind == BT_ACT_IDLE)
+        continue;
+      ck = bt__stages_checkpointed(ckpt, a.microbatch, m);
+      switch (a.kind) {
+      case BT_ACT_F:
+        live[a.stage]++; /* a checkpointed one gives it back at once */
+        if (live[a.stage] > slots[a.stage])
+          slots[a.stage] = live[a.stage];
+        if (ck)
+          live[a.stage]--;
+        break;
+      case BT_ACT_B:
+      case BT_ACT_I:
+        if (ck) { /* the recompute takes one */
+          live[a.stage]++;
+          if (live[a.stage] > slots[a.stage])
+            slots[a.stage] = live[a.stage];
+        }
+        if (a.kind == BT_ACT_B)
+          live[a.stage]--;
+        break;
+      default: /* W */
+        live[a.stage]--;
+        break;
+      }
+    }
+  free(live);
+}
+
+bt_status
+bt__slots_init(struct bt__slots *p, int32_t n, int32_t m)
+{
+  p->n = n;
+  p->m = m;
+  p->of = malloc((size_t)m * sizeof *p->of);
+  p->free = malloc((size_t)n * sizeof *p->free);
+  if (p->of == NULL || p->free == NULL)
+    return BT_ENOMEM;
+  bt__slots_reset(p);
+  return BT_OK;
+}
+
+void
+bt__slots_free(struct bt__slots *p)
+{
+  free(p->of);
+  free(p->free);
+  p->of = p->free = NULL;
+}
+
+void
+bt__slots_reset(struct bt__slots *p)
+{
+  for (int32_t k = 0; k < p->m; k++)
+    p->of[k] = -1;
+  /* Slot 0 on top: the first microbatch gets the first slot. */
+  for (int32_t i = 0; i < p->n; i++)
+    p->free[i] = p->n - 1 - i;
+  p->nfree = p->n;
+}
+
+int32_t
+bt__slots_take(struct bt__slots *p, int32_t k)
+{
+  if (p->of[k] < 0 && p->nfree > 0)
+    p->of[k] = p->free[--p->nfree];
+  return p->of[k];
+}
+
+void
+bt__slots_give(struct bt__slots *p, int32_t k)
+{
+  if (p->of[k] >= 0) {
+    p->free[p->nfree++] = p->of[k];
+    p->of[k] = -1;
+  }
+}

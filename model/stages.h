@@ -11,6 +11,7 @@
 
 #include "baton/comm.h"
 #include "baton/pipeline.h"
+#include "baton/plan.h"
 #include "baton/status.h"
 
 enum { BT__CKPT_NEVER, BT__CKPT_EXCEPT_LAST, BT__CKPT_ALWAYS };
@@ -51,6 +52,34 @@ int32_t bt__stages_rank(const bt_comm_t *comm, const int32_t *stage_device,
  * reference's order.  Errors as bt_comm_allreduce_sum's. */
 bt_status bt__stages_loss(bt_comm_t *comm, double *shares, size_t n,
                           float *loss, bt_error_t *err);
+
+/* Scratch slots: a stage's layer scratch for one microbatch is a slot,
+ * taken by its forward (or its recompute) and given back by its last
+ * backward (or, checkpointed, right after the forward).  A stage's calls run
+ * one at a time in its device's plan order, so the most slots it ever holds
+ * is found by walking that order: bt__stages_slots writes it per stage
+ * ([S]) for a plan of S stages and m microbatches under checkpoint mode.
+ * 1F1B then allocates about p slots per stage, not m, and `always` one. */
+void bt__stages_slots(const bt_plan_t *plan, int32_t m, int32_t ckpt,
+                      int32_t *slots);
+
+/* One stage's pool: n slots, the slot of each microbatch ([m], -1: none)
+ * and a stack of free ones.  Touched only by the stage's callbacks and
+ * between steps. */
+struct bt__slots {
+  int32_t n, m, nfree;
+  int32_t *of, *free;
+};
+
+bt_status bt__slots_init(struct bt__slots *p, int32_t n, int32_t m);
+void bt__slots_free(struct bt__slots *p);
+/* Every slot free (a new step, also after a failed one). */
+void bt__slots_reset(struct bt__slots *p);
+/* Microbatch k's slot, taking a free one if it has none; -1 when none is
+ * free (the plan walk said otherwise: a bug, reported by the caller). */
+int32_t bt__slots_take(struct bt__slots *p, int32_t k);
+/* Gives k's slot back (none: nothing). */
+void bt__slots_give(struct bt__slots *p, int32_t k);
 
 /* Held activation bytes per device: now and the step's peak.  Entry d is
  * touched only by device d's callbacks, which never overlap, and between

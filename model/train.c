@@ -28,6 +28,7 @@ struct train_stage {
   float *tmp[2], *h0, *z, *dz;
   bool *dropped;   /* [m]: the microbatch's scratch is stale */
   size_t mb_bytes; /* scratch bytes of one microbatch */
+  struct bt__slots pool; /* which slot of scratch each microbatch holds */
 };
 
 struct bt__train {
@@ -66,11 +67,25 @@ maybe_perturb(const struct bt__train *t, const bt_stage_call_t *c)
   bt__stages_perturb(t->perturb, c);
 }
 
+/* Microbatch k's scratch of layer (k holds a slot). */
 static void *
 scratch_of(const struct train_stage *st, int32_t k, size_t layer)
 {
   size_t nl = st->last - st->first + 1;
-  return st->scratch[(size_t)k * nl + (layer - st->first)];
+  return st->scratch[(size_t)st->pool.of[k] * nl + (layer - st->first)];
+}
+
+/* Takes a scratch slot for microbatch k: 0, or an error in errbuf. */
+static int
+take_slot(struct train_stage *st, int32_t k, char *errbuf, size_t errlen)
+{
+  if (bt__slots_take(&st->pool, k) >= 0)
+    return 0;
+  snprintf(errbuf, errlen,
+           "no free activation slot for microbatch %d (stage %d has %d); "
+           "the plan holds more microbatches than counted: report this",
+           (int)k, (int)st->s, (int)st->pool.n);
+  return BT_EINVAL;
 }
 
 static int
@@ -151,14 +166,17 @@ cb_forward(const bt_stage_call_t *c, char *errbuf, size_t errlen)
   int rc;
 
   maybe_perturb(st->t, c);
-  rc = stage_forward(st, c, false, errbuf, errlen);
+  rc = take_slot(st, k, errbuf, errlen);
+  if (rc == 0)
+    rc = stage_forward(st, c, false, errbuf, errlen);
   if (rc == 0 && checkpointed(st->t, k)) {
-    /* Dropped: the recompute before the backward rebuilds it.  The memory
-     * stays (buffers are not pooled yet); poisoning it with NaNs makes a
-     * missed recompute show in every gradient. */
+    /* Dropped: the recompute before the backward rebuilds it, in a slot
+     * taken then.  Poisoned with NaNs first, so that a missed recompute
+     * shows in every gradient. */
     for (size_t l = st->first; l <= st->last; l++)
       memset(scratch_of(st, k, l), 0xff,
              bt__resmlp_layer_scratch_bytes(st->t->model, l, st->t->R));
+    bt__slots_give(&st->pool, k);
     st->dropped[k] = true;
   } else if (rc == 0) {
     bt__held_add(&st->t->held, c->device, st->mb_bytes);
@@ -175,7 +193,9 @@ cb_recompute(const bt_stage_call_t *c, char *errbuf, size_t errlen)
   if (!st->dropped[c->microbatch])
     return 0;
   maybe_perturb(st->t, c);
-  rc = stage_forward(st, c, true, errbuf, errlen);
+  rc = take_slot(st, c->microbatch, errbuf, errlen);
+  if (rc == 0)
+    rc = stage_forward(st, c, true, errbuf, errlen);
   if (rc == 0) {
     st->dropped[c->microbatch] = false;
     bt__held_add(&st->t->held, c->device, st->mb_bytes);
@@ -275,8 +295,10 @@ cb_weight_grad(const bt_stage_call_t *c, char *errbuf, size_t errlen)
 
   maybe_perturb(st->t, c);
   rc = stage_weight_grad(st, c, errbuf, errlen);
-  if (rc == 0)
+  if (rc == 0) {
     bt__held_sub(&st->t->held, c->device, st->mb_bytes);
+    bt__slots_give(&st->pool, c->microbatch);
+  }
   return rc;
 }
 
@@ -293,8 +315,10 @@ cb_backward(const bt_stage_call_t *c, char *errbuf, size_t errlen)
   rc = stage_input_grad(st, c, errbuf, errlen);
   if (rc == 0)
     rc = stage_weight_grad(st, c, errbuf, errlen);
-  if (rc == 0)
+  if (rc == 0) {
     bt__held_sub(&st->t->held, c->device, st->mb_bytes);
+    bt__slots_give(&st->pool, c->microbatch);
+  }
   return rc;
 }
 
@@ -320,10 +344,11 @@ partition(struct bt__train *t, const int32_t *balance, int32_t nbalance,
   return rc;
 }
 
-/* One block per stage: m * nl scratch regions, five [R,H] buffers and the
- * dropped flags. */
+/* One block per stage: `slots` scratch regions (bt__stages_slots), five
+ * [R,H] buffers and the dropped flags. */
 static bt_status
-alloc_stage(struct bt__train *t, struct train_stage *st, bt_error_t *err)
+alloc_stage(struct bt__train *t, struct train_stage *st, int32_t slots,
+            bt_error_t *err)
 {
   struct bt__resmlp *m = t->model;
   size_t nl = st->last - st->first + 1, per_mb = 0, total, rh, off = 0;
@@ -335,20 +360,21 @@ alloc_stage(struct bt__train *t, struct train_stage *st, bt_error_t *err)
   }
   if (!bt__mul_fits(t->R, m->cfg.H, &rh) ||
       !bt__mul_fits(rh, sizeof(float), &rh) || rh > SIZE_MAX / 8 ||
-      !bt__mul_fits(per_mb, (size_t)t->m, &total) ||
+      !bt__mul_fits(per_mb, (size_t)slots, &total) ||
       __builtin_add_overflow(total, 5 * round_up(rh), &total) ||
       __builtin_add_overflow(total, round_up((size_t)t->m), &total))
     goto range;
   st->mb_bytes = per_mb;
-  st->scratch = calloc((size_t)t->m * nl, sizeof *st->scratch);
+  st->scratch = calloc((size_t)slots * nl, sizeof *st->scratch);
   st->block = aligned_alloc(ALIGN, total);
-  if (st->scratch == NULL || st->block == NULL)
+  if (st->scratch == NULL || st->block == NULL ||
+      bt__slots_init(&st->pool, slots, t->m) != BT_OK)
     return bt__errorf(err, BT_ENOMEM,
                       "out of memory for stage %d's %zu bytes of "
                       "activations (use more microbatches)",
                       (int)st->s, total);
   memset(st->block, 0, total);
-  for (int32_t k = 0; k < t->m; k++)
+  for (int32_t k = 0; k < slots; k++)
     for (size_t l = st->first; l <= st->last; l++) {
       st->scratch[(size_t)k * nl + (l - st->first)] = st->block + off;
       off += round_up(bt__resmlp_layer_scratch_bytes(m, l, t->R));
@@ -458,9 +484,6 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
     st->inner_h0 = ls && t->S == 1;
     st->stash_h0 = ls && t->S > 1 && s == 0;
     st->pop_h0 = ls && t->S > 1 && s == t->S - 1;
-    rc = alloc_stage(t, st, err);
-    if (rc != BT_OK)
-      goto out_free;
     desc[s] = (bt_stage_desc_t)BT_STAGE_DESC_INIT;
     desc[s].forward = cb_forward;
     desc[s].backward = cb_backward;
@@ -495,6 +518,20 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
   rc = bt_pipeline_create(&pc, &t->pl, err);
   if (rc != BT_OK)
     goto out_free;
+  /* Activation scratch: as many slots per stage as the plan ever holds. */
+  {
+    int32_t *slots = calloc((size_t)t->S, sizeof *slots);
+    if (slots == NULL) {
+      rc = bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
+      goto out_free;
+    }
+    bt__stages_slots(bt_pipeline_plan(t->pl), t->m, t->checkpoint, slots);
+    for (int32_t s = 0; s < t->S && rc == BT_OK; s++)
+      rc = alloc_stage(t, &t->st[s], slots[s], err);
+    free(slots);
+    if (rc != BT_OK)
+      goto out_free;
+  }
   t->stage_rank = calloc((size_t)t->S, sizeof *t->stage_rank);
   if (t->stage_rank == NULL) {
     rc = bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
@@ -558,6 +595,10 @@ bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
   t->y = y;
   bt__resmlp_zero_grad(t->model);
   bt__held_reset(&t->held);
+  for (int32_t s = 0; s < t->S; s++) {
+    bt__slots_reset(&t->st[s].pool);
+    memset(t->st[s].dropped, 0, (size_t)t->m * sizeof *t->st[s].dropped);
+  }
   rc = bt_pipeline_step(t->pl, err);
   t->x = NULL;
   t->y = NULL;
@@ -609,6 +650,14 @@ bt__train_stage_bytes(const struct bt__train *t, int32_t s)
   return t->st[s].mb_bytes;
 }
 
+int32_t
+bt__train_stage_slots(const struct bt__train *t, int32_t s)
+{
+  if (t == NULL || s < 0 || s >= t->S)
+    return 0;
+  return t->st[s].pool.n;
+}
+
 const bt_plan_t *
 bt__train_plan(const struct bt__train *t)
 {
@@ -633,6 +682,7 @@ bt__train_destroy(struct bt__train *t)
     for (int32_t s = 0; s < t->S; s++) {
       free(t->st[s].scratch);
       free(t->st[s].block);
+      bt__slots_free(&t->st[s].pool);
     }
   free(t->st);
   free(t->layer_stage);

@@ -37,10 +37,12 @@
  * with NaNs, so a missing recompute cannot go unnoticed) and rebuilt by the
  * recompute callback from the stage's input, which stays valid in the
  * pipeline's buffer.  The forward is deterministic, so the results are
- * bitwise those without checkpointing.  NOT YET: the scratch buffers are
- * not pooled, so checkpointing does not lower memory yet (every
- * (stage, microbatch) keeps its scratch allocated); a later change pools
- * them.
+ * bitwise those without checkpointing.  Scratch is pooled: each stage
+ * allocates as many microbatches' scratch as its plan order ever keeps
+ * alive (bt__stages_slots: about p for 1F1B, m for GPipe, 1 with
+ * checkpointing always), and a microbatch takes a slot at its forward or
+ * recompute and gives it back at its last backward (checkpointed: right
+ * after its forward).
  *
  * Held activation bytes, counted per device as the memory model would
  * have them once buffers are pooled (not what is allocated now): a
@@ -147,6 +149,10 @@ int32_t bt__train_stages(const struct bt__train *t);
  * accounting's unit above: the stage's layers' scratch bytes, each rounded
  * up to 64), 0 for s out of range. */
 size_t bt__train_stage_bytes(const struct bt__train *t, int32_t s);
+
+/* Scratch slots stage s allocates: the most microbatches the plan keeps
+ * alive on it at once (bt__stages_slots), 0 for s out of range. */
+int32_t bt__train_stage_slots(const struct bt__train *t, int32_t s);
 
 /* The plan the pipeline runs (owned by the trainer), NULL for NULL. */
 const bt_plan_t *bt__train_plan(const struct bt__train *t);

@@ -472,6 +472,9 @@ TEST(held_activation_bytes)
                 "bytes, wanted %zu x %zu",
                 cases[i].sched, (int)cases[i].p, ckpt_name[cases[i].ckpt],
                 bt__train_peak_held_bytes(t, 0), cases[i].want0, b0);
+    /* What is allocated is what the accounting counts: the pool holds
+     * exactly the peak number of microbatches, not m. */
+    EXPECT_INT_EQ(bt__train_stage_slots(t, 0), cases[i].want0);
     for (int32_t d = 0; d < cases[i].p; d++) {
       EXPECT_INT_EQ(bt__train_held_bytes(t, d), 0);
       EXPECT_TRUE(bt__train_peak_held_bytes(t, d) > 0);
