@@ -153,6 +153,130 @@ bt_status bt__cu_philox4x32_10(uint32_t *out, const uint32_t *ctr,
                                const uint32_t key[2], size_t n,
                                struct CUstream_st *stream);
 
+/* ---- linear: y = x W^T + b (kernels/cuda/linear.cu) ------------------------
+ * x [N, IN], W [OUT, IN], b [OUT], y [N, OUT], as the CPU kernel.  The GEMMs
+ * are fp32 cublasSgemm; the launchers set the handle's stream
+ * (cublasSetStream) and leave its other settings alone: keep its math mode
+ * CUBLAS_DEFAULT_MATH or CUBLAS_PEDANTIC_MATH for fp32 results (within 1e-4
+ * relative of the CPU); a TF32 mode trades that accuracy for speed.  The
+ * handle is the caller's; NULL is BT_EINVAL.  N, IN and OUT must fit
+ * cuBLAS's int (BT_ERANGE otherwise). */
+
+/* Writes y (the bias is broadcast into y, then the GEMM adds x W^T).  b may
+ * be NULL (no bias).  y must not alias x or w. */
+bt_status bt__cu_linear_fwd(float *y, const float *x, const float *w,
+                            const float *b, size_t N, size_t IN, size_t OUT,
+                            struct cublasContext *cublas,
+                            struct CUstream_st *stream);
+
+/* Writes dx = dy W, dx [N, IN], dy [N, OUT]. */
+bt_status bt__cu_linear_bwd_input(float *dx, const float *dy, const float *w,
+                                  size_t N, size_t IN, size_t OUT,
+                                  struct cublasContext *cublas,
+                                  struct CUstream_st *stream);
+
+/* Accumulates dW += dy^T x (GEMM with beta = 1) and, when db is not NULL,
+ * db += the sum of dy's rows (a column-sum kernel with a fixed reduction
+ * order: bitwise the same on every run). */
+bt_status bt__cu_linear_bwd_weight(float *dw, float *db, const float *dy,
+                                   const float *x, size_t N, size_t IN,
+                                   size_t OUT, struct cublasContext *cublas,
+                                   struct CUstream_st *stream);
+
+/* Both of the above; db may be NULL. */
+bt_status bt__cu_linear_bwd(float *dx, float *dw, float *db, const float *dy,
+                            const float *x, const float *w, size_t N, size_t IN,
+                            size_t OUT, struct cublasContext *cublas,
+                            struct CUstream_st *stream);
+
+/* ---- GELU, tanh approximation (kernels/cuda/gelu.cu) -----------------------
+ * y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) over n elements, in
+ * the CPU kernel's form (sigmoid of 2u, u clamped to +-40).  In place is
+ * fine: y may be x, dx may be dy.  n * sizeof(float) overflowing size_t is
+ * BT_ERANGE (the CPU kernel does not check it). */
+
+bt_status bt__cu_gelu_fwd(float *y, const float *x, size_t n,
+                          struct CUstream_st *stream);
+
+/* Writes dx = dy * gelu'(x). */
+bt_status bt__cu_gelu_bwd(float *dx, const float *dy, const float *x, size_t n,
+                          struct CUstream_st *stream);
+
+/* ---- LayerNorm over the last dimension (kernels/cuda/layernorm.cu) ---------
+ * x, y [N, D]; gamma, beta [D]; biased variance, eps = 1e-5, as the CPU. */
+
+#define BT__CU_LAYERNORM_EPS 1e-5f
+
+/* Writes y, and mean and rstd ([N] each, device: the row's mean and
+ * 1/sqrt(var + eps)), which the backward reads.  y must not alias x. */
+bt_status bt__cu_layernorm_fwd(float *y, float *mean, float *rstd,
+                               const float *x, const float *gamma,
+                               const float *beta, size_t N, size_t D,
+                               struct CUstream_st *stream);
+
+/* Writes dx; accumulates dgamma and dbeta (a column-sum kernel with a
+ * fixed reduction order, run before dx is written).  mean and rstd are
+ * the forward's for the same x.  dx may alias dy, not x. */
+bt_status bt__cu_layernorm_bwd(float *dx, float *dgamma, float *dbeta,
+                               const float *dy, const float *x,
+                               const float *gamma, const float *mean,
+                               const float *rstd, size_t N, size_t D,
+                               struct CUstream_st *stream);
+
+/* ---- residual add (kernels/cuda/residual.cu) -------------------------------
+ * y = a + b over n elements; y may alias a or b.  Bitwise the CPU's. */
+
+bt_status bt__cu_residual_fwd(float *y, const float *a, const float *b,
+                              size_t n, struct CUstream_st *stream);
+
+/* Accumulates da += dy and db += dy; either (not both) may be NULL; da == db
+ * adds dy twice; da or db equal to dy is BT_EINVAL (the CPU's rules). */
+bt_status bt__cu_residual_bwd(float *da, float *db, const float *dy, size_t n,
+                              struct CUstream_st *stream);
+
+/* ---- softmax cross-entropy (kernels/cuda/xent.cu) --------------------------
+ * logits [N, C], labels [N] (device int32) in [0, C), the loss the mean
+ * over total_rows rows of -log softmax(logits)[label], as the CPU kernel;
+ * total_rows < N is BT_EINVAL.  Differences from the CPU kernel:
+ * - Labels are device memory and are not checked (that would need a
+ *   synchronizing copy back).  The caller validates them on the host, or
+ *   runs bt__cu_embedding_check_tokens(bad, labels, N, C, stream), which
+ *   flags any value outside [0, C).  A bad label is never a memory error:
+ *   the forward's loss becomes NaN and the backward writes NaN over the
+ *   label's row of dlogits.
+ * - The loss is written to device memory (one float), not the host: the
+ *   launcher does not synchronize; the caller copies it back when the
+ *   stream has reached it. */
+
+/* Writes *loss (device) = (sum of the row losses, in double) / total_rows.
+ * Runs as a single thread block (deterministic without scratch or float
+ * atomics): one SM's bandwidth. */
+bt_status bt__cu_xent_fwd(float *loss, const float *logits,
+                          const int32_t *labels, size_t N, size_t C,
+                          size_t total_rows, struct CUstream_st *stream);
+
+/* Writes dlogits = (softmax(logits) - onehot(label)) / total_rows.
+ * dlogits may alias logits. */
+bt_status bt__cu_xent_bwd(float *dlogits, const float *logits,
+                          const int32_t *labels, size_t N, size_t C,
+                          size_t total_rows, struct CUstream_st *stream);
+
+/* ---- optimizers (kernels/cuda/optim.cu) -------------------------------------
+ * In place on w [n]; g [n] the step's gradient; the CPU kernels' formulas
+ * and hyperparameter checks (lr and wd finite; AdamW: t >= 1, b1 and b2 in
+ * [0, 1), eps >= 0 finite), with the CPU's roundings (cuda/optim.cu says
+ * how). */
+
+/* w -= lr * (g + wd * w). */
+bt_status bt__cu_sgd_update(float *w, const float *g, size_t n, float lr,
+                            float wd, struct CUstream_st *stream);
+
+/* AdamW, m and v [n] the moments (zero before step 1), t the 1-based step;
+ * the bias corrections 1/(1-b^t) are computed on the host in double. */
+bt_status bt__cu_adamw_update(float *w, float *m, float *v, const float *g,
+                              size_t n, float lr, float b1, float b2, float eps,
+                              float wd, int64_t t, struct CUstream_st *stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,74 @@
+/* baton: CUDA devices for the runtime (built when the CUDA toolkit is found;
+ * library baton_cuda).
+ *
+ * Each logical device is a host thread (the runtime's DEDICATED mode) with
+ * its own streams on one GPU; several logical devices may share a GPU
+ * (`cuda:0,cuda:0`), each with its own streams, which is how multi-device
+ * logic is tested on a single-GPU machine.  For every task the device's
+ * actor
+ *   - turns each dependency on another device into cudaStreamWaitEvent on
+ *     the producer's completion event (never a host synchronization),
+ *   - calls the task function, which enqueues its kernels on
+ *     ctx->stream (call->device_ctx is a bt_cuda_ctx_t *),
+ *   - records the task's completion event (cudaEventDisableTiming) on that
+ *     stream,
+ * so the host runs ahead of the GPU and the whole step is enqueued before
+ * much of it has run.  bt_cuda_devices_sync waits for every stream (the end
+ * of a step, before reading results on the host).
+ *
+ * Errors: a task whose kernels fail to launch (or whose function returns an
+ * error) ends the step like a CPU task, named "2F5 on cuda:1: ...".
+ * Asynchronous faults (an illegal address) surface at the next sync and
+ * leave the CUDA context unusable, as CUDA does; out-of-memory does not.
+ *
+ * Status: compiled and linked on machines without a GPU; its test
+ * (tests/test_cuda_device.c) has not run on a GPU yet. */
+#ifndef BATON_CUDA_H
+#define BATON_CUDA_H
+
+#include <stdint.h>
+
+#include "baton/export.h"
+#include "baton/runtime.h"
+#include "baton/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* What a CUDA device's task sees as call->device_ctx. */
+typedef struct bt_cuda_ctx {
+  int32_t gpu;         /* the CUDA device ordinal */
+  int32_t index;       /* the logical device */
+  void *stream;        /* cudaStream_t: compute */
+  void *send_stream;   /* cudaStream_t: outgoing transfers */
+  void *recv_stream;   /* cudaStream_t: incoming transfers */
+} bt_cuda_ctx_t;
+
+typedef struct bt_cuda_devices bt_cuda_devices_t;
+
+/* Whether a CUDA device is present (0 without a driver or a GPU). */
+BT_API int bt_cuda_available(void);
+
+/* n logical devices, device i on GPU gpus[i]; fills desc[0..n) for
+ * bt_runtime_config_t.device (use mode BT_RUNTIME_DEDICATED).  names may be
+ * NULL ("cuda:<gpu>").  BT_EINVAL (a bad ordinal, n < 1), BT_EUNSUPPORTED
+ * (no GPU), BT_ENOMEM, BT_EIO (a CUDA call failed; its message is in
+ * err).  The devices must outlive the runtime. */
+BT_API bt_status bt_cuda_devices_create(const int32_t *gpus, int32_t n,
+                                        bt_device_desc_t *desc,
+                                        bt_cuda_devices_t **out,
+                                        bt_error_t *err);
+
+/* Waits for every stream of every device; the first CUDA error, named. */
+BT_API bt_status bt_cuda_devices_sync(bt_cuda_devices_t *devs,
+                                      bt_error_t *err);
+
+/* Frees streams and events; NULL is accepted.  After the runtime. */
+BT_API void bt_cuda_devices_destroy(bt_cuda_devices_t *devs);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BATON_CUDA_H */
