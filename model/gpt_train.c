@@ -340,14 +340,18 @@ grad_tensor(int32_t r, int32_t s, int32_t part, size_t *count, void *user)
 {
   struct bt__gpt_train *t = user;
   const struct gstage *st = &t->st[s];
+  /* A replica this rank does not run has no model here: the pipeline asks
+   * for its tensors only to size transfers (pipeline.h), and gets replica
+   * 0's, which have the same sizes. */
+  struct bt__gpt *m = t->rep[r] != NULL ? t->rep[r] : t->rep[0];
 
   if (part == 0) {
     *count = st->hi - st->lo;
-    return t->rep[r]->grads + st->lo;
+    return m->grads + st->lo;
   }
   if (part == 1 && t->split_tie && s == t->head_stage) {
     *count = vc(t);
-    return t->rep[r]->head_gwte;
+    return m->head_gwte;
   }
   return NULL;
 }
@@ -359,10 +363,11 @@ static float *
 tie_tensor(int32_t r, int32_t tie, int32_t side, size_t *count, void *user)
 {
   struct bt__gpt_train *t = user;
+  struct bt__gpt *m = t->rep[r] != NULL ? t->rep[r] : t->rep[0];
 
   (void)tie;
   *count = vc(t);
-  return side == 0 ? wte_of(t->rep[r], true) : t->rep[r]->head_gwte;
+  return side == 0 ? wte_of(m, true) : m->head_gwte;
 }
 
 /* The stage's squared gradient norm on replica 0 (the head's wte copy is
@@ -557,7 +562,20 @@ range:
                     (int)st->s, t->rows);
 }
 
-/* Replicas 1 .. R-1, the head's wte copies and the optimizer state. */
+/* Whether this rank runs any stage of replica r. */
+static bool
+replica_here(const struct bt__gpt_train *t, int32_t r)
+{
+  int32_t me = bt_comm_rank(t->comm);
+
+  for (int32_t s = 0; s < t->S; s++)
+    if (t->stage_rank[(size_t)r * t->S + s] == me)
+      return true;
+  return false;
+}
+
+/* Replicas 1 .. R-1 that this rank runs (the others stay NULL), the head's
+ * wte copies and the optimizer state. */
 static bt_status
 alloc_replicas(struct bt__gpt_train *t, bt_error_t *err)
 {
@@ -568,7 +586,10 @@ alloc_replicas(struct bt__gpt_train *t, bt_error_t *err)
     return bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
   t->rep[0] = t->cfg.model;
   for (int32_t r = 1; r < t->R; r++) {
-    bt_status rc = bt__gpt_create(&m0->cfg, 0, &t->rep[r], err);
+    bt_status rc;
+    if (!replica_here(t, r))
+      continue; /* another rank runs it */
+    rc = bt__gpt_create(&m0->cfg, 0, &t->rep[r], err);
     if (rc != BT_OK)
       return rc;
   }
@@ -581,6 +602,8 @@ alloc_replicas(struct bt__gpt_train *t, bt_error_t *err)
       return bt__errorf(err, BT_ENOMEM,
                         "out of memory for the head's copies of wte");
     for (int32_t r = 0; r < t->R; r++) {
+      if (t->rep[r] == NULL)
+        continue;
       t->rep[r]->head_wte = t->wte_copy + 2 * (size_t)r * n;
       t->rep[r]->head_gwte = t->wte_copy + (2 * (size_t)r + 1) * n;
     }
@@ -591,6 +614,8 @@ alloc_replicas(struct bt__gpt_train *t, bt_error_t *err)
     if (t->adam == NULL || t->adamh == NULL)
       return bt__errorf(err, BT_ENOMEM, "out of memory for AdamW's state");
     for (int32_t r = 0; r < t->R; r++) {
+      if (t->rep[r] == NULL)
+        continue;
       if (bt__gpt_adamw_init(t->rep[r], &t->adam[r]) != BT_OK)
         return bt__errorf(err, BT_ENOMEM, "out of memory for AdamW's state");
       if (t->split_tie) {
@@ -733,8 +758,6 @@ bt__gpt_train_create(const struct bt__gpt_train_config *cfg,
     goto out_free;
   }
   rc = make_stages(t, v, err);
-  if (rc == BT_OK)
-    rc = alloc_replicas(t, err);
   if (rc == BT_OK &&
       (bt__held_init(&t->held, t->R * t->p) != BT_OK ||
        (t->stage_rank = calloc((size_t)t->R * (size_t)t->S,
@@ -744,6 +767,8 @@ bt__gpt_train_create(const struct bt__gpt_train_config *cfg,
     for (int32_t s = 0; s < t->S; s++)
       t->stage_rank[(size_t)r * t->S + s] = bt__stages_rank(
           t->comm, cfg->stage_device, s, r, t->p, t->R);
+  if (rc == BT_OK)
+    rc = alloc_replicas(t, err);
   if (rc == BT_OK)
     sync_replicas(t);
   if (rc == BT_OK)
@@ -779,9 +804,11 @@ sync_replicas(struct bt__gpt_train *t)
   const struct bt__gpt *m0 = t->rep[0];
 
   for (int32_t r = 1; r < t->R; r++)
-    memcpy(t->rep[r]->params, m0->params, m0->nparams * sizeof(float));
+    if (t->rep[r] != NULL)
+      memcpy(t->rep[r]->params, m0->params, m0->nparams * sizeof(float));
   for (int32_t r = 0; t->split_tie && r < t->R; r++)
-    memcpy(t->rep[r]->head_wte, wte_of(m0, false), vc(t) * sizeof(float));
+    if (t->rep[r] != NULL)
+      memcpy(t->rep[r]->head_wte, wte_of(m0, false), vc(t) * sizeof(float));
 }
 
 void
@@ -855,6 +882,8 @@ bt__gpt_train_step(struct bt__gpt_train *t, const int32_t *x,
   if (bt_comm_size(t->comm) <= 1)
     sync_replicas(t);
   for (int32_t r = 0; r < t->R; r++) {
+    if (t->rep[r] == NULL)
+      continue;
     bt__gpt_zero_grad(t->rep[r]);
     if (t->split_tie)
       memset(t->rep[r]->head_gwte, 0, vc(t) * sizeof(float));

@@ -40,8 +40,10 @@
  * the recompute callback; dropout masks are redrawn, so bitwise the
  * same).  Devices in the accounting are the runtime's R * p devices.
  *
- * Across processes (comm): every rank holds every replica's model but
- * computes, reduces and updates only the stages it runs; x and y may be
+ * Across processes (comm): a rank holds replica 0's model (the caller's)
+ * and those of the replicas it runs any stage of (bt__gpt_train_replica is
+ * NULL for the others), computes, reduces and updates only its stages, and
+ * allocates activation scratch only for them; x and y may be
  * NULL on ranks that do not need them (bt__gpt_train_needs); the loss is
  * the job's.  The replicas are copied from replica 0 at create only (a
  * checkpoint must be loaded before).
