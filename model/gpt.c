@@ -675,63 +675,64 @@ out_free:
 
 /* ---- inference ---------------------------------------------------------- */
 
-/* Regions of bt__gpt_logits' block. */
+/* Regions of an evaluation block: the layers' scratch, two activations,
+ * then the caller's own (bt__gpt_logits': the last rows, their LayerNorm
+ * and its statistics). */
 enum { I_SCRATCH, I_ACT0, I_ACT1, I_LAST, I_U, I_MEAN, I_RSTD, I_NREG };
 
-bt_status
-bt__gpt_logits(const struct bt__gpt *m, const int32_t *x, size_t B, size_t T,
-               float *logits, bt_error_t *err)
+/* The forward of embed and every block over x [B,T] in evaluation mode
+ * (dropout off), into one block the caller frees (*block): the scratch
+ * (as large as the largest of layers 0 .. upto's, the layers running one
+ * after another), two [R,C] activations, and nextra more regions I_LAST ..
+ * of extra[i][0] x extra[i][1] floats.  *h is the blocks' output.
+ * Checks the arguments and the tokens; who names the caller. */
+static bt_status
+eval_blocks(const struct bt__gpt *m, const int32_t *x, size_t B, size_t T,
+            size_t upto, const size_t (*extra)[2], int nextra, const char *who,
+            struct bt__scratch_layout *l, char **block, float **h,
+            bt_error_t *err)
 {
-  struct bt__scratch_layout l;
-  size_t R, C, sbytes = 0, bytes;
-  char *block;
+  size_t R, C = m->cfg.C, sbytes = 0, bytes;
   bt_status st;
 
-  if (m == NULL || x == NULL || logits == NULL)
-    return bt__errorf(err, BT_EINVAL,
-                      "gpt logits: model, x and logits must not be NULL");
+  *block = NULL;
   if (B == 0 || T == 0 || T > m->cfg.Tmax)
     return bt__errorf(err, BT_EINVAL,
-                      "gpt logits: B=%zu, T=%zu: need B >= 1 and 1 <= T <= "
+                      "gpt %s: B=%zu, T=%zu: need B >= 1 and 1 <= T <= "
                       "Tmax=%zu (keep only the last Tmax tokens)",
-                      B, T, m->cfg.Tmax);
-  C = m->cfg.C;
+                      who, B, T, m->cfg.Tmax);
   if (!bt__mul_fits(B, T, &R))
-    return bt__errorf(err, BT_ERANGE,
-                      "gpt logits: %zu sequences of %zu tokens overflow "
-                      "size_t (pass fewer sequences)",
-                      B, T);
+    goto out_range;
   for (size_t r = 0; r < R; r++)
     if (x[r] < 0 || (size_t)x[r] >= m->cfg.V)
       return bt__errorf(err, BT_EINVAL,
-                        "gpt logits: token x[%zu] = %" PRId32
+                        "gpt %s: token x[%zu] = %" PRId32
                         " is outside [0, V=%zu)",
-                        r, x[r], m->cfg.V);
-  /* The layers run one after another and forward only, so one scratch
-   * region, as large as the largest layer's, serves them all. */
-  for (size_t layer = 0; layer <= m->cfg.L; layer++) {
+                        who, r, x[r], m->cfg.V);
+  for (size_t layer = 0; layer <= upto; layer++) {
     size_t b = bt__gpt_layer_scratch_bytes(m, layer, B, T);
     if (b == 0)
       goto out_range;
     sbytes = b > sbytes ? b : sbytes;
   }
-  memset(&l, 0, sizeof(l));
-  if (!bt__layout_add(&l, I_SCRATCH, 1, sbytes, 1) ||
-      !bt__layout_add(&l, I_ACT0, R, C, sizeof(float)) ||
-      !bt__layout_add(&l, I_ACT1, R, C, sizeof(float)) ||
-      !bt__layout_add(&l, I_LAST, B, C, sizeof(float)) ||
-      !bt__layout_add(&l, I_U, B, C, sizeof(float)) ||
-      !bt__layout_add(&l, I_MEAN, B, 1, sizeof(float)) ||
-      !bt__layout_add(&l, I_RSTD, B, 1, sizeof(float)) ||
-      __builtin_add_overflow(l.bytes, (size_t)BT__SCRATCH_ALIGN - 1, &bytes))
+  memset(l, 0, sizeof(*l));
+  if (!bt__layout_add(l, I_SCRATCH, 1, sbytes, 1) ||
+      !bt__layout_add(l, I_ACT0, R, C, sizeof(float)) ||
+      !bt__layout_add(l, I_ACT1, R, C, sizeof(float)))
+    goto out_range;
+  for (int i = 0; i < nextra; i++)
+    if (!bt__layout_add(l, I_LAST + i, extra[i][0], extra[i][1],
+                        sizeof(float)))
+      goto out_range;
+  if (__builtin_add_overflow(l->bytes, (size_t)BT__SCRATCH_ALIGN - 1, &bytes))
     goto out_range;
   bytes &= ~(size_t)(BT__SCRATCH_ALIGN - 1);
-  block = aligned_alloc(BT__SCRATCH_ALIGN, bytes);
-  if (block == NULL)
+  *block = aligned_alloc(BT__SCRATCH_ALIGN, bytes);
+  if (*block == NULL)
     return bt__errorf(err, BT_ENOMEM,
-                      "gpt logits: out of memory for %zu bytes of "
-                      "activations (pass fewer or shorter sequences)",
-                      bytes);
+                      "gpt %s: out of memory for %zu bytes of activations "
+                      "(pass fewer or shorter sequences)",
+                      who, bytes);
 
   /* Evaluation mode: a copy of the model's header with dropout 0, whose
    * table points at the same parameters, so the layers draw no masks
@@ -739,26 +740,57 @@ bt__gpt_logits(const struct bt__gpt *m, const int32_t *x, size_t B, size_t T,
   struct bt__gpt eval = *m;
   eval.cfg.dropout = 0.0f;
   const struct bt__gpt_mb mb = {B, T, 0, 0, 0};
-  void *scratch = bt__layout_region(block, &l, I_SCRATCH);
-  float *act[2] = {bt__layout_region(block, &l, I_ACT0),
-                   bt__layout_region(block, &l, I_ACT1)};
-  float *last = bt__layout_region(block, &l, I_LAST);
-  float *u = bt__layout_region(block, &l, I_U);
-  size_t head = m->cfg.L + 1;
+  void *scratch = bt__layout_region(*block, l, I_SCRATCH);
+  float *act[2] = {bt__layout_region(*block, l, I_ACT0),
+                   bt__layout_region(*block, l, I_ACT1)};
 
   st = bt__gpt_embed_fwd(&eval, x, act[0], scratch, &mb);
   for (size_t i = 0; i < m->cfg.L && st == BT_OK; i++)
     st = bt__gpt_layer_fwd(&eval, 1 + i, act[i % 2], act[(i + 1) % 2], scratch,
                            &mb);
   if (st != BT_OK) {
-    bt__errorf(err, st, "gpt logits: a layer's forward failed: %s",
-               bt_strerror(st));
-    goto out_free;
+    free(*block);
+    *block = NULL;
+    return bt__errorf(err, st, "gpt %s: a layer's forward failed: %s", who,
+                      bt_strerror(st));
   }
+  *h = act[m->cfg.L % 2];
+  return BT_OK;
+
+out_range:
+  return bt__errorf(err, BT_ERANGE,
+                    "gpt %s: the activations of %zu sequences of %zu tokens "
+                    "overflow size_t (pass fewer sequences)",
+                    who, B, T);
+}
+
+bt_status
+bt__gpt_logits(const struct bt__gpt *m, const int32_t *x, size_t B, size_t T,
+               float *logits, bt_error_t *err)
+{
+  struct bt__scratch_layout l;
+  size_t C, head;
+  char *block;
+  float *h, *last, *u;
+  bt_status st;
+
+  if (m == NULL || x == NULL || logits == NULL)
+    return bt__errorf(err, BT_EINVAL,
+                      "gpt logits: model, x and logits must not be NULL");
+  C = m->cfg.C;
+  head = m->cfg.L + 1;
+  {
+    const size_t extra[4][2] = {{B, C}, {B, C}, {B, 1}, {B, 1}};
+    st = eval_blocks(m, x, B, T, m->cfg.L, extra, 4, "logits", &l, &block, &h,
+                     err);
+  }
+  if (st != BT_OK)
+    return st;
+  last = bt__layout_region(block, &l, I_LAST);
+  u = bt__layout_region(block, &l, I_U);
   /* Only the last position's rows go through the head. */
   for (size_t b = 0; b < B; b++)
-    memcpy(last + b * C, act[m->cfg.L % 2] + (b * T + T - 1) * C,
-           C * sizeof(float));
+    memcpy(last + b * C, h + (b * T + T - 1) * C, C * sizeof(float));
   st = bt__layernorm_fwd(u, bt__layout_region(block, &l, I_MEAN),
                          bt__layout_region(block, &l, I_RSTD), last,
                          lparam(m, head, HEAD_LN_G), lparam(m, head, HEAD_LN_B),
@@ -768,88 +800,45 @@ bt__gpt_logits(const struct bt__gpt *m, const int32_t *x, size_t B, size_t T,
   if (st != BT_OK)
     bt__errorf(err, st, "gpt logits: the head's forward failed: %s",
                bt_strerror(st));
-
-out_free:
   free(block);
   return st;
-
-out_range:
-  return bt__errorf(err, BT_ERANGE,
-                    "gpt logits: the activations of %zu sequences of %zu "
-                    "tokens overflow size_t (pass fewer sequences)",
-                    B, T);
 }
 
 bt_status
 bt__gpt_eval_loss(const struct bt__gpt *m, const int32_t *x, const int32_t *y,
                   size_t B, size_t T, float *loss, bt_error_t *err)
 {
-  size_t R, C, sbytes = 0, bytes;
-  char *block;
   struct bt__scratch_layout l;
+  char *block;
+  float *h;
   bt_status st;
-  enum { E_SCRATCH, E_ACT0, E_ACT1 };
 
   if (m == NULL || x == NULL || y == NULL || loss == NULL)
     return bt__errorf(err, BT_EINVAL,
                       "gpt eval: model, x, y and loss must not be NULL");
-  if (B == 0 || T == 0 || T > m->cfg.Tmax || !bt__mul_fits(B, T, &R))
-    return bt__errorf(err, BT_EINVAL,
-                      "gpt eval: B=%zu, T=%zu: need B >= 1 and 1 <= T <= "
-                      "Tmax=%zu",
-                      B, T, m->cfg.Tmax);
-  for (size_t r = 0; r < R; r++)
-    if (x[r] < 0 || (size_t)x[r] >= m->cfg.V || y[r] < 0 ||
-        (size_t)y[r] >= m->cfg.V)
+  for (size_t r = 0; B > 0 && T > 0 && T <= m->cfg.Tmax && r < B * T; r++)
+    if (y[r] < 0 || (size_t)y[r] >= m->cfg.V)
       return bt__errorf(err, BT_EINVAL,
-                        "gpt eval: token %zu (x %" PRId32 ", y %" PRId32
-                        ") is outside [0, V=%zu)",
-                        r, x[r], y[r], m->cfg.V);
-  C = m->cfg.C;
-  for (size_t layer = 0; layer < m->nlayers; layer++) {
-    size_t b = bt__gpt_layer_scratch_bytes(m, layer, B, T);
-    if (b == 0)
-      goto out_range;
-    sbytes = b > sbytes ? b : sbytes;
-  }
-  memset(&l, 0, sizeof(l));
-  if (!bt__layout_add(&l, E_SCRATCH, 1, sbytes, 1) ||
-      !bt__layout_add(&l, E_ACT0, R, C, sizeof(float)) ||
-      !bt__layout_add(&l, E_ACT1, R, C, sizeof(float)) ||
-      __builtin_add_overflow(l.bytes, (size_t)BT__SCRATCH_ALIGN - 1, &bytes))
-    goto out_range;
-  bytes &= ~(size_t)(BT__SCRATCH_ALIGN - 1);
-  block = aligned_alloc(BT__SCRATCH_ALIGN, bytes);
-  if (block == NULL)
-    return bt__errorf(err, BT_ENOMEM,
-                      "gpt eval: out of memory for %zu bytes of activations "
-                      "(evaluate fewer sequences at a time)",
-                      bytes);
-  /* Evaluation mode, as bt__gpt_logits: dropout 0 on a header copy. */
-  struct bt__gpt eval = *m;
-  eval.cfg.dropout = 0.0f;
-  const struct bt__gpt_mb mb = {B, T, 0, 0, 0};
-  void *scratch = bt__layout_region(block, &l, E_SCRATCH);
-  float *act[2] = {bt__layout_region(block, &l, E_ACT0),
-                   bt__layout_region(block, &l, E_ACT1)};
-
-  st = bt__gpt_embed_fwd(&eval, x, act[0], scratch, &mb);
-  for (size_t i = 0; i < m->cfg.L && st == BT_OK; i++)
-    st = bt__gpt_layer_fwd(&eval, 1 + i, act[i % 2], act[(i + 1) % 2], scratch,
-                           &mb);
-  if (st == BT_OK)
-    st = bt__gpt_head_fwd(&eval, act[m->cfg.L % 2], y, R, scratch, &mb, loss);
+                        "gpt eval: target y[%zu] = %" PRId32
+                        " is outside [0, V=%zu)",
+                        r, y[r], m->cfg.V);
+  st = eval_blocks(m, x, B, T, m->cfg.L + 1, NULL, 0, "eval", &l, &block, &h,
+                   err);
   if (st != BT_OK)
-    bt__errorf(err, st, "gpt eval: a layer's forward failed: %s",
+    return st;
+  {
+    /* The head in evaluation mode too (it draws no masks anyway). */
+    struct bt__gpt eval = *m;
+    const struct bt__gpt_mb mb = {B, T, 0, 0, 0};
+    eval.cfg.dropout = 0.0f;
+    st = bt__gpt_head_fwd(&eval, h, y, B * T,
+                          bt__layout_region(block, &l, I_SCRATCH), &mb, loss);
+  }
+  if (st != BT_OK)
+    bt__errorf(err, st, "gpt eval: the head's forward failed: %s",
                bt_strerror(st));
   free(block);
   return st;
-
-out_range:
-  return bt__errorf(err, BT_ERANGE,
-                    "gpt eval: the activations of %zu sequences of %zu tokens "
-                    "overflow size_t (evaluate fewer sequences at a time)",
-                    B, T);
 }
 
 /* The first maximal logit. */
