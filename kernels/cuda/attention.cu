@@ -75,22 +75,6 @@ heads_kernel(float *__restrict__ dst, const float *__restrict__ src, size_t B,
   }
 }
 
-static __device__ __forceinline__ float
-warp_sum(float v)
-{
-  for (int o = 16; o > 0; o >>= 1)
-    v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-static __device__ __forceinline__ float
-warp_max(float v)
-{
-  for (int o = 16; o > 0; o >>= 1)
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
 /* One warp per row of the [B*nh*T, T] scores, in place: row i (of its
  * head's T) becomes softmax(scale * s[0..i]), the rest exact zeros.
  * Subtracting the row's max keeps expf in range; expf, not __expf, for

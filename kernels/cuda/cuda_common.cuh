@@ -53,4 +53,22 @@ bt__cu_blocks(size_t n, unsigned per)
   return (unsigned)(b == 0 ? 1 : b < cap ? b : cap);
 }
 
+/* A warp's sum and maximum of v (every lane gets the result); a
+ * butterfly, so every lane adds in the same order: deterministic. */
+static __device__ __forceinline__ float
+warp_sum(float v)
+{
+  for (int o = 16; o > 0; o >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+static __device__ __forceinline__ float
+warp_max(float v)
+{
+  for (int o = 16; o > 0; o >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
 #endif /* BATON_KERNELS_CUDA_CUDA_COMMON_CUH */

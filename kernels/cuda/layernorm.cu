@@ -14,14 +14,6 @@
 
 /* ---- kernels ------------------------------------------------------------ */
 
-static __device__ __forceinline__ float
-warp_sum(float v)
-{
-  for (int o = 16; o > 0; o >>= 1)
-    v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 #define ROW_THREADS 256 /* 8 warps, one row each */
 
 static __global__ void

@@ -18,22 +18,6 @@
 
 /* ---- kernels ------------------------------------------------------------ */
 
-static __device__ __forceinline__ float
-warp_sum(float v)
-{
-  for (int o = 16; o > 0; o >>= 1)
-    v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-static __device__ __forceinline__ float
-warp_max(float v)
-{
-  for (int o = 16; o > 0; o >>= 1)
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
 static __device__ __forceinline__ bool
 label_ok(int32_t y, size_t C)
 {
