@@ -935,24 +935,28 @@ train(struct options *o)
     correct += pred[i] == ytest[i];
   for (int d = 0; d < p; d++)
     peaks[d] = bt_trainer_peak_activation_bytes(tr, d);
+  /* Each rank measures its own devices (0 elsewhere): summed, the job's. */
+  if (job_ranks > 1 &&
+      (st = bt_comm_allreduce_sum(o->comm, peaks, (size_t)p, &err)) != BT_OK) {
+    fail(EXIT_RUNTIME, "cannot gather the peaks: %s", err.message);
+    goto out;
+  }
   if ((rc = simulate_peaks(tr, p, o->checkpoint, o->microbatches, sim_peaks)) != 0)
     goto out;
   rc = EXIT_RUNTIME;
 
-  if (job_rank == 0 && (o->trace || o->svg)) {
+  if (o->trace || o->svg) {
     bt_timeline_t tl = BT_TIMELINE_INIT;
     bt_slice_t *slices = NULL;
     size_t count = 0;
     char subtitle[160];
 
-    if ((st = bt_trainer_slices(tr, NULL, &count)) != BT_OK ||
-        (slices = malloc((count + 1) * sizeof *slices)) == NULL ||
-        (st = bt_trainer_slices(tr, slices, &count)) != BT_OK) {
-      free(slices);
-      fail(EXIT_RUNTIME, "cannot read the last step's timeline (%s)",
-           bt_strerror(st));
+    /* Collective: rank 0 gets the whole job's timeline. */
+    if ((rc = job_slices(o, tr, &slices, &count)) != 0)
       goto out;
-    }
+    rc = EXIT_RUNTIME;
+    if (job_rank != 0)
+      goto timeline_done;
     snprintf(subtitle, sizeof subtitle, "baton-train, last of %d steps, "
              "N=%d m=%d", o->steps, o->batch, o->microbatches);
     tl.title = bt_schedule_name(sched);
@@ -968,6 +972,7 @@ train(struct options *o)
       free(slices);
       goto out;
     }
+  timeline_done:
     free(slices);
     rc = EXIT_RUNTIME;
   }

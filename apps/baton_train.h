@@ -87,6 +87,12 @@ int write_dump(const struct options *o, bt_model_t *model,
 void progress(int tty, int step, int steps, double loss, double ms,
               double tok_s, double val_ppl, int final);
 
+/* Collective: the last step's task times of the whole job on rank 0 (the
+ * others' sent to it; *out NULL elsewhere), this rank's alone with one
+ * process.  0, or an exit code after a message. */
+int job_slices(const struct options *o, const bt_trainer_t *tr,
+               bt_slice_t **out, size_t *count);
+
 /* "always", "except_last" or "never". */
 const char *checkpoint_name(int mode);
 

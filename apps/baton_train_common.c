@@ -300,3 +300,66 @@ checkpoint_name(int mode)
          : mode == BT_CHECKPOINT_NEVER ? "never"
                                        : "except_last";
 }
+
+int
+job_slices(const struct options *o, const bt_trainer_t *tr,
+           bt_slice_t **out, size_t *count)
+{
+  bt_slice_t *mine = NULL, *all = NULL;
+  size_t n = 0, total;
+  uint64_t theirs;
+  bt_error_t err;
+  bt_status st;
+
+  *out = NULL;
+  *count = 0;
+  if ((st = bt_trainer_slices(tr, NULL, &n)) != BT_OK ||
+      (mine = malloc((n + 1) * sizeof *mine)) == NULL ||
+      (st = bt_trainer_slices(tr, mine, &n)) != BT_OK) {
+    free(mine);
+    return fail(EXIT_RUNTIME, "cannot read the last step's timeline (%s)",
+                st == BT_OK ? "out of memory" : bt_strerror(st));
+  }
+  if (job_ranks <= 1) {
+    *out = mine;
+    *count = n;
+    return 0;
+  }
+  /* Every rank's slices to rank 0 (device numbers are the job's; each
+   * rank's times count from its own step start). */
+  if (job_rank != 0) {
+    theirs = n;
+    st = bt_comm_send(o->comm, &theirs, sizeof theirs, 0, 11, &err);
+    if (st == BT_OK)
+      st = bt_comm_send(o->comm, mine, n * sizeof *mine, 0, 12, &err);
+    free(mine);
+    return st == BT_OK ? 0
+                       : fail(EXIT_RUNTIME, "cannot send the timeline: %s",
+                              err.message);
+  }
+  total = n;
+  all = mine;
+  for (int r = 1; r < job_ranks; r++) {
+    bt_slice_t *grown;
+    if ((st = bt_comm_recv(o->comm, &theirs, sizeof theirs, r, 11, &err)) !=
+        BT_OK)
+      break;
+    grown = realloc(all, (total + theirs + 1) * sizeof *all);
+    if (grown == NULL) {
+      free(all);
+      return fail(EXIT_RUNTIME, "out of memory for the timeline");
+    }
+    all = grown;
+    if ((st = bt_comm_recv(o->comm, all + total, theirs * sizeof *all, r, 12,
+                           &err)) != BT_OK)
+      break;
+    total += theirs;
+  }
+  if (st != BT_OK) {
+    free(all);
+    return fail(EXIT_RUNTIME, "cannot gather the timeline: %s", err.message);
+  }
+  *out = all;
+  *count = total;
+  return 0;
+}

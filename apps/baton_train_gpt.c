@@ -225,16 +225,10 @@ write_trace(const struct options *o, const bt_trainer_t *tr,
   bt_slice_t *slices = NULL;
   size_t count = 0;
   char subtitle[200];
-  bt_status st;
-  int rc = 0;
+  int rc;
 
-  if ((st = bt_trainer_slices(tr, NULL, &count)) != BT_OK ||
-      (slices = malloc((count + 1) * sizeof *slices)) == NULL ||
-      (st = bt_trainer_slices(tr, slices, &count)) != BT_OK) {
-    free(slices);
-    return fail(EXIT_RUNTIME, "cannot read the last step's timeline (%s)",
-                bt_strerror(st));
-  }
+  if ((rc = job_slices(o, tr, &slices, &count)) != 0 || job_rank != 0)
+    return rc;
   snprintf(subtitle, sizeof subtitle, "baton-train gpt, last of %d steps, "
            "B=%d T=%d m=%d dp=%d", o->steps, o->batch, o->seq,
            o->microbatches, o->dp);
@@ -516,8 +510,7 @@ train_gpt(struct options *o)
     rc = EXIT_RUNTIME;
   }
 
-  if (job_rank == 0 && (o->trace || o->svg) &&
-      (rc = write_trace(o, tr, sched, S)) != 0)
+  if ((o->trace || o->svg) && (rc = write_trace(o, tr, sched, S)) != 0)
     goto out;
   rc = EXIT_RUNTIME;
   if (o->save &&
