@@ -114,6 +114,28 @@ def test_equal_to_one_process(tmp):
     print("equal to one process: done", flush=True)
 
 
+def test_job_timeline(tmp):
+    """--trace under 2 ranks holds every device's tasks, and the peak
+    activation bytes cover every device."""
+    trace = os.path.join(tmp, "job.json")
+    args = configs(tmp)["resmlp"] + ["--schedule", "1f1b", "--steps", "2",
+                                     "--json", "--trace", trace,
+                                     "--devices", devices(4, 2)]
+    got = run(args, np=2)
+    check(got.returncode == 0, "resmlp -np 2 --trace ran")
+    if got.returncode != 0:
+        return
+    events = json.load(open(trace))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    tids = {e.get("tid") for e in events if "dur" in e}
+    check(tids >= {0, 1, 2, 3}, "the timeline has every device: %r" % tids)
+    out = json.loads(got.stdout)
+    check(all(b > 0 for b in out["peak_activation_bytes"]) and
+          out["peak_activation_bytes"] == out["sim_peak_activation_bytes"],
+          "every device's peak is measured and equals the simulated one")
+    print("job timeline: done", flush=True)
+
+
 def test_checkpoint_shards(tmp):
     gpt = configs(tmp)["gpt"]
     ckpt = os.path.join(tmp, "ckpt.st")
@@ -222,6 +244,7 @@ def test_faults():
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         test_equal_to_one_process(tmp)
+        test_job_timeline(tmp)
         test_checkpoint_shards(tmp)
     test_faults()
     if FAILURES:
