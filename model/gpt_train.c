@@ -18,16 +18,16 @@
 struct gstage {
   struct bt__gpt_train *t;
   int32_t s;
-  size_t first, last;   /* layers [first, last] */
-  size_t lo, hi;        /* the layers' slice of the flat blocks */
-  size_t mb_bytes;      /* scratch bytes of one microbatch */
+  size_t first, last; /* layers [first, last] */
+  size_t lo, hi;      /* the layers' slice of the flat blocks */
+  size_t mb_bytes;    /* scratch bytes of one microbatch */
   /* Per replica: one block of m microbatches' scratch, two [Rows,C]
    * buffers between the stage's layers, the dropped flags. */
-  unsigned char **block; /* [R] */
-  void **scratch;        /* [R * m * nl] */
-  float **tmp;           /* [R * 2] */
-  bool *dropped;         /* [R * m] */
-  int32_t nslots;        /* scratch slots per replica (bt__stages_slots) */
+  unsigned char **block;  /* [R] */
+  void **scratch;         /* [R * m * nl] */
+  float **tmp;            /* [R * 2] */
+  bool *dropped;          /* [R * m] */
+  int32_t nslots;         /* scratch slots per replica (bt__stages_slots) */
   struct bt__slots *pool; /* [R]: each microbatch's slot */
 };
 
@@ -41,14 +41,14 @@ struct bt__gpt_train {
   int32_t *layer_stage;  /* [nlayers] */
   bool split_tie;
   int32_t embed_stage, head_stage;
-  float *wte_copy;       /* [R][2][V C]: head_wte, head_gwte per replica */
+  float *wte_copy; /* [R][2][V C]: head_wte, head_gwte per replica */
   struct bt__params_adamw_state *adam;  /* [R], the flat blocks */
   struct bt__params_adamw_state *adamh; /* [R], the head's wte copy */
-  int64_t adam_t;        /* AdamW steps taken */
+  int64_t adam_t;                       /* AdamW steps taken */
   bt_pipeline_t *pl;
   struct bt__held held;
   bt_comm_t *comm;
-  int32_t *stage_rank;   /* [R * S]: the rank of each (replica, stage) */
+  int32_t *stage_rank; /* [R * S]: the rank of each (replica, stage) */
   /* Written by bt__gpt_train_step before bt_pipeline_step (the runtime's
    * step start publishes them), read-only during the step. */
   const int32_t *x, *y;
@@ -73,24 +73,10 @@ static void *
 scratch_of(const struct gstage *st, int32_t r, int32_t k, size_t layer)
 {
   size_t nl = nlayers_of(st);
-  return st->scratch[((size_t)r * (size_t)st->nslots +
-                      (size_t)st->pool[r].of[k]) *
-                         nl +
-                     (layer - st->first)];
-}
-
-/* Takes a scratch slot for replica r's microbatch k: 0, or an error. */
-static int
-take_slot(struct gstage *st, int32_t r, int32_t k, char *errbuf,
-          size_t errlen)
-{
-  if (bt__slots_take(&st->pool[r], k) >= 0)
-    return 0;
-  snprintf(errbuf, errlen,
-           "no free activation slot for microbatch %d (stage %d has %d); "
-           "the plan holds more microbatches than counted: report this",
-           (int)k, (int)st->s, (int)st->nslots);
-  return BT_EINVAL;
+  return st
+      ->scratch[((size_t)r * (size_t)st->nslots + (size_t)st->pool[r].of[k]) *
+                    nl +
+                (layer - st->first)];
 }
 
 /* The global first sequence of replica r's microbatch k. */
@@ -111,15 +97,6 @@ mb_of(const struct bt__gpt_train *t, int32_t r, int32_t k)
   mb.seed = t->cfg.dropout_seed;
   mb.step = t->step;
   return mb;
-}
-
-static int
-layer_error(char *errbuf, size_t errlen, const char *what, size_t layer,
-            bt_status rc)
-{
-  snprintf(errbuf, errlen, "gpt layer %zu %s failed: %s", layer, what,
-           bt_strerror(rc));
-  return (int)rc;
 }
 
 /* The stage's per-replica buffer that is not `a`. */
@@ -149,20 +126,19 @@ stage_forward(struct gstage *st, const bt_stage_call_t *c, bool rebuilding,
     void *scr = scratch_of(st, r, k, l);
     if (l == L + 1) {
       float share = 0.0f;
-      rc = bt__gpt_head_fwd(m, cur, t->y + off, t->B * t->T, scr, &mb,
-                            &share);
+      rc = bt__gpt_head_fwd(m, cur, t->y + off, t->B * t->T, scr, &mb, &share);
       if (rc != BT_OK)
-        return layer_error(errbuf, errlen, "forward", l, rc);
+        return bt__stages_layer_error(errbuf, errlen, "gpt", "forward", l, rc);
       if (!rebuilding)
         *(float *)c->output = share;
       continue;
     }
-    float *out = l == st->last && !rebuilding ? c->output
-                                              : other_tmp(st, r, cur);
+    float *out =
+        l == st->last && !rebuilding ? c->output : other_tmp(st, r, cur);
     rc = l == 0 ? bt__gpt_embed_fwd(m, t->x + off, out, scr, &mb)
                 : bt__gpt_layer_fwd(m, l, cur, out, scr, &mb);
     if (rc != BT_OK)
-      return layer_error(errbuf, errlen, "forward", l, rc);
+      return bt__stages_layer_error(errbuf, errlen, "gpt", "forward", l, rc);
     cur = out;
   }
   return 0;
@@ -188,7 +164,8 @@ cb_forward(const bt_stage_call_t *c, char *errbuf, size_t errlen)
   int rc;
 
   bt__stages_perturb(t->cfg.perturb, c);
-  rc = take_slot(st, c->replica, c->microbatch, errbuf, errlen);
+  rc = bt__slots_claim(&st->pool[c->replica], c->microbatch, st->s, errbuf,
+                       errlen);
   if (rc == 0)
     rc = stage_forward(st, c, false, errbuf, errlen);
   if (rc != 0)
@@ -213,7 +190,8 @@ cb_recompute(const bt_stage_call_t *c, char *errbuf, size_t errlen)
   if (!st->dropped[at])
     return 0;
   bt__stages_perturb(t->cfg.perturb, c);
-  rc = take_slot(st, c->replica, c->microbatch, errbuf, errlen);
+  rc = bt__slots_claim(&st->pool[c->replica], c->microbatch, st->s, errbuf,
+                       errlen);
   if (rc == 0)
     rc = stage_forward(st, c, true, errbuf, errlen);
   if (rc == 0) {
@@ -248,7 +226,7 @@ stage_input_grad(struct gstage *st, const bt_stage_call_t *c, char *errbuf,
     rc = bt__gpt_layer_bwd_input(m, l, l == m->cfg.L + 1 ? NULL : dcur, din,
                                  scr, &mb, t->B * t->T);
     if (rc != BT_OK)
-      return layer_error(errbuf, errlen, "input grad", l, rc);
+      return bt__stages_layer_error(errbuf, errlen, "gpt", "input grad", l, rc);
     dcur = din;
   }
   return 0;
@@ -267,7 +245,8 @@ stage_weight_grad(struct gstage *st, const bt_stage_call_t *c, char *errbuf,
                                   scratch_of(st, c->replica, c->microbatch, l),
                                   &mb);
     if (rc != BT_OK)
-      return layer_error(errbuf, errlen, "weight grad", l, rc);
+      return bt__stages_layer_error(errbuf, errlen, "gpt", "weight grad", l,
+                                    rc);
   }
   return 0;
 }
@@ -438,8 +417,7 @@ cb_update(const bt_stage_call_t *c, char *errbuf, size_t errlen)
     return 0;
   rc = update_stage(t, c->replica, c->stage, c->grad_scale);
   if (rc != BT_OK)
-    snprintf(errbuf, errlen, "the optimizer step failed: %s",
-             bt_strerror(rc));
+    snprintf(errbuf, errlen, "the optimizer step failed: %s", bt_strerror(rc));
   return (int)rc;
 }
 
@@ -473,8 +451,7 @@ check_config(const struct bt__gpt_train_config *c, bt_error_t *err)
                       "the batch's %zu sequences do not split evenly into "
                       "%d replicas x %d microbatches; choose a batch that "
                       "is a multiple of %zu",
-                      c->batch, (int)c->replicas, (int)c->microbatches,
-                      parts);
+                      c->batch, (int)c->replicas, (int)c->microbatches, parts);
   if (c->seq == 0 || c->seq > c->model->cfg.Tmax)
     return bt__errorf(err, BT_EINVAL,
                       "sequence length %zu is outside 1 .. %zu (the model's "
@@ -486,9 +463,10 @@ check_config(const struct bt__gpt_train_config *c, bt_error_t *err)
                       "or 0 not to",
                       c->max_grad_norm);
   if (c->optimizer != BT__OPT_SGD && c->optimizer != BT__OPT_ADAMW)
-    return bt__errorf(err, BT_EINVAL, "optimizer %d is not sgd (%d) or "
-                      "adamw (%d)", (int)c->optimizer, BT__OPT_SGD,
-                      BT__OPT_ADAMW);
+    return bt__errorf(err, BT_EINVAL,
+                      "optimizer %d is not sgd (%d) or "
+                      "adamw (%d)",
+                      (int)c->optimizer, BT__OPT_SGD, BT__OPT_ADAMW);
   return bt__stages_check_mode(c->checkpoint, err);
 }
 
@@ -547,7 +525,8 @@ alloc_stage(struct bt__gpt_train *t, struct gstage *st, int32_t slots,
         off += round_up(bt__gpt_layer_scratch_bytes(m, l, t->Bm, t->T));
       }
     st->tmp[2 * (size_t)r] = (float *)(void *)(b + off);
-    st->tmp[2 * (size_t)r + 1] = (float *)(void *)(b + off + round_up(rc_bytes));
+    st->tmp[2 * (size_t)r + 1] =
+        (float *)(void *)(b + off + round_up(rc_bytes));
   }
   return BT_OK;
 nomem:
@@ -622,8 +601,7 @@ alloc_replicas(struct bt__gpt_train *t, bt_error_t *err)
         t->adamh[r].m = calloc(vc(t), sizeof(float));
         t->adamh[r].v = calloc(vc(t), sizeof(float));
         if (t->adamh[r].m == NULL || t->adamh[r].v == NULL)
-          return bt__errorf(err, BT_ENOMEM,
-                            "out of memory for AdamW's state");
+          return bt__errorf(err, BT_ENOMEM, "out of memory for AdamW's state");
       }
     }
   }
@@ -686,8 +664,7 @@ make_pipeline(struct bt__gpt_train *t, int32_t v, bt_error_t *err)
     desc[s].recompute = cb_recompute;
     desc[s].output_bytes = s == t->S - 1 ? sizeof(float) : rc_bytes;
     desc[s].grad_input_bytes = s == 0 ? 0 : rc_bytes;
-    desc[s].cost_f = desc[s].cost_b = desc[s].cost_w =
-        (double)nlayers_of(st);
+    desc[s].cost_f = desc[s].cost_b = desc[s].cost_w = (double)nlayers_of(st);
     desc[s].user = st;
   }
   pc.stages = t->S;
@@ -736,9 +713,10 @@ bt__gpt_train_create(const struct bt__gpt_train_config *cfg,
   v = cfg->virtual_stages ? cfg->virtual_stages
                           : bt_schedule_default_virtual(cfg->schedule);
   if (cfg->devices > INT32_MAX / v / cfg->replicas)
-    return bt__errorf(err, BT_EINVAL, "%d devices x %d virtual stages x %d "
-                      "replicas is too many", (int)cfg->devices, (int)v,
-                      (int)cfg->replicas);
+    return bt__errorf(err, BT_EINVAL,
+                      "%d devices x %d virtual stages x %d "
+                      "replicas is too many",
+                      (int)cfg->devices, (int)v, (int)cfg->replicas);
   t = calloc(1, sizeof *t);
   if (t == NULL)
     return bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
@@ -758,15 +736,14 @@ bt__gpt_train_create(const struct bt__gpt_train_config *cfg,
     goto out_free;
   }
   rc = make_stages(t, v, err);
-  if (rc == BT_OK &&
-      (bt__held_init(&t->held, t->R * t->p) != BT_OK ||
-       (t->stage_rank = calloc((size_t)t->R * (size_t)t->S,
-                               sizeof *t->stage_rank)) == NULL))
+  if (rc == BT_OK && (bt__held_init(&t->held, t->R * t->p) != BT_OK ||
+                      (t->stage_rank = calloc((size_t)t->R * (size_t)t->S,
+                                              sizeof *t->stage_rank)) == NULL))
     rc = bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
   for (int32_t r = 0; rc == BT_OK && r < t->R; r++)
     for (int32_t s = 0; s < t->S; s++)
-      t->stage_rank[(size_t)r * t->S + s] = bt__stages_rank(
-          t->comm, cfg->stage_device, s, r, t->p, t->R);
+      t->stage_rank[(size_t)r * t->S + s] =
+          bt__stages_rank(t->comm, cfg->stage_device, s, r, t->p, t->R);
   if (rc == BT_OK)
     rc = alloc_replicas(t, err);
   if (rc == BT_OK)
@@ -779,8 +756,7 @@ bt__gpt_train_create(const struct bt__gpt_train_config *cfg,
     if (slots == NULL)
       rc = bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
     else
-      bt__stages_slots(bt_pipeline_plan(t->pl), t->m, t->cfg.checkpoint,
-                       slots);
+      bt__stages_slots(bt_pipeline_plan(t->pl), t->m, t->cfg.checkpoint, slots);
     for (int32_t s = 0; rc == BT_OK && s < t->S; s++)
       rc = alloc_stage(t, &t->st[s], slots[s], err);
     free(slots);
@@ -853,9 +829,8 @@ check_tokens(const struct bt__gpt_train *t, const int32_t *v, const char *n,
 }
 
 bt_status
-bt__gpt_train_step(struct bt__gpt_train *t, const int32_t *x,
-                   const int32_t *y, uint32_t step, bool update, float *loss,
-                   bt_error_t *err)
+bt__gpt_train_step(struct bt__gpt_train *t, const int32_t *x, const int32_t *y,
+                   uint32_t step, bool update, float *loss, bt_error_t *err)
 {
   size_t n;
   double *shares;
@@ -912,8 +887,8 @@ bt__gpt_train_step(struct bt__gpt_train *t, const int32_t *x,
       for (int32_t k = 0; k < t->m; k++)
         if (t->stage_rank[(size_t)r * t->S + t->S - 1] == me)
           shares[(size_t)r * t->m + (size_t)k] =
-              *(const float *)bt_pipeline_replica_output(t->pl, r, t->S - 1,
-                                                         k, NULL);
+              *(const float *)bt_pipeline_replica_output(t->pl, r, t->S - 1, k,
+                                                         NULL);
     rc = bt__stages_loss(t->comm, shares, n, loss, err);
   }
   free(shares);
@@ -942,8 +917,10 @@ bt__gpt_train_update(struct bt__gpt_train *t, bt_error_t *err)
         continue;
       rc = update_stage(t, r, s, scale);
       if (rc != BT_OK)
-        return bt__errorf(err, rc, "the optimizer step failed on stage %d: "
-                          "%s", (int)s, bt_strerror(rc));
+        return bt__errorf(err, rc,
+                          "the optimizer step failed on stage %d: "
+                          "%s",
+                          (int)s, bt_strerror(rc));
     }
   t->adam_t++;
   return BT_OK;

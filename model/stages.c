@@ -1,6 +1,7 @@
 /* Shared pieces of the pipelined trainers; see stages.h. */
 #include <inttypes.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -170,8 +171,7 @@ bt__stages_loss(bt_comm_t *comm, double *shares, size_t n, float *loss,
 }
 
 void
-bt__stages_slots(const bt_plan_t *plan, int32_t m, int32_t ckpt,
-                 int32_t *slots)
+bt__stages_slots(const bt_plan_t *plan, int32_t m, int32_t ckpt, int32_t *slots)
 {
   int32_t S = bt_plan_stages(plan);
   int32_t *live = calloc((size_t)S + 1, sizeof *live);
@@ -264,4 +264,26 @@ bt__slots_give(struct bt__slots *p, int32_t k)
     p->free[p->nfree++] = p->of[k];
     p->of[k] = -1;
   }
+}
+
+int
+bt__slots_claim(struct bt__slots *p, int32_t k, int32_t s, char *errbuf,
+                size_t errlen)
+{
+  if (bt__slots_take(p, k) >= 0)
+    return 0;
+  snprintf(errbuf, errlen,
+           "no free activation slot for microbatch %d (stage %d has %d); "
+           "the plan holds more microbatches than counted: report this",
+           (int)k, (int)s, (int)p->n);
+  return BT_EINVAL;
+}
+
+int
+bt__stages_layer_error(char *errbuf, size_t errlen, const char *model,
+                       const char *what, size_t layer, bt_status rc)
+{
+  snprintf(errbuf, errlen, "%s layer %zu %s failed: %s", model, layer, what,
+           bt_strerror(rc));
+  return (int)rc;
 }

@@ -78,8 +78,17 @@ void bt__slots_reset(struct bt__slots *p);
 /* Microbatch k's slot, taking a free one if it has none; -1 when none is
  * free (the plan walk said otherwise: a bug, reported by the caller). */
 int32_t bt__slots_take(struct bt__slots *p, int32_t k);
+/* bt__slots_take for stage s's microbatch k, as a callback's result: 0,
+ * or BT_EINVAL with the sentence in errbuf when no slot is free. */
+int bt__slots_claim(struct bt__slots *p, int32_t k, int32_t s, char *errbuf,
+                    size_t errlen);
 /* Gives k's slot back (none: nothing). */
 void bt__slots_give(struct bt__slots *p, int32_t k);
+
+/* A layer function's failure as a callback's result: "<model> layer L
+ * <what> failed: <status>" in errbuf, the status returned. */
+int bt__stages_layer_error(char *errbuf, size_t errlen, const char *model,
+                           const char *what, size_t layer, bt_status rc);
 
 /* Held activation bytes per device: now and the step's peak.  Entry d is
  * touched only by device d's callbacks, which never overlap, and between

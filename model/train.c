@@ -26,8 +26,8 @@ struct train_stage {
   /* Per-stage buffers [R,H] each: callbacks of one stage never overlap
    * (a stage lives on one device, which runs one callback at a time). */
   float *tmp[2], *h0, *z, *dz;
-  bool *dropped;   /* [m]: the microbatch's scratch is stale */
-  size_t mb_bytes; /* scratch bytes of one microbatch */
+  bool *dropped;         /* [m]: the microbatch's scratch is stale */
+  size_t mb_bytes;       /* scratch bytes of one microbatch */
   struct bt__slots pool; /* which slot of scratch each microbatch holds */
 };
 
@@ -37,7 +37,7 @@ struct bt__train {
   int32_t m, S, p, checkpoint;
   uint64_t perturb;
   bt_comm_t *comm;
-  int32_t *stage_rank; /* [S] */
+  int32_t *stage_rank;    /* [S] */
   struct train_stage *st; /* [S] */
   int32_t *layer_stage;   /* [nlayers] */
   bt_pipeline_t *pl;
@@ -75,28 +75,6 @@ scratch_of(const struct train_stage *st, int32_t k, size_t layer)
   return st->scratch[(size_t)st->pool.of[k] * nl + (layer - st->first)];
 }
 
-/* Takes a scratch slot for microbatch k: 0, or an error in errbuf. */
-static int
-take_slot(struct train_stage *st, int32_t k, char *errbuf, size_t errlen)
-{
-  if (bt__slots_take(&st->pool, k) >= 0)
-    return 0;
-  snprintf(errbuf, errlen,
-           "no free activation slot for microbatch %d (stage %d has %d); "
-           "the plan holds more microbatches than counted: report this",
-           (int)k, (int)st->s, (int)st->pool.n);
-  return BT_EINVAL;
-}
-
-static int
-layer_error(char *errbuf, size_t errlen, const char *what, size_t layer,
-            bt_status rc)
-{
-  snprintf(errbuf, errlen, "resmlp layer %zu %s failed: %s", layer, what,
-           bt_strerror(rc));
-  return (int)rc;
-}
-
 /* A per-stage [R,H] buffer that is neither a nor b. */
 static float *
 other_tmp(const struct train_stage *st, const float *a, const float *b)
@@ -130,13 +108,15 @@ stage_forward(struct train_stage *st, const bt_stage_call_t *c, bool rebuilding,
             st->inner_h0 ? st->h0 : (const float *)c->skip_in[0].data;
         rc = bt__resmlp_long_skip_fwd(m, st->z, cur, h0, R);
         if (rc != BT_OK)
-          return layer_error(errbuf, errlen, "long skip", l, rc);
+          return bt__stages_layer_error(errbuf, errlen, "resmlp", "long skip",
+                                        l, rc);
         zin = st->z;
       }
       rc = bt__resmlp_head_fwd(m, zin, t->y + (size_t)k * R, t->N, scr, R,
                                &share);
       if (rc != BT_OK)
-        return layer_error(errbuf, errlen, "forward", l, rc);
+        return bt__stages_layer_error(errbuf, errlen, "resmlp", "forward", l,
+                                      rc);
       if (!rebuilding)
         *(float *)c->output = share;
     } else {
@@ -149,7 +129,8 @@ stage_forward(struct train_stage *st, const bt_stage_call_t *c, bool rebuilding,
         out = other_tmp(st, cur, st->h0);
       rc = bt__resmlp_layer_fwd(m, l, cur, out, scr, R);
       if (rc != BT_OK)
-        return layer_error(errbuf, errlen, "forward", l, rc);
+        return bt__stages_layer_error(errbuf, errlen, "resmlp", "forward", l,
+                                      rc);
       if (l == 0 && st->stash_h0 && !rebuilding)
         memcpy(c->skip_out[0].data, out, R * m->cfg.H * sizeof(float));
       cur = out;
@@ -166,7 +147,7 @@ cb_forward(const bt_stage_call_t *c, char *errbuf, size_t errlen)
   int rc;
 
   maybe_perturb(st->t, c);
-  rc = take_slot(st, k, errbuf, errlen);
+  rc = bt__slots_claim(&st->pool, k, st->s, errbuf, errlen);
   if (rc == 0)
     rc = stage_forward(st, c, false, errbuf, errlen);
   if (rc == 0 && checkpointed(st->t, k)) {
@@ -193,7 +174,7 @@ cb_recompute(const bt_stage_call_t *c, char *errbuf, size_t errlen)
   if (!st->dropped[c->microbatch])
     return 0;
   maybe_perturb(st->t, c);
-  rc = take_slot(st, c->microbatch, errbuf, errlen);
+  rc = bt__slots_claim(&st->pool, c->microbatch, st->s, errbuf, errlen);
   if (rc == 0)
     rc = stage_forward(st, c, true, errbuf, errlen);
   if (rc == 0) {
@@ -227,7 +208,8 @@ stage_input_grad(struct train_stage *st, const bt_stage_call_t *c, char *errbuf,
       float *din = l == st->first ? c->grad_input : st->dz;
       rc = bt__resmlp_layer_bwd_input(m, l, NULL, din, scr, R, t->N);
       if (rc != BT_OK)
-        return layer_error(errbuf, errlen, "input grad", l, rc);
+        return bt__stages_layer_error(errbuf, errlen, "resmlp", "input grad", l,
+                                      rc);
       if (st->pop_h0)
         memcpy(c->skip_grad_out[0].data, din, RH * sizeof(float));
       dz = din;
@@ -236,7 +218,8 @@ stage_input_grad(struct train_stage *st, const bt_stage_call_t *c, char *errbuf,
       float *din = l == st->first ? c->grad_input : other_tmp(st, dcur, st->dz);
       rc = bt__resmlp_layer_bwd_input(m, l, dcur, din, scr, R, t->N);
       if (rc != BT_OK)
-        return layer_error(errbuf, errlen, "input grad", l, rc);
+        return bt__stages_layer_error(errbuf, errlen, "resmlp", "input grad", l,
+                                      rc);
       dcur = din;
     } else {
       if (m->cfg.long_skip) {
@@ -250,12 +233,14 @@ stage_input_grad(struct train_stage *st, const bt_stage_call_t *c, char *errbuf,
           memcpy(dh0, dcur, RH * sizeof(float));
         rc = bt__resmlp_long_skip_bwd(m, dh0, dskip, R);
         if (rc != BT_OK)
-          return layer_error(errbuf, errlen, "long skip", l, rc);
+          return bt__stages_layer_error(errbuf, errlen, "resmlp", "long skip",
+                                        l, rc);
         dcur = dh0;
       }
       rc = bt__resmlp_layer_bwd_input(m, 0, dcur, NULL, scr, R, t->N);
       if (rc != BT_OK)
-        return layer_error(errbuf, errlen, "input grad", l, rc);
+        return bt__stages_layer_error(errbuf, errlen, "resmlp", "input grad", l,
+                                      rc);
     }
   }
   return 0;
@@ -272,7 +257,8 @@ stage_weight_grad(struct train_stage *st, const bt_stage_call_t *c,
     rc = bt__resmlp_layer_bwd_weight(t->model, l,
                                      scratch_of(st, c->microbatch, l), t->R);
     if (rc != BT_OK)
-      return layer_error(errbuf, errlen, "weight grad", l, rc);
+      return bt__stages_layer_error(errbuf, errlen, "resmlp", "weight grad", l,
+                                    rc);
   }
   return 0;
 }
@@ -455,8 +441,8 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
   t->comm = cfg->comm;
   if ((size_t)t->S > t->model->nlayers) {
     /* Checked before sizing arrays by S. */
-    rc = bt__stages_partition(t->model->nlayers, t->S, cfg->devices, v,
-                              NULL, 0, "in", NULL, err);
+    rc = bt__stages_partition(t->model->nlayers, t->S, cfg->devices, v, NULL, 0,
+                              "in", NULL, err);
     goto out_free;
   }
   t->st = calloc((size_t)t->S, sizeof *t->st);
