@@ -48,6 +48,7 @@ struct bt__gpt_train {
   bt_pipeline_t *pl;
   struct bt__held held;
   bt_comm_t *comm;
+  double *shares;      /* [R * m]: the loss shares of the last step */
   int32_t *stage_rank; /* [R * S]: the rank of each (replica, stage) */
   /* Written by bt__gpt_train_step before bt_pipeline_step (the runtime's
    * step start publishes them), read-only during the step. */
@@ -738,7 +739,9 @@ bt__gpt_train_create(const struct bt__gpt_train_config *cfg,
   rc = make_stages(t, v, err);
   if (rc == BT_OK && (bt__held_init(&t->held, t->R * t->p) != BT_OK ||
                       (t->stage_rank = calloc((size_t)t->R * (size_t)t->S,
-                                              sizeof *t->stage_rank)) == NULL))
+                                              sizeof *t->stage_rank)) == NULL ||
+                      (t->shares = calloc((size_t)t->R * (size_t)t->m,
+                                          sizeof *t->shares)) == NULL))
     rc = bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
   for (int32_t r = 0; rc == BT_OK && r < t->R; r++)
     for (int32_t s = 0; s < t->S; s++)
@@ -833,7 +836,6 @@ bt__gpt_train_step(struct bt__gpt_train *t, const int32_t *x, const int32_t *y,
                    uint32_t step, bool update, float *loss, bt_error_t *err)
 {
   size_t n;
-  double *shares;
   int need_x, need_y;
   int32_t me;
   bt_status rc;
@@ -851,9 +853,7 @@ bt__gpt_train_step(struct bt__gpt_train *t, const int32_t *x, const int32_t *y,
       (rc = check_tokens(t, need_y ? y : NULL, "y", err)) != BT_OK)
     return rc;
   n = (size_t)t->R * (size_t)t->m;
-  shares = calloc(n, sizeof *shares);
-  if (shares == NULL)
-    return bt__errorf(err, BT_ENOMEM, "out of memory for the loss");
+  memset(t->shares, 0, n * sizeof *t->shares);
   if (bt_comm_size(t->comm) <= 1)
     sync_replicas(t);
   for (int32_t r = 0; r < t->R; r++) {
@@ -886,12 +886,11 @@ bt__gpt_train_step(struct bt__gpt_train *t, const int32_t *x, const int32_t *y,
     for (int32_t r = 0; r < t->R; r++)
       for (int32_t k = 0; k < t->m; k++)
         if (t->stage_rank[(size_t)r * t->S + t->S - 1] == me)
-          shares[(size_t)r * t->m + (size_t)k] =
+          t->shares[(size_t)r * t->m + (size_t)k] =
               *(const float *)bt_pipeline_replica_output(t->pl, r, t->S - 1, k,
                                                          NULL);
-    rc = bt__stages_loss(t->comm, shares, n, loss, err);
+    rc = bt__stages_loss(t->comm, t->shares, n, loss, err);
   }
-  free(shares);
   return rc;
 }
 
@@ -1028,5 +1027,6 @@ bt__gpt_train_destroy(struct bt__gpt_train *t)
   free(t->wte_copy);
   bt__held_free(&t->held);
   free(t->stage_rank);
+  free(t->shares);
   free(t);
 }

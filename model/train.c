@@ -38,6 +38,7 @@ struct bt__train {
   uint64_t perturb;
   bt_comm_t *comm;
   int32_t *stage_rank;    /* [S] */
+  double *shares;         /* [m]: the loss shares of the last step */
   struct train_stage *st; /* [S] */
   int32_t *layer_stage;   /* [nlayers] */
   bt_pipeline_t *pl;
@@ -519,7 +520,8 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
       goto out_free;
   }
   t->stage_rank = calloc((size_t)t->S, sizeof *t->stage_rank);
-  if (t->stage_rank == NULL) {
+  t->shares = calloc((size_t)t->m, sizeof *t->shares);
+  if (t->stage_rank == NULL || t->shares == NULL) {
     rc = bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
     goto out_free;
   }
@@ -555,7 +557,6 @@ bt_status
 bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
                float *loss, bt_error_t *err)
 {
-  double *shares;
   int need_x, need_y;
   bt_status rc;
 
@@ -574,9 +575,7 @@ bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
       return bt__errorf(err, BT_EINVAL,
                         "label y[%zu] = %" PRId32 " is outside [0, C=%zu)", r,
                         y[r], t->model->cfg.C);
-  shares = calloc((size_t)t->m, sizeof *shares);
-  if (shares == NULL)
-    return bt__errorf(err, BT_ENOMEM, "out of memory for the loss");
+  memset(t->shares, 0, (size_t)t->m * sizeof *t->shares);
   t->x = x;
   t->y = y;
   bt__resmlp_zero_grad(t->model);
@@ -590,11 +589,11 @@ bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
   t->y = NULL;
   if (rc == BT_OK) {
     for (int32_t k = 0; need_y && k < t->m; k++)
-      shares[k] = *(const float *)bt_pipeline_output(t->pl, t->S - 1, k, NULL);
+      t->shares[k] =
+          *(const float *)bt_pipeline_output(t->pl, t->S - 1, k, NULL);
     /* In microbatch order, in float, as the reference adds them. */
-    rc = bt__stages_loss(t->comm, shares, (size_t)t->m, loss, err);
+    rc = bt__stages_loss(t->comm, t->shares, (size_t)t->m, loss, err);
   }
-  free(shares);
   return rc;
 }
 
@@ -673,6 +672,7 @@ bt__train_destroy(struct bt__train *t)
   free(t->st);
   free(t->layer_stage);
   free(t->stage_rank);
+  free(t->shares);
   bt__held_free(&t->held);
   free(t);
 }
