@@ -751,27 +751,9 @@ train(struct options *o)
     goto out;
   }
 
-  tc.batch = o->batch;
-  tc.microbatches = o->microbatches;
-  tc.devices = p;
-  tc.virtual_stages = o->virtual_stages;
-  tc.balance = o->nbalance > 0 ? o->balance : NULL;
-  tc.nbalance = o->nbalance;
-  tc.schedule = sched;
-  tc.checkpoint = o->checkpoint;
-  tc.optimizer = o->optimizer;
-  tc.lr = (float)o->lr;
-  tc.weight_decay = (float)o->weight_decay;
-  tc.threads = o->threads;
-  tc.perturb_seed = (uint32_t)o->perturb;
-  tc.trace = o->trace != NULL || o->svg != NULL;
-  tc.comm = o->comm;
-  if ((st = bt_trainer_create(model, &tc, &tr, &err)) != BT_OK) {
-    rc = fail(st == BT_EINVAL || st == BT_EUNSUPPORTED ? EXIT_USAGE
-                                                       : EXIT_RUNTIME,
-              "cannot set up the pipeline: %s", err.message);
+  if ((rc = create_trainer(o, model, sched, p, &tc, &tr)) != 0)
     goto out;
-  }
+  rc = EXIT_RUNTIME;
   S = bt_trainer_stages(tr);
   bt_trainer_needs_data(tr, &need_x, &need_y);
   if (job_rank != 0 && (need_x || need_y)) {

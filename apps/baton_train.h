@@ -93,6 +93,14 @@ void progress(int tty, int step, int steps, double loss, double ms,
 int job_slices(const struct options *o, const bt_trainer_t *tr,
                bt_slice_t **out, size_t *count);
 
+/* Creates the trainer from the shared flags (batch, microbatches, p devices,
+ * virtual stages, balance, schedule, checkpoint, optimizer, threads,
+ * perturb, trace, the job) on top of what tc already holds (the model's
+ * own fields).  0, or an exit code after a message. */
+int create_trainer(const struct options *o, bt_model_t *model,
+                   const bt_schedule_t *sched, int p, bt_trainer_config_t *tc,
+                   bt_trainer_t **tr);
+
 /* "always", "except_last" or "never". */
 const char *checkpoint_name(int mode);
 

@@ -363,3 +363,33 @@ job_slices(const struct options *o, const bt_trainer_t *tr,
   *count = total;
   return 0;
 }
+
+int
+create_trainer(const struct options *o, bt_model_t *model,
+               const bt_schedule_t *sched, int p, bt_trainer_config_t *tc,
+               bt_trainer_t **tr)
+{
+  bt_error_t err;
+  bt_status st;
+
+  tc->batch = o->batch;
+  tc->microbatches = o->microbatches;
+  tc->devices = p;
+  tc->virtual_stages = o->virtual_stages;
+  tc->balance = o->nbalance > 0 ? o->balance : NULL;
+  tc->nbalance = o->nbalance;
+  tc->schedule = sched;
+  tc->checkpoint = o->checkpoint;
+  tc->optimizer = o->optimizer;
+  tc->lr = (float)o->lr;
+  tc->weight_decay = (float)o->weight_decay;
+  tc->threads = o->threads;
+  tc->perturb_seed = (uint32_t)o->perturb;
+  tc->trace = o->trace != NULL || o->svg != NULL;
+  tc->comm = o->comm;
+  if ((st = bt_trainer_create(model, tc, tr, &err)) != BT_OK)
+    return fail(st == BT_EINVAL || st == BT_EUNSUPPORTED ? EXIT_USAGE
+                                                         : EXIT_RUNTIME,
+                "cannot set up the pipeline: %s", err.message);
+  return 0;
+}

@@ -248,6 +248,28 @@ write_trace(const struct options *o, const bt_trainer_t *tr,
   return rc;
 }
 
+/* The split of model/text.c: the last max(n / 10, T + 1) bytes validate;
+ * both parts must hold a window of T + 1.  0, or EXIT_USAGE after a
+ * message. */
+static int
+split_text(const struct options *o, const struct text *t,
+           const uint8_t **train, size_t *ntrain, const uint8_t **val,
+           size_t *nval)
+{
+  size_t T = (size_t)o->seq;
+
+  if (T >= t->n / 2)
+    return fail(EXIT_USAGE, "--seq %zu is too long for %s (%zu bytes): the "
+                "training and the validation part each need a window of T "
+                "+ 1 bytes; use --seq below %zu or more text", T, o->data,
+                t->n, t->n / 2);
+  *nval = t->n / 10 > T + 1 ? t->n / 10 : T + 1;
+  *ntrain = t->n - *nval;
+  *train = t->data;
+  *val = t->data + *ntrain;
+  return 0;
+}
+
 /* ---- main ------------------------------------------------------------ */
 
 int
@@ -291,23 +313,11 @@ train_gpt(struct options *o)
    * if it runs an embed or a head stage (below). */
   if (job_rank == 0 && (rc = load_text(o->data, &text)) != 0)
     goto out;
-  /* The split of model/text.c: the last max(n / 10, T + 1) bytes validate;
-   * both parts must hold a window of T + 1. */
-  if (job_rank == 0 && T >= text.n / 2) {
-    rc = fail(EXIT_USAGE, "--seq %zu is too long for %s (%zu bytes): the "
-              "training and the validation part each need a window of T + 1 "
-              "bytes; use --seq below %zu or more text", T, o->data, text.n,
-              text.n / 2);
-    goto out;
-  }
   nval = ntrain = 0;
   train_data = val_data = NULL;
-  if (text.data != NULL) {
-    nval = text.n / 10 > T + 1 ? text.n / 10 : T + 1;
-    ntrain = text.n - nval;
-    train_data = text.data;
-    val_data = text.data + ntrain;
-  }
+  if (text.data != NULL &&
+      (rc = split_text(o, &text, &train_data, &ntrain, &val_data, &nval)) != 0)
+    goto out;
   rc = EXIT_RUNTIME;
 
   mc.vocab = 256;
@@ -347,45 +357,22 @@ train_gpt(struct options *o)
   }
 
   if (o->steps > 0) {
-    tc.batch = o->batch;
-    tc.microbatches = o->microbatches;
-    tc.devices = p;
     tc.replicas = o->dp;
     tc.seq = o->seq;
     tc.max_grad_norm = (float)o->clip;
     tc.dropout_seed = o->seed;
-    tc.virtual_stages = o->virtual_stages;
-    tc.balance = o->nbalance > 0 ? o->balance : NULL;
-    tc.nbalance = o->nbalance;
-    tc.schedule = sched;
-    tc.checkpoint = o->checkpoint;
-    tc.optimizer = o->optimizer;
-    tc.lr = (float)o->lr;
-    tc.weight_decay = (float)o->weight_decay;
-    tc.threads = o->threads;
-    tc.perturb_seed = (uint32_t)o->perturb;
-    tc.trace = o->trace != NULL || o->svg != NULL;
-    tc.comm = o->comm;
-    if ((st = bt_trainer_create(model, &tc, &tr, &err)) != BT_OK) {
-      rc = fail(st == BT_EINVAL || st == BT_EUNSUPPORTED ? EXIT_USAGE
-                                                         : EXIT_RUNTIME,
-                "cannot set up the pipeline: %s", err.message);
+    if ((rc = create_trainer(o, model, sched, p, &tc, &tr)) != 0)
       goto out;
-    }
+    rc = EXIT_RUNTIME;
     S = bt_trainer_stages(tr);
     bt_trainer_needs_data(tr, &need_x, &need_y);
     if (job_rank != 0 && (need_x || need_y)) {
       if ((rc = load_text(o->data, &text)) != 0)
         goto out;
-      rc = EXIT_RUNTIME;
-      nval = text.n / 10 > T + 1 ? text.n / 10 : T + 1;
-      if (T >= text.n / 2) {
-        fail(EXIT_USAGE, "--seq %zu is too long for %s here", T, o->data);
+      if ((rc = split_text(o, &text, &train_data, &ntrain, &val_data,
+                           &nval)) != 0)
         goto out;
-      }
-      ntrain = text.n - nval;
-      train_data = text.data;
-      val_data = text.data + ntrain;
+      rc = EXIT_RUNTIME;
     }
   }
 
