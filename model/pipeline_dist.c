@@ -180,6 +180,16 @@ xf_make(int kind, int32_t r, int32_t s, int32_t k, int32_t i, int32_t q)
   return x;
 }
 
+/* Transfer x of plan task src's output into plan task dst. */
+static bool
+xfer_into(struct bt_pipeline *pl, struct dag_build *b, struct pl_xfer x,
+          int32_t src, int32_t dst)
+{
+  int32_t rv = xfer_add(pl, b, x, b->device[src], b->device[dst], &src, 1,
+                        NULL);
+  return rv >= 0 && dag_edge(b, rv, dst);
+}
+
 /* A plan edge t -> u of replica r between ranks: what it carries. */
 static bool
 plan_xfers(struct bt_pipeline *pl, struct dag_build *b, int32_t r,
@@ -193,40 +203,25 @@ plan_xfers(struct bt_pipeline *pl, struct dag_build *b, int32_t r,
   b->gate = dst % T0 > 0 && b->device[dst - 1] == b->device[dst] ? dst - 1
                                                                   : -1;
 
-  if (a.kind == BT_ACT_F && c.kind == BT_ACT_F) {
-    if (c.stage == a.stage + 1) {
-      int32_t rv = xfer_add(pl, b, xf_make(XF_ACT, r, a.stage, k, 0, 0),
-                            b->device[src], b->device[dst], &src, 1, NULL);
-      if (rv < 0 || !dag_edge(b, rv, dst))
-        return false;
-    }
-    for (size_t i = 0; i < nsk; i++) {
-      bt_skip_t sk = bt_skip_layout_get(pl->skips, i);
-      if (sk.stash_stage == a.stage && sk.pop_stage == c.stage) {
-        int32_t rv = xfer_add(pl, b,
-                              xf_make(XF_SKIPV, r, a.stage, k, (int32_t)i, 0),
-                              b->device[src], b->device[dst], &src, 1, NULL);
-        if (rv < 0 || !dag_edge(b, rv, dst))
-          return false;
-      }
-    }
-    return true;
-  }
-  if (c.stage == a.stage - 1) {
-    int32_t rv = xfer_add(pl, b, xf_make(XF_GRAD, r, a.stage, k, 0, 0),
-                          b->device[src], b->device[dst], &src, 1, NULL);
-    if (rv < 0 || !dag_edge(b, rv, dst))
-      return false;
-  }
+  /* A forward edge carries stage a's output (to the next stage) and the
+   * skips stashed at a and popped at c; a backward edge a's input gradient
+   * (to the previous stage) and the gradients of skips stashed at c and
+   * popped at a. */
+  bool fwd = a.kind == BT_ACT_F && c.kind == BT_ACT_F;
+  int32_t from = fwd ? a.stage : c.stage, to = fwd ? c.stage : a.stage;
+
+  if (c.stage == a.stage + (fwd ? 1 : -1) &&
+      !xfer_into(pl, b, xf_make(fwd ? XF_ACT : XF_GRAD, r, a.stage, k, 0, 0),
+                 src, dst))
+    return false;
   for (size_t i = 0; i < nsk; i++) {
     bt_skip_t sk = bt_skip_layout_get(pl->skips, i);
-    if (sk.stash_stage == c.stage && sk.pop_stage == a.stage) {
-      int32_t rv = xfer_add(pl, b,
-                            xf_make(XF_SKIPG, r, a.stage, k, (int32_t)i, 0),
-                            b->device[src], b->device[dst], &src, 1, NULL);
-      if (rv < 0 || !dag_edge(b, rv, dst))
-        return false;
-    }
+    if (sk.stash_stage == from && sk.pop_stage == to &&
+        !xfer_into(pl, b,
+                   xf_make(fwd ? XF_SKIPV : XF_SKIPG, r, a.stage, k,
+                           (int32_t)i, 0),
+                   src, dst))
+      return false;
   }
   return true;
 }
