@@ -8,68 +8,27 @@ bad input fails with a clear message.  Python only drives the program and
 parses its output (no numpy)."""
 import json
 import os
-import shutil
 import struct
-import subprocess
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 
-TRAIN = sys.argv[1]
-failures = 0
-passed = 0
+from cli_util import Cli, read_safetensors
+
+CLI = Cli(sys.argv[1], "train_cli.")
+tmp = CLI.tmp
+path, run, run_json, check = CLI.path, CLI.run, CLI.run_json, CLI.check
 SMALL = ["--data", "synthetic", "--layers", "2", "--hidden", "32", "--batch", "32",
          "--microbatches", "4", "--threads", "2"]
-tmp = tempfile.mkdtemp(prefix="train_cli.")
 
 
-def path(name):
-    return os.path.join(tmp, name)
 
 
-def run(*args, ok=True):
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    p = subprocess.run([TRAIN, *args], capture_output=True, text=True, timeout=120,
-                       env=env)
-    if ok and p.returncode != 0:
-        raise AssertionError(f"{args}: exit {p.returncode}: {p.stderr}")
-    if not ok and p.returncode == 0:
-        raise AssertionError(f"{args}: expected failure, got {p.stdout}")
-    return p
 
 
-def run_json(*args):
-    out = run(*args, "--json").stdout
-    lines = out.strip().splitlines()
-    assert len(lines) == 1, f"--json printed {len(lines)} lines: {out!r}"
-    return json.loads(lines[0])
 
 
-def check(name, fn):
-    global failures, passed
-    try:
-        fn()
-        passed += 1
-        print(f"ok   {name}")
-    except Exception as e:  # noqa: BLE001 - report every failure
-        failures += 1
-        print(f"FAIL {name}: {e}")
 
 
-def read_safetensors(fname):
-    with open(fname, "rb") as f:
-        data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    body = data[8 + n:]
-    meta = header.pop("__metadata__", {})
-    tensors = {}
-    for name, t in header.items():
-        b, e = t["data_offsets"]
-        raw = body[b:e]
-        fmt = {"F32": "f", "I32": "i"}[t["dtype"]]
-        tensors[name] = (t["dtype"], t["shape"], struct.unpack(f"<{len(raw) // 4}{fmt}", raw))
-    return tensors, meta
 
 
 def schedules():
@@ -307,6 +266,4 @@ check("--trace and --svg", trace_svg)
 check("--data PATH and its validation", data_file)
 check("errors", errors)
 check("--help", help_text)
-shutil.rmtree(tmp, ignore_errors=True)
-print(f"{passed} passed, {failures} failed")
-sys.exit(1 if failures else 0)
+CLI.finish()

@@ -11,16 +11,14 @@ import json
 import math
 import os
 import shutil
-import struct
-import subprocess
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 
-TRAIN = sys.argv[1]
-failures = 0
-passed = 0
-tmp = tempfile.mkdtemp(prefix="train_gpt_cli.")
+from cli_util import Cli, read_safetensors
+
+CLI = Cli(sys.argv[1], "train_gpt_cli.")
+tmp = CLI.tmp
+path, run, run_json, check = CLI.path, CLI.run, CLI.run_json, CLI.check
 TEXT = os.path.join(tmp, "corpus.txt")
 with open(TEXT, "w") as f:
     # Repetitive, so a tiny model learns it in a few dozen steps.
@@ -32,55 +30,14 @@ TINY = ["--model", "gpt", "--data", TEXT, "--layers", str(L), "--embd", str(C),
         "--generate", "0"]
 
 
-def path(name):
-    return os.path.join(tmp, name)
 
 
-def run(*args, ok=True):
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    p = subprocess.run([TRAIN, *args], capture_output=True, timeout=120, env=env)
-    p.stdout = p.stdout.decode("utf-8", "replace")
-    p.stderr = p.stderr.decode("utf-8", "replace")
-    if ok and p.returncode != 0:
-        raise AssertionError(f"{args}: exit {p.returncode}: {p.stderr}")
-    if not ok and p.returncode == 0:
-        raise AssertionError(f"{args}: expected failure, got {p.stdout}")
-    return p
 
 
-def run_json(*args):
-    out = run(*args, "--json").stdout
-    lines = out.strip().splitlines()
-    assert len(lines) == 1, f"--json printed {len(lines)} lines: {out!r}"
-    return json.loads(lines[0])
 
 
-def check(name, fn):
-    global failures, passed
-    try:
-        fn()
-        passed += 1
-        print(f"ok   {name}", flush=True)
-    except Exception as e:  # noqa: BLE001 - report every failure
-        failures += 1
-        print(f"FAIL {name}: {e}", flush=True)
 
 
-def read_safetensors(fname):
-    """Tensors in file order: name -> (dtype, shape, values)."""
-    with open(fname, "rb") as f:
-        data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    body = data[8 + n:]
-    meta = header.pop("__metadata__", {})
-    tensors = {}
-    for name, t in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-        b, e = t["data_offsets"]
-        raw = body[b:e]
-        fmt = {"F32": "f", "I32": "i"}[t["dtype"]]
-        tensors[name] = (t["dtype"], t["shape"], struct.unpack(f"<{len(raw) // 4}{fmt}", raw))
-    return tensors, meta
 
 
 def param_names(untied):
@@ -277,6 +234,4 @@ check("training, --json, --generate, --save / --load --steps 0", train_and_gener
 check("--dp 2 with --trace and --svg; a directory corpus", data_parallel_and_trace)
 check("errors", errors)
 check("--help", help_text)
-shutil.rmtree(tmp, ignore_errors=True)
-print(f"{passed} passed, {failures} failed")
-sys.exit(1 if failures else 0)
+CLI.finish()
