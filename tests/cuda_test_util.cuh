@@ -13,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include "baton/status.h"
@@ -152,5 +153,44 @@ rel_err(const std::vector<float> &got, const std::vector<float> &want)
 }
 
 #define REL_TOL 1e-4
+
+// A test program's main: the argument checks (no device needed) first,
+// then, when a device is present, the device tests on a blocking stream
+// (ordered after dbuf's copies) and a cuBLAS handle in pedantic fp32 math.
+// Exits 77 without a device.
+static int
+cuda_test_main(void (*no_device)(void),
+               void (*on_device)(cudaStream_t, cublasHandle_t),
+               const char *done)
+{
+  int count = 0;
+  cudaStream_t s;
+  cublasHandle_t h;
+
+  no_device();
+  if (failures) {
+    std::printf("%d failures\n", failures);
+    return 1;
+  }
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    std::printf("no CUDA device: skipped\n");
+    return 77;
+  }
+  CUDA_OK(cudaStreamCreate(&s));
+  if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS ||
+      cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH) != CUBLAS_STATUS_SUCCESS) {
+    std::printf("cublasCreate failed\n");
+    return 1;
+  }
+  on_device(s, h);
+  cublasDestroy(h);
+  CUDA_OK(cudaStreamDestroy(s));
+  if (failures) {
+    std::printf("%d failures\n", failures);
+    return 1;
+  }
+  std::printf("%s\n", done);
+  return 0;
+}
 
 #endif // BATON_TESTS_CUDA_TEST_UTIL_CUH

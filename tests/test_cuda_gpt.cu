@@ -377,42 +377,18 @@ test_bad_arguments_on_device(cudaStream_t s, cublasHandle_t h)
   CHECK(cudaGetLastError() == cudaSuccess, "a failed call launched");
 }
 
-int
-main()
+static void
+on_device(cudaStream_t s, cublasHandle_t h)
 {
-  test_bad_arguments();
-  if (failures) {
-    std::printf("%d failures\n", failures);
-    return 1;
-  }
-
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    std::printf("no CUDA device: skipped\n");
-    return 77;
-  }
-
-  cudaStream_t s;
-  cublasHandle_t h;
-  // A blocking stream: ordered after the legacy-stream copies of dbuf.
-  CUDA_OK(cudaStreamCreate(&s));
-  if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS ||
-      cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH) != CUBLAS_STATUS_SUCCESS) {
-    std::printf("cublasCreate failed\n");
-    return 1;
-  }
-
   test_bad_arguments_on_device(s, h);
   test_embedding(s);
   test_attention(s, h);
   test_dropout(s);
+}
 
-  cublasDestroy(h);
-  CUDA_OK(cudaStreamDestroy(s));
-  if (failures) {
-    std::printf("%d failures\n", failures);
-    return 1;
-  }
-  std::printf("all CUDA GPT kernels match the CPU\n");
-  return 0;
+int
+main()
+{
+  return cuda_test_main(test_bad_arguments, on_device,
+                        "all CUDA GPT kernels match the CPU");
 }
