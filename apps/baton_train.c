@@ -686,10 +686,9 @@ train(struct options *o)
   size_t ntrain, ntest, cursor, *order = NULL, *train_idx = NULL;
   float *xb = NULL, *xtest = NULL;
   int32_t *yb = NULL, *ytest = NULL, *pred = NULL, S;
-  double *peaks = NULL, *sim_peaks = NULL, t_total = 0.0, win_loss = 0.0;
-  double win_ms = 0.0, loss_tail = 0.0, first_loss = 0.0, last_loss = 0.0;
-  int rc = EXIT_RUNTIME, tty = isatty(STDERR_FILENO), win_n = 0, tail_n;
-  int next_report = 1, correct = 0, p = o->ndevices, boundary;
+  double *peaks = NULL, *sim_peaks = NULL;
+  struct step_log lg;
+  int rc = EXIT_RUNTIME, correct = 0, p = o->ndevices, boundary;
   int need_x = 1, need_y = 1;
   uint64_t rng;
 
@@ -821,7 +820,7 @@ train(struct options *o)
 
   /* Training rows are drawn in a seeded order, reshuffled every epoch. */
   cursor = 0;
-  tail_n = o->steps / 10 > 0 ? o->steps / 10 : 1;
+  step_log_init(&lg, o->steps, isatty(STDERR_FILENO));
   for (int step = 0; step < o->steps; step++) {
     double t0, dt;
     float loss;
@@ -866,42 +865,14 @@ train(struct options *o)
                            &err);
     }
     dt = now() - t0;
-    if (st != BT_OK) {
-      if (tty)
-        fputc('\n', stderr);
-      fail(EXIT_RUNTIME, "step %d failed: %s", step + 1, err.message);
+    if ((rc = step_log_add(&lg, step, st, err.message, loss, dt, &boundary)) !=
+        0)
       goto out;
-    }
-    if (!isfinite(loss)) {
-      if (tty)
-        fputc('\n', stderr);
-      fail(EXIT_RUNTIME, "step %d: the loss is %g ; lower --lr", step + 1,
-           (double)loss);
-      goto out;
-    }
-    if (step == 0)
-      first_loss = loss;
-    last_loss = loss;
-    if (step >= o->steps - tail_n)
-      loss_tail += loss;
-    t_total += dt;
-    win_loss += loss;
-    win_ms += dt * 1e3;
-    win_n++;
-    /* A TTY gets a bar redrawn every step, a log a line per 10% of the
-     * steps; both show the means since the last 10% mark. */
-    boundary = (long)(step + 1) * 10 >= (long)next_report * o->steps;
-    if (tty || boundary || step + 1 == o->steps)
-      progress(tty, step + 1, o->steps, win_loss / win_n, win_ms / win_n,
-               0.0, NAN, step + 1 == o->steps);
-    if (boundary) {
-      while ((long)next_report * o->steps <= (long)(step + 1) * 10)
-        next_report++;
-      win_loss = win_ms = 0.0;
-      win_n = 0;
-    }
+    rc = EXIT_RUNTIME;
+    /* The bar's line ends with the last step. */
+    step_log_report(&lg, step, boundary, 0.0, NAN, step + 1 == o->steps);
   }
-  loss_tail /= tail_n;
+  lg.loss_tail /= lg.tail_n;
 
   /* Rank 0 evaluates the whole model. */
   if ((st = bt_trainer_gather(tr, 0, &err)) != BT_OK) {
@@ -988,8 +959,8 @@ train(struct options *o)
       printf("%s%d", s ? "," : "", (int)bt_trainer_stage_layers(tr, s));
     printf("],\"loss\":%.9g,\"first_loss\":%.9g,\"last_loss\":%.9g,"
            "\"accuracy\":%.9g,\"step_ms\":%.6g,\"peak_activation_bytes\":[",
-           loss_tail, first_loss, last_loss, (double)correct / (double)ntest,
-           1e3 * t_total / o->steps);
+           lg.loss_tail, lg.first_loss, lg.last_loss,
+           (double)correct / (double)ntest, 1e3 * lg.total_s / o->steps);
     for (int d = 0; d < p; d++)
       printf("%s%.17g", d ? "," : "", peaks[d]);
     printf("],\"sim_peak_activation_bytes\":[");
@@ -998,9 +969,9 @@ train(struct options *o)
     printf("]}\n");
   } else {
     printf("done: loss %.4f (first step %.4f), held-out accuracy %.1f%% "
-           "(%d/%zu), %.2f ms/step\n", loss_tail, first_loss,
+           "(%d/%zu), %.2f ms/step\n", lg.loss_tail, lg.first_loss,
            100.0 * correct / (double)ntest, correct, ntest,
-           1e3 * t_total / o->steps);
+           1e3 * lg.total_s / o->steps);
     printf("peak activation bytes per device: measured (simulated for this "
            "plan and checkpoint mode)\n");
     for (int d = 0; d < p; d++)

@@ -101,6 +101,27 @@ int create_trainer(const struct options *o, bt_model_t *model,
                    const bt_schedule_t *sched, int p, bt_trainer_config_t *tc,
                    bt_trainer_t **tr);
 
+/* The training loop's bookkeeping, shared by both models: the first, last
+ * and tail (last 10% of the steps) losses, the time, and the window since
+ * the last 10% mark that the progress line shows. */
+struct step_log {
+  int steps, tty, tail_n, next_report, win_n;
+  double first_loss, last_loss, loss_tail, total_s, win_loss, win_s;
+};
+
+void step_log_init(struct step_log *lg, int steps, int tty);
+/* Records step (0-based) of dt seconds: a failed step (st, why) or a
+ * non-finite loss is an exit code after a message; else 0, and *boundary
+ * says whether the step ends a 10% mark. */
+int step_log_add(struct step_log *lg, int step, bt_status st, const char *why,
+                 float loss, double dt, int *boundary);
+/* The progress (a TTY bar every step, a log line per 10% mark: the
+ * window's mean loss, ms/step, tok/s when tokens_per_step > 0, val_ppl
+ * unless NaN; keep_line ends the bar's line) and, at a mark, a new
+ * window. */
+void step_log_report(struct step_log *lg, int step, int boundary,
+                     double tokens_per_step, double val_ppl, int keep_line);
+
 /* "always", "except_last" or "never". */
 const char *checkpoint_name(int mode);
 

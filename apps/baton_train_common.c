@@ -393,3 +393,55 @@ create_trainer(const struct options *o, bt_model_t *model,
                 "cannot set up the pipeline: %s", err.message);
   return 0;
 }
+
+void
+step_log_init(struct step_log *lg, int steps, int tty)
+{
+  memset(lg, 0, sizeof *lg);
+  lg->steps = steps;
+  lg->tty = tty;
+  lg->tail_n = steps / 10 > 0 ? steps / 10 : 1;
+  lg->next_report = 1;
+  lg->first_loss = NAN;
+}
+
+int
+step_log_add(struct step_log *lg, int step, bt_status st, const char *why,
+             float loss, double dt, int *boundary)
+{
+  if (st != BT_OK || !isfinite(loss)) {
+    if (lg->tty)
+      fputc('\n', stderr);
+    if (st != BT_OK)
+      return fail(EXIT_RUNTIME, "step %d failed: %s", step + 1, why);
+    return fail(EXIT_RUNTIME, "step %d: the loss is %g ; lower --lr",
+                step + 1, (double)loss);
+  }
+  if (step == 0)
+    lg->first_loss = loss;
+  lg->last_loss = loss;
+  if (step >= lg->steps - lg->tail_n)
+    lg->loss_tail += loss;
+  lg->total_s += dt;
+  lg->win_loss += loss;
+  lg->win_s += dt;
+  lg->win_n++;
+  *boundary = (long)(step + 1) * 10 >= (long)lg->next_report * lg->steps;
+  return 0;
+}
+
+void
+step_log_report(struct step_log *lg, int step, int boundary,
+                double tokens_per_step, double val_ppl, int keep_line)
+{
+  if (lg->tty || boundary)
+    progress(lg->tty, step + 1, lg->steps, lg->win_loss / lg->win_n,
+             1e3 * lg->win_s / lg->win_n,
+             tokens_per_step * lg->win_n / lg->win_s, val_ppl, keep_line);
+  if (boundary) {
+    while ((long)lg->next_report * lg->steps <= (long)(step + 1) * 10)
+      lg->next_report++;
+    lg->win_loss = lg->win_s = 0.0;
+    lg->win_n = 0;
+  }
+}

@@ -288,9 +288,9 @@ train_gpt(struct options *o)
   int32_t *x = NULL, *y = NULL, *prompt = NULL, *sample = NULL, S = 0;
   uint8_t *sample_bytes = NULL;
   size_t nprompt = o->prompt ? strlen(o->prompt) : 0;
-  double t_total = 0.0, win_loss = 0.0, win_t = 0.0, loss_tail = 0.0;
-  double first_loss = NAN, val_loss = NAN, grad_norm = NAN;
-  int rc, tty = isatty(STDERR_FILENO), win_n = 0, tail_n, next_report = 1;
+  double val_loss = NAN, grad_norm = NAN;
+  struct step_log lg;
+  int rc;
   int p = o->ndevices / o->dp, need_x = 1, need_y = 1;
   uint64_t train_seed = o->seed ^ TRAIN_KEY;
 
@@ -403,7 +403,7 @@ train_gpt(struct options *o)
     fflush(stdout);
   }
 
-  tail_n = o->steps / 10 > 0 ? o->steps / 10 : 1;
+  step_log_init(&lg, o->steps, isatty(STDERR_FILENO));
   for (int step = 0; step < o->steps; step++) {
     double t0, dt, ppl = NAN;
     float loss;
@@ -439,31 +439,13 @@ train_gpt(struct options *o)
                                   &loss, &err);
     }
     dt = now() - t0;
-    if (st != BT_OK) {
-      if (tty)
-        fputc('\n', stderr);
-      fail(EXIT_RUNTIME, "step %d failed: %s", step + 1, err.message);
+    if ((rc = step_log_add(&lg, step, st, err.message, loss, dt, &boundary)) !=
+        0)
       goto out;
-    }
-    if (!isfinite(loss)) {
-      if (tty)
-        fputc('\n', stderr);
-      fail(EXIT_RUNTIME, "step %d: the loss is %g ; lower --lr", step + 1,
-           (double)loss);
-      goto out;
-    }
-    if (step == 0)
-      first_loss = loss;
-    if (step >= o->steps - tail_n)
-      loss_tail += loss;
-    t_total += dt;
-    win_loss += loss;
-    win_t += dt;
-    win_n++;
+    rc = EXIT_RUNTIME;
     /* As the resmlp path: a TTY bar every step, a log line per 10% of the
      * steps; each 10% mark also measures the validation perplexity (its
      * time not counted as training) and keeps the bar's line. */
-    boundary = (long)(step + 1) * 10 >= (long)next_report * o->steps;
     if (boundary) {
       /* Rank 0 validates the whole model (every rank gathers). */
       if ((st = bt_trainer_gather(tr, 0, &err)) != BT_OK) {
@@ -476,19 +458,10 @@ train_gpt(struct options *o)
       rc = EXIT_RUNTIME;
       ppl = exp(val_loss);
     }
-    if (tty || boundary)
-      progress(tty, step + 1, o->steps, win_loss / win_n,
-               1e3 * win_t / win_n, (double)(B * T) * win_n / win_t, ppl,
-               boundary);
-    if (boundary) {
-      while ((long)next_report * o->steps <= (long)(step + 1) * 10)
-        next_report++;
-      win_loss = win_t = 0.0;
-      win_n = 0;
-    }
+    step_log_report(&lg, step, boundary, (double)(B * T), ppl, boundary);
   }
   if (o->steps > 0) {
-    loss_tail /= tail_n;
+    lg.loss_tail /= lg.tail_n;
     grad_norm = bt_trainer_grad_norm(tr);
   } else {
     /* No training: the loaded (or initial) model's perplexity. */
@@ -556,13 +529,14 @@ train_gpt(struct options *o)
     if (o->steps > 0)
     {
       printf(",\"loss\":%.9g,\"first_loss\":%.9g,\"grad_norm\":",
-             loss_tail, first_loss);
+             lg.loss_tail, lg.first_loss);
       if (isfinite(grad_norm))
         printf("%.9g", grad_norm);
       else
         printf("null"); /* no clipping, so not measured */
       printf(",\"tokens_per_s\":%.9g,\"step_ms\":%.9g",
-             (double)(B * T) * o->steps / t_total, 1e3 * t_total / o->steps);
+             (double)(B * T) * o->steps / lg.total_s,
+             1e3 * lg.total_s / o->steps);
     }
     else /* no training */
       printf(",\"loss\":null,\"first_loss\":null,\"grad_norm\":null,"
@@ -579,9 +553,10 @@ train_gpt(struct options *o)
   } else {
     if (o->steps > 0)
       printf("done: loss %.4f (first step %.4f), validation loss %.4f, "
-             "perplexity %.2f, %.0f tok/s, %.2f ms/step\n", loss_tail,
-             first_loss, val_loss, exp(val_loss),
-             (double)(B * T) * o->steps / t_total, 1e3 * t_total / o->steps);
+             "perplexity %.2f, %.0f tok/s, %.2f ms/step\n", lg.loss_tail,
+             lg.first_loss, val_loss, exp(val_loss),
+             (double)(B * T) * o->steps / lg.total_s,
+             1e3 * lg.total_s / o->steps);
     else
       printf("validation loss %.4f, perplexity %.2f (no training)\n",
              val_loss, exp(val_loss));
