@@ -18,6 +18,7 @@
 #include "error.h"
 #include "kernels.h"
 #include "api.h"
+#include "backend.h"
 
 /* The first version of each config ends at its last field: what a caller's
  * size must cover.  Newer, longer configs are read up to what this library
@@ -667,6 +668,13 @@ bt_trainer_create(bt_model_t *model, const bt_trainer_config_t *config,
     }
   }
 
+  if (model->kind == BT__MODEL_GPT && c.backend != NULL) {
+    rc = bt__errorf(err, BT_EUNSUPPORTED,
+                    "gpt does not run on the %s backend yet; train it on "
+                    "the CPU devices (config.backend = NULL)",
+                    c.backend->name);
+    goto out_free_trainer;
+  }
   if (model->kind == BT__MODEL_GPT) {
     rc = bt__api_gpt_trainer_create(
         tr, &c, v, c.balance != NULL ? c.balance : auto_balance,
@@ -688,6 +696,7 @@ bt_trainer_create(bt_model_t *model, const bt_trainer_config_t *config,
     tc.stage_device = c.stage_device;
     tc.perturb = c.perturb_seed;
     tc.comm = c.comm;
+    tc.backend = c.backend;
     rc = bt__train_create(&tc, &tr->t, err);
     if (rc != BT_OK)
       goto out_free_trainer;
@@ -761,6 +770,15 @@ bt_trainer_update(bt_trainer_t *trainer, bt_error_t *err)
   }
   m = trainer->model->m;
   c = &trainer->cfg;
+  if (c->backend != NULL) {
+    struct bt__train_optim o = {c->optimizer != BT_OPTIMIZER_SGD, c->lr,
+                                c->weight_decay, c->beta1, c->beta2, c->eps,
+                                trainer->updates + 1};
+    rc = bt__train_update(trainer->t, &o, err);
+    if (rc == BT_OK)
+      trainer->updates++;
+    return rc;
+  }
   if (c->optimizer == BT_OPTIMIZER_SGD) {
     /* w -= lr * (g + wd * w): weight decay as an L2 term. */
     rc = bt__sgd_update(m->params, m->grads, m->nparams, c->lr,
@@ -884,14 +902,33 @@ bt_trainer_param_rank(const bt_trainer_t *trainer, size_t index)
 }
 
 bt_status
+bt_trainer_sync(bt_trainer_t *trainer, bt_error_t *err)
+{
+  if (trainer == NULL)
+    return bt__errorf(err, BT_EINVAL, "bt_trainer_sync: NULL trainer");
+  return bt__train_pull(trainer->t, err);
+}
+
+void
+bt_backend_destroy(bt_backend_t *backend)
+{
+  if (backend != NULL)
+    backend->destroy(backend);
+}
+
+bt_status
 bt_trainer_gather(bt_trainer_t *trainer, int grads, bt_error_t *err)
 {
   bt_comm_t *comm;
   int32_t me;
   size_t n;
+  bt_status sync;
 
   if (trainer == NULL)
     return bt__errorf(err, BT_EINVAL, "bt_trainer_gather: NULL trainer");
+  sync = bt_trainer_sync(trainer, err);
+  if (sync != BT_OK)
+    return sync;
   comm = trainer->cfg.comm;
   if (bt_comm_size(comm) <= 1)
     return BT_OK;
@@ -971,6 +1008,9 @@ bt_trainer_save(bt_trainer_t *trainer, const char *path, bt_error_t *err)
   if (trainer == NULL || path == NULL)
     return bt__errorf(err, BT_EINVAL,
                       "bt_trainer_save: trainer and path must not be NULL");
+  rc = bt_trainer_sync(trainer, err);
+  if (rc != BT_OK)
+    return rc;
   comm = trainer->cfg.comm;
   W = bt_comm_size(comm);
   if (W <= 1)

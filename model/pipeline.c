@@ -367,12 +367,22 @@ make_buffers(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
     pool += 2 * (size_t)(pl->nout[s] + pl->nin[s]) * (size_t)pl->m;
   pool *= (size_t)pl->R;
   pl->skip_pool = calloc(pool + 1, sizeof *pl->skip_pool);
-  pl->block = aligned_alloc(ALIGN, total ? total : ALIGN);
-  if (pl->skip_pool == NULL || pl->block == NULL)
+  if (pl->skip_pool == NULL)
     goto nomem;
   /* Zeroed so that a stage reading a buffer it never wrote (e.g. a first
    * stage's unused gradient) sees zeros, deterministically. */
-  memset(pl->block, 0, total);
+  if (cfg->buffers_alloc != NULL) {
+    pl->block = cfg->buffers_alloc(total ? total : ALIGN, cfg->buffers_user);
+    if (pl->block == NULL)
+      goto nomem;
+    pl->buffers_free = cfg->buffers_free;
+    pl->buffers_user = cfg->buffers_user;
+  } else {
+    pl->block = aligned_alloc(ALIGN, total ? total : ALIGN);
+    if (pl->block == NULL)
+      goto nomem;
+    memset(pl->block, 0, total);
+  }
   off = 0;
   for (int32_t r = 0; r < pl->R; r++)
     for (int32_t s = 0; s < pl->S; s++)
@@ -524,6 +534,14 @@ read_epilogue(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
                       "and tie_tensor (ties) instead of reduce_grads and "
                       "tie_grads",
                       (int)pl->W);
+  if (cfg->buffers_alloc != NULL &&
+      (pl->W > 1 || cfg->grad_tensor != NULL || cfg->tie_tensor != NULL ||
+       cfg->buffers_free == NULL))
+    return bt__errorf(err, BT_EUNSUPPORTED,
+                      "buffers outside host memory (buffers_alloc) need "
+                      "buffers_free, and work neither across processes nor "
+                      "with grad_tensor or tie_tensor, whose bytes baton "
+                      "moves on the host: give reduce_grads and tie_grads");
   if (cfg->grad_tensor != NULL) {
     pl->nparts_s = calloc((size_t)pl->S, sizeof *pl->nparts_s);
     if (pl->nparts_s == NULL)
@@ -610,7 +628,10 @@ pipeline_free(struct bt_pipeline *pl)
   for (size_t i = 0; pl->ties != NULL && i < pl->nties; i++)
     free((void *)(uintptr_t)pl->ties[i].name);
   free(pl->ties);
-  free(pl->block);
+  if (pl->buffers_free != NULL)
+    pl->buffers_free(pl->block, pl->buffers_user);
+  else
+    free(pl->block);
   free(pl->act);
   free(pl->grad);
   free(pl->skip_pool);

@@ -94,6 +94,8 @@ struct bt_pipeline {
   double gs[2];
   /* Buffers: one block; pointers per (replica, stage, microbatch). */
   unsigned char *block;
+  void (*buffers_free)(void *, void *); /* NULL: block is aligned_alloc'd */
+  void *buffers_user;
   void **act, **grad;         /* [R * S * m] */
   /* Skip buffers per (replica, stage, microbatch): arrays for the call. */
   bt_skip_buf_t *skip_pool;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "baton/safetensors.h"
 #include "error.h"
 #include "kernels.h"
@@ -221,7 +222,8 @@ bt__resmlp_layer_scratch_bytes(const struct bt__resmlp *m, size_t layer,
   } while (0)
 
 bt_status
-bt__resmlp_layer_fwd(const struct bt__resmlp *m, size_t layer,
+bt__resmlp_layer_fwd_on(const struct bt__kern *K, void *ctx,
+                        const struct bt__resmlp *m, size_t layer,
                      const float *in, float *out, void *scratch, size_t R)
 {
   struct bt__scratch_layout l;
@@ -233,8 +235,8 @@ bt__resmlp_layer_fwd(const struct bt__resmlp *m, size_t layer,
   switch (layer_kind(m, layer)) {
   case KIND_IN: {
     float *x = bt__layout_region(scratch, &l, IN_X);
-    memcpy(x, in, R * m->cfg.D * sizeof(float));
-    return bt__linear_fwd(out, x, lparam(m, 0, 0), lparam(m, 0, 1), R,
+    TRY(K->copy(ctx, x, in, R * m->cfg.D * sizeof(float)));
+    return K->linear_fwd(ctx, out, x, lparam(m, 0, 0), lparam(m, 0, 1), R,
                           m->cfg.D, H);
   }
   case KIND_BLK: {
@@ -245,15 +247,15 @@ bt__resmlp_layer_fwd(const struct bt__resmlp *m, size_t layer,
     float *p = bt__layout_region(scratch, &l, BLK_P);
     float *a = bt__layout_region(scratch, &l, BLK_A);
 
-    memcpy(h, in, R * H * sizeof(float));
-    TRY(bt__layernorm_fwd(u, mean, rstd, h, lparam(m, layer, BLK_LN_G),
+    TRY(K->copy(ctx, h, in, R * H * sizeof(float)));
+    TRY(K->layernorm_fwd(ctx, u, mean, rstd, h, lparam(m, layer, BLK_LN_G),
                           lparam(m, layer, BLK_LN_B), R, H));
-    TRY(bt__linear_fwd(p, u, lparam(m, layer, BLK_FC1_W),
+    TRY(K->linear_fwd(ctx, p, u, lparam(m, layer, BLK_FC1_W),
                        lparam(m, layer, BLK_FC1_B), R, H, m->E));
-    TRY(bt__gelu_fwd(a, p, R * m->E));
-    TRY(bt__linear_fwd(out, a, lparam(m, layer, BLK_FC2_W),
+    TRY(K->gelu_fwd(ctx, a, p, R * m->E));
+    TRY(K->linear_fwd(ctx, out, a, lparam(m, layer, BLK_FC2_W),
                        lparam(m, layer, BLK_FC2_B), R, m->E, H));
-    return bt__residual_fwd(out, out, h, R * H);
+    return K->residual_fwd(ctx, out, out, h, R * H);
   }
   case KIND_HEAD:
     break;
@@ -262,7 +264,8 @@ bt__resmlp_layer_fwd(const struct bt__resmlp *m, size_t layer,
 }
 
 bt_status
-bt__resmlp_head_fwd(const struct bt__resmlp *m, const float *z,
+bt__resmlp_head_fwd_on(const struct bt__kern *K, void *ctx,
+                       const struct bt__resmlp *m, const float *z,
                     const int32_t *labels, size_t total_rows, void *scratch,
                     size_t R, float *loss)
 {
@@ -281,20 +284,21 @@ bt__resmlp_head_fwd(const struct bt__resmlp *m, const float *z,
   float *logits = bt__layout_region(scratch, &l, HEAD_LOGITS);
   int32_t *lab = (int32_t *)(void *)bt__layout_region(scratch, &l, HEAD_LABELS);
 
-  for (size_t r = 0; r < R; r++)
+  for (size_t r = 0; K->host && r < R; r++)
     if (labels[r] < 0 || (size_t)labels[r] >= C)
       return BT_EINVAL;
-  memcpy(zs, z, R * H * sizeof(float));
-  memcpy(lab, labels, R * sizeof(int32_t));
-  TRY(bt__layernorm_fwd(u, mean, rstd, zs, lparam(m, layer, HEAD_LN_G),
+  TRY(K->copy(ctx, zs, z, R * H * sizeof(float)));
+  TRY(K->copy(ctx, lab, labels, R * sizeof(int32_t)));
+  TRY(K->layernorm_fwd(ctx, u, mean, rstd, zs, lparam(m, layer, HEAD_LN_G),
                         lparam(m, layer, HEAD_LN_B), R, H));
-  TRY(bt__linear_fwd(logits, u, lparam(m, layer, HEAD_W),
+  TRY(K->linear_fwd(ctx, logits, u, lparam(m, layer, HEAD_W),
                      lparam(m, layer, HEAD_B), R, H, C));
-  return bt__xent_fwd(loss, logits, lab, R, C, total_rows);
+  return K->xent_fwd(ctx, loss, logits, lab, R, C, total_rows);
 }
 
 bt_status
-bt__resmlp_layer_bwd_input(struct bt__resmlp *m, size_t layer,
+bt__resmlp_layer_bwd_input_on(const struct bt__kern *K, void *ctx,
+                              struct bt__resmlp *m, size_t layer,
                            const float *dout, float *din, void *scratch,
                            size_t R, size_t total_rows)
 {
@@ -309,10 +313,11 @@ bt__resmlp_layer_bwd_input(struct bt__resmlp *m, size_t layer,
   case KIND_IN:
     if (dout == NULL || dout == din)
       return BT_EINVAL;
-    memcpy(bt__layout_region(scratch, &l, IN_DOUT), dout, R * H * sizeof(float));
+    TRY(K->copy(ctx, bt__layout_region(scratch, &l, IN_DOUT), dout,
+                R * H * sizeof(float)));
     if (din == NULL)
       return BT_OK;
-    return bt__linear_bwd_input(din, dout, lparam(m, 0, 0), R, m->cfg.D, H);
+    return K->linear_bwd_input(ctx, din, dout, lparam(m, 0, 0), R, m->cfg.D, H);
   case KIND_BLK: {
     float *h = bt__layout_region(scratch, &l, BLK_H);
     float *mean = bt__layout_region(scratch, &l, BLK_MEAN);
@@ -323,19 +328,19 @@ bt__resmlp_layer_bwd_input(struct bt__resmlp *m, size_t layer,
 
     if (dout == NULL || din == NULL || dout == din)
       return BT_EINVAL;
-    memcpy(dsave, dout, R * H * sizeof(float));
+    TRY(K->copy(ctx, dsave, dout, R * H * sizeof(float)));
     /* da = dout W2, then dp = da * gelu'(p) in place. */
-    TRY(bt__linear_bwd_input(dp, dsave, lparam(m, layer, BLK_FC2_W), R, E,
+    TRY(K->linear_bwd_input(ctx, dp, dsave, lparam(m, layer, BLK_FC2_W), R, E,
                              H));
-    TRY(bt__gelu_bwd(dp, dp, p, R * E));
+    TRY(K->gelu_bwd(ctx, dp, dp, p, R * E));
     /* du = dp W1 into din, then the LayerNorm's dx over it in place. */
-    TRY(bt__linear_bwd_input(din, dp, lparam(m, layer, BLK_FC1_W), R, H,
+    TRY(K->linear_bwd_input(ctx, din, dp, lparam(m, layer, BLK_FC1_W), R, H,
                              E));
-    TRY(bt__layernorm_bwd(din, lgrad(m, layer, BLK_LN_G),
+    TRY(K->layernorm_bwd(ctx, din, lgrad(m, layer, BLK_LN_G),
                           lgrad(m, layer, BLK_LN_B), din, h,
                           lparam(m, layer, BLK_LN_G), mean, rstd, R, H));
     /* The residual path: din += dout. */
-    return bt__residual_bwd(din, NULL, dsave, R * H);
+    return K->residual_bwd(ctx, din, NULL, dsave, R * H);
   }
   case KIND_HEAD: {
     float *zs = bt__layout_region(scratch, &l, HEAD_Z);
@@ -348,10 +353,10 @@ bt__resmlp_layer_bwd_input(struct bt__resmlp *m, size_t layer,
     if (dout != NULL || din == NULL || total_rows < R)
       return BT_EINVAL;
     /* dlogits over the logits: nothing else reads them. */
-    TRY(bt__xent_bwd(logits, logits, lab, R, C, total_rows));
-    TRY(bt__linear_bwd_input(din, logits, lparam(m, layer, HEAD_W), R, H,
+    TRY(K->xent_bwd(ctx, logits, logits, lab, R, C, total_rows));
+    TRY(K->linear_bwd_input(ctx, din, logits, lparam(m, layer, HEAD_W), R, H,
                              C));
-    return bt__layernorm_bwd(din, lgrad(m, layer, HEAD_LN_G),
+    return K->layernorm_bwd(ctx, din, lgrad(m, layer, HEAD_LN_G),
                              lgrad(m, layer, HEAD_LN_B), din, zs,
                              lparam(m, layer, HEAD_LN_G), mean, rstd, R, H);
   }
@@ -360,7 +365,8 @@ bt__resmlp_layer_bwd_input(struct bt__resmlp *m, size_t layer,
 }
 
 bt_status
-bt__resmlp_layer_bwd_weight(struct bt__resmlp *m, size_t layer,
+bt__resmlp_layer_bwd_weight_on(const struct bt__kern *K, void *ctx,
+                               struct bt__resmlp *m, size_t layer,
                             void *scratch, size_t R)
 {
   struct bt__scratch_layout l;
@@ -372,20 +378,20 @@ bt__resmlp_layer_bwd_weight(struct bt__resmlp *m, size_t layer,
 
   switch (layer_kind(m, layer)) {
   case KIND_IN:
-    return bt__linear_bwd_weight(lgrad(m, 0, 0), lgrad(m, 0, 1),
+    return K->linear_bwd_weight(ctx, lgrad(m, 0, 0), lgrad(m, 0, 1),
                                  bt__layout_region(scratch, &l, IN_DOUT),
                                  bt__layout_region(scratch, &l, IN_X), R, m->cfg.D, H);
   case KIND_BLK:
-    TRY(bt__linear_bwd_weight(lgrad(m, layer, BLK_FC2_W),
+    TRY(K->linear_bwd_weight(ctx, lgrad(m, layer, BLK_FC2_W),
                               lgrad(m, layer, BLK_FC2_B),
                               bt__layout_region(scratch, &l, BLK_DOUT),
                               bt__layout_region(scratch, &l, BLK_A), R, E, H));
-    return bt__linear_bwd_weight(lgrad(m, layer, BLK_FC1_W),
+    return K->linear_bwd_weight(ctx, lgrad(m, layer, BLK_FC1_W),
                                  lgrad(m, layer, BLK_FC1_B),
                                  bt__layout_region(scratch, &l, BLK_DP),
                                  bt__layout_region(scratch, &l, BLK_U), R, H, E);
   case KIND_HEAD:
-    return bt__linear_bwd_weight(lgrad(m, layer, HEAD_W),
+    return K->linear_bwd_weight(ctx, lgrad(m, layer, HEAD_W),
                                  lgrad(m, layer, HEAD_B),
                                  bt__layout_region(scratch, &l, HEAD_LOGITS),
                                  bt__layout_region(scratch, &l, HEAD_U), R, H, C);
@@ -403,7 +409,8 @@ bt__resmlp_layer_bwd(struct bt__resmlp *m, size_t layer, const float *dout,
 }
 
 bt_status
-bt__resmlp_long_skip_fwd(const struct bt__resmlp *m, float *z,
+bt__resmlp_long_skip_fwd_on(const struct bt__kern *K, void *ctx,
+                            const struct bt__resmlp *m, float *z,
                          const float *hL, const float *h0, size_t R)
 {
   size_t n;
@@ -411,11 +418,12 @@ bt__resmlp_long_skip_fwd(const struct bt__resmlp *m, float *z,
   if (m == NULL || !m->cfg.long_skip || R == 0 ||
       !bt__mul_fits(R, m->cfg.H, &n))
     return BT_EINVAL;
-  return bt__residual_fwd(z, hL, h0, n);
+  return K->residual_fwd(ctx, z, hL, h0, n);
 }
 
 bt_status
-bt__resmlp_long_skip_bwd(const struct bt__resmlp *m, float *dh0,
+bt__resmlp_long_skip_bwd_on(const struct bt__kern *K, void *ctx,
+                            const struct bt__resmlp *m, float *dh0,
                          const float *dz, size_t R)
 {
   size_t n;
@@ -423,7 +431,57 @@ bt__resmlp_long_skip_bwd(const struct bt__resmlp *m, float *dh0,
   if (m == NULL || !m->cfg.long_skip || R == 0 ||
       !bt__mul_fits(R, m->cfg.H, &n))
     return BT_EINVAL;
-  return bt__residual_bwd(dh0, NULL, dz, n);
+  return K->residual_bwd(ctx, dh0, NULL, dz, n);
+}
+
+
+/* The CPU entry points: the layer functions on the CPU kernels. */
+bt_status
+bt__resmlp_layer_fwd(const struct bt__resmlp *m, size_t layer,
+                     const float *in, float *out, void *scratch, size_t R)
+{
+  return bt__resmlp_layer_fwd_on(&bt__cpu_kern, NULL, m, layer, in, out,
+                                 scratch, R);
+}
+
+bt_status
+bt__resmlp_head_fwd(const struct bt__resmlp *m, const float *z,
+                    const int32_t *labels, size_t total_rows, void *scratch,
+                    size_t R, float *loss)
+{
+  return bt__resmlp_head_fwd_on(&bt__cpu_kern, NULL, m, z, labels, total_rows,
+                                scratch, R, loss);
+}
+
+bt_status
+bt__resmlp_layer_bwd_input(struct bt__resmlp *m, size_t layer,
+                           const float *dout, float *din, void *scratch,
+                           size_t R, size_t total_rows)
+{
+  return bt__resmlp_layer_bwd_input_on(&bt__cpu_kern, NULL, m, layer, dout,
+                                       din, scratch, R, total_rows);
+}
+
+bt_status
+bt__resmlp_layer_bwd_weight(struct bt__resmlp *m, size_t layer,
+                            void *scratch, size_t R)
+{
+  return bt__resmlp_layer_bwd_weight_on(&bt__cpu_kern, NULL, m, layer,
+                                        scratch, R);
+}
+
+bt_status
+bt__resmlp_long_skip_fwd(const struct bt__resmlp *m, float *z,
+                         const float *hL, const float *h0, size_t R)
+{
+  return bt__resmlp_long_skip_fwd_on(&bt__cpu_kern, NULL, m, z, hL, h0, R);
+}
+
+bt_status
+bt__resmlp_long_skip_bwd(const struct bt__resmlp *m, float *dh0,
+                         const float *dz, size_t R)
+{
+  return bt__resmlp_long_skip_bwd_on(&bt__cpu_kern, NULL, m, dh0, dz, R);
 }
 
 /* ---- the reference step ------------------------------------------------- */

@@ -185,6 +185,40 @@ bt_status bt__resmlp_long_skip_fwd(const struct bt__resmlp *m, float *z,
 bt_status bt__resmlp_long_skip_bwd(const struct bt__resmlp *m, float *dh0,
                                    const float *dz, size_t R);
 
+/* ---- on a backend -----------------------------------------------------------
+ * The layer functions above, with the kernels of a backend (backend.h) on
+ * device ctx: m is then a view of the model whose params and grads point
+ * into the backend's memory (only the layers called need to be there), as
+ * do every tensor and scratch argument, loss included.  Labels are checked
+ * only on a host backend (K->host); on a device the caller checks them
+ * before they are uploaded.  Asynchronous on an asynchronous backend:
+ * arguments are checked, the kernels enqueued.  The functions above are
+ * these on bt__cpu_kern. */
+struct bt__kern;
+bt_status bt__resmlp_layer_fwd_on(const struct bt__kern *K, void *ctx,
+                                  const struct bt__resmlp *m, size_t layer,
+                                  const float *in, float *out, void *scratch,
+                                  size_t R);
+bt_status bt__resmlp_head_fwd_on(const struct bt__kern *K, void *ctx,
+                                 const struct bt__resmlp *m, const float *z,
+                                 const int32_t *labels, size_t total_rows,
+                                 void *scratch, size_t R, float *loss);
+bt_status bt__resmlp_layer_bwd_input_on(const struct bt__kern *K, void *ctx,
+                                        struct bt__resmlp *m, size_t layer,
+                                        const float *dout, float *din,
+                                        void *scratch, size_t R,
+                                        size_t total_rows);
+bt_status bt__resmlp_layer_bwd_weight_on(const struct bt__kern *K, void *ctx,
+                                         struct bt__resmlp *m, size_t layer,
+                                         void *scratch, size_t R);
+bt_status bt__resmlp_long_skip_fwd_on(const struct bt__kern *K, void *ctx,
+                                      const struct bt__resmlp *m, float *z,
+                                      const float *hL, const float *h0,
+                                      size_t R);
+bt_status bt__resmlp_long_skip_bwd_on(const struct bt__kern *K, void *ctx,
+                                      const struct bt__resmlp *m, float *dh0,
+                                      const float *dz, size_t R);
+
 /* ---- the reference step ----------------------------------------------------
  * Zeroes the gradients, then for each of the microbatches in order (rows
  * [k N/m, (k+1) N/m) of x [N,D] and y [N]) runs the forward of every layer

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "baton/pipeline.h"
 #include "error.h"
 #include "kernels.h"
@@ -26,7 +27,14 @@ struct train_stage {
   /* Per-stage buffers [R,H] each: callbacks of one stage never overlap
    * (a stage lives on one device, which runs one callback at a time). */
   float *tmp[2], *h0, *z, *dz;
-  bool *dropped;         /* [m]: the microbatch's scratch is stale */
+  bool *dropped;         /* [m]: the microbatch's scratch is stale (host) */
+  int32_t device;        /* the device the stage runs on */
+  /* With a backend: the stage's layers' slice of params and grads on its
+   * device, the view the layer functions take (params and grads based so
+   * that the stage's tensors land in the slice), and AdamW's moments. */
+  struct bt__resmlp view;
+  float *dparams, *dgrads, *dadam_m, *dadam_v;
+  size_t off, n; /* the slice: elements [off, off + n) of the flat blocks */
   size_t mb_bytes;       /* scratch bytes of one microbatch */
   struct bt__slots pool; /* which slot of scratch each microbatch holds */
 };
@@ -48,6 +56,13 @@ struct bt__train {
    * start is a release / acquire pair), read-only during the step. */
   const float *x;
   const int32_t *y;
+  /* A backend (backend.h), or NULL for the CPU.  With one, the trainer
+   * owns its runtime, and the step's x and y are uploaded into dx, dy. */
+  struct bt_backend *be;
+  const struct bt__kern *K;
+  bt_runtime_t *rt;
+  float *dx;
+  int32_t *dy;
 };
 
 static size_t
@@ -66,6 +81,14 @@ static void
 maybe_perturb(const struct bt__train *t, const bt_stage_call_t *c)
 {
   bt__stages_perturb(t->perturb, c);
+}
+
+/* The model as the stage's layer functions see it: on a backend, the view
+ * over the stage's device slice. */
+static struct bt__resmlp *
+model_of(struct train_stage *st)
+{
+  return st->t->be != NULL ? &st->view : st->t->model;
 }
 
 /* Microbatch k's scratch of layer (k holds a slot). */
@@ -91,7 +114,9 @@ stage_forward(struct train_stage *st, const bt_stage_call_t *c, bool rebuilding,
               char *errbuf, size_t errlen)
 {
   struct bt__train *t = st->t;
-  struct bt__resmlp *m = t->model;
+  struct bt__resmlp *m = model_of(st);
+  const struct bt__kern *K = t->K;
+  void *ctx = c->device_ctx;
   size_t R = t->R, L = m->cfg.L;
   int32_t k = c->microbatch;
   const float *cur;
@@ -103,23 +128,23 @@ stage_forward(struct train_stage *st, const bt_stage_call_t *c, bool rebuilding,
     void *scr = scratch_of(st, k, l);
     if (l == L + 1) {
       const float *zin = cur;
-      float share = 0.0f;
       if (m->cfg.long_skip) {
         const float *h0 =
             st->inner_h0 ? st->h0 : (const float *)c->skip_in[0].data;
-        rc = bt__resmlp_long_skip_fwd(m, st->z, cur, h0, R);
+        rc = bt__resmlp_long_skip_fwd_on(K, ctx, m, st->z, cur, h0, R);
         if (rc != BT_OK)
           return bt__stages_layer_error(errbuf, errlen, "resmlp", "long skip",
                                         l, rc);
         zin = st->z;
       }
-      rc = bt__resmlp_head_fwd(m, zin, t->y + (size_t)k * R, t->N, scr, R,
-                               &share);
+      /* The share goes to the pipeline's output; a rebuild's (bitwise the
+       * same) into dz, which only the backward after it writes. */
+      rc = bt__resmlp_head_fwd_on(K, ctx, m, zin, t->y + (size_t)k * R, t->N,
+                                  scr, R,
+                                  rebuilding ? st->dz : (float *)c->output);
       if (rc != BT_OK)
         return bt__stages_layer_error(errbuf, errlen, "resmlp", "forward", l,
                                       rc);
-      if (!rebuilding)
-        *(float *)c->output = share;
     } else {
       float *out;
       if (l == 0 && st->inner_h0)
@@ -128,12 +153,15 @@ stage_forward(struct train_stage *st, const bt_stage_call_t *c, bool rebuilding,
         out = c->output;
       else
         out = other_tmp(st, cur, st->h0);
-      rc = bt__resmlp_layer_fwd(m, l, cur, out, scr, R);
+      rc = bt__resmlp_layer_fwd_on(K, ctx, m, l, cur, out, scr, R);
       if (rc != BT_OK)
         return bt__stages_layer_error(errbuf, errlen, "resmlp", "forward", l,
                                       rc);
-      if (l == 0 && st->stash_h0 && !rebuilding)
-        memcpy(c->skip_out[0].data, out, R * m->cfg.H * sizeof(float));
+      if (l == 0 && st->stash_h0 && !rebuilding &&
+          (rc = K->copy(ctx, c->skip_out[0].data, out,
+                        R * m->cfg.H * sizeof(float))) != BT_OK)
+        return bt__stages_layer_error(errbuf, errlen, "resmlp", "stash", l,
+                                      rc);
       cur = out;
     }
   }
@@ -155,9 +183,13 @@ cb_forward(const bt_stage_call_t *c, char *errbuf, size_t errlen)
     /* Dropped: the recompute before the backward rebuilds it, in a slot
      * taken then.  Poisoned with NaNs first, so that a missed recompute
      * shows in every gradient. */
-    for (size_t l = st->first; l <= st->last; l++)
-      memset(scratch_of(st, k, l), 0xff,
-             bt__resmlp_layer_scratch_bytes(st->t->model, l, st->t->R));
+    for (size_t l = st->first; rc == 0 && l <= st->last; l++)
+      rc = st->t->K->fill(c->device_ctx, scratch_of(st, k, l), 0xff,
+                          bt__resmlp_layer_scratch_bytes(st->t->model, l,
+                                                         st->t->R));
+    if (rc != 0)
+      return bt__stages_layer_error(errbuf, errlen, "resmlp", "poison",
+                                    st->first, rc);
     bt__slots_give(&st->pool, k);
     st->dropped[k] = true;
   } else if (rc == 0) {
@@ -190,7 +222,9 @@ stage_input_grad(struct train_stage *st, const bt_stage_call_t *c, char *errbuf,
                  size_t errlen)
 {
   struct bt__train *t = st->t;
-  struct bt__resmlp *m = t->model;
+  struct bt__resmlp *m = model_of(st);
+  const struct bt__kern *K = t->K;
+  void *ctx = c->device_ctx;
   size_t R = t->R, L = m->cfg.L, RH = t->R * m->cfg.H;
   int32_t k = c->microbatch;
   const float *dcur = c->grad_output, *dz = NULL;
@@ -207,17 +241,19 @@ stage_input_grad(struct train_stage *st, const bt_stage_call_t *c, char *errbuf,
     void *scr = scratch_of(st, k, l);
     if (l == L + 1) {
       float *din = l == st->first ? c->grad_input : st->dz;
-      rc = bt__resmlp_layer_bwd_input(m, l, NULL, din, scr, R, t->N);
+      rc = bt__resmlp_layer_bwd_input_on(K, ctx, m, l, NULL, din, scr, R,
+                                         t->N);
+      if (rc == BT_OK && st->pop_h0)
+        rc = K->copy(ctx, c->skip_grad_out[0].data, din, RH * sizeof(float));
       if (rc != BT_OK)
         return bt__stages_layer_error(errbuf, errlen, "resmlp", "input grad", l,
                                       rc);
-      if (st->pop_h0)
-        memcpy(c->skip_grad_out[0].data, din, RH * sizeof(float));
       dz = din;
       dcur = din;
     } else if (l > 0) {
       float *din = l == st->first ? c->grad_input : other_tmp(st, dcur, st->dz);
-      rc = bt__resmlp_layer_bwd_input(m, l, dcur, din, scr, R, t->N);
+      rc = bt__resmlp_layer_bwd_input_on(K, ctx, m, l, dcur, din, scr, R,
+                                         t->N);
       if (rc != BT_OK)
         return bt__stages_layer_error(errbuf, errlen, "resmlp", "input grad", l,
                                       rc);
@@ -230,15 +266,16 @@ stage_input_grad(struct train_stage *st, const bt_stage_call_t *c, char *errbuf,
         const float *dskip =
             st->inner_h0 ? dz : (const float *)c->skip_grad_in[0].data;
         float *dh0 = other_tmp(st, dcur, st->dz);
-        if (dh0 != dcur)
-          memcpy(dh0, dcur, RH * sizeof(float));
-        rc = bt__resmlp_long_skip_bwd(m, dh0, dskip, R);
+        rc = K->copy(ctx, dh0, dcur, RH * sizeof(float));
+        if (rc == BT_OK)
+          rc = bt__resmlp_long_skip_bwd_on(K, ctx, m, dh0, dskip, R);
         if (rc != BT_OK)
           return bt__stages_layer_error(errbuf, errlen, "resmlp", "long skip",
                                         l, rc);
         dcur = dh0;
       }
-      rc = bt__resmlp_layer_bwd_input(m, 0, dcur, NULL, scr, R, t->N);
+      rc = bt__resmlp_layer_bwd_input_on(K, ctx, m, 0, dcur, NULL, scr, R,
+                                         t->N);
       if (rc != BT_OK)
         return bt__stages_layer_error(errbuf, errlen, "resmlp", "input grad", l,
                                       rc);
@@ -255,8 +292,9 @@ stage_weight_grad(struct train_stage *st, const bt_stage_call_t *c,
   bt_status rc;
 
   for (size_t l = st->last + 1; l-- > st->first;) {
-    rc = bt__resmlp_layer_bwd_weight(t->model, l,
-                                     scratch_of(st, c->microbatch, l), t->R);
+    rc = bt__resmlp_layer_bwd_weight_on(t->K, c->device_ctx, model_of(st), l,
+                                        scratch_of(st, c->microbatch, l),
+                                        t->R);
     if (rc != BT_OK)
       return bt__stages_layer_error(errbuf, errlen, "resmlp", "weight grad", l,
                                     rc);
@@ -331,8 +369,9 @@ partition(struct bt__train *t, const int32_t *balance, int32_t nbalance,
   return rc;
 }
 
-/* One block per stage: `slots` scratch regions (bt__stages_slots), five
- * [R,H] buffers and the dropped flags. */
+/* One block per stage, on its device: `slots` scratch regions
+ * (bt__stages_slots) and five [R,H] buffers; the dropped flags apart, on
+ * the host. */
 static bt_status
 alloc_stage(struct bt__train *t, struct train_stage *st, int32_t slots,
             bt_error_t *err)
@@ -348,19 +387,23 @@ alloc_stage(struct bt__train *t, struct train_stage *st, int32_t slots,
   if (!bt__mul_fits(t->R, m->cfg.H, &rh) ||
       !bt__mul_fits(rh, sizeof(float), &rh) || rh > SIZE_MAX / 8 ||
       !bt__mul_fits(per_mb, (size_t)slots, &total) ||
-      __builtin_add_overflow(total, 5 * round_up(rh), &total) ||
-      __builtin_add_overflow(total, round_up((size_t)t->m), &total))
+      __builtin_add_overflow(total, 5 * round_up(rh), &total))
     goto range;
   st->mb_bytes = per_mb;
   st->scratch = calloc((size_t)slots * nl, sizeof *st->scratch);
-  st->block = aligned_alloc(ALIGN, total);
-  if (st->scratch == NULL || st->block == NULL ||
+  st->dropped = calloc((size_t)t->m, sizeof *st->dropped);
+  if (t->be != NULL)
+    st->block = t->be->alloc(t->be, st->device, total, err);
+  else if ((st->block = aligned_alloc(ALIGN, total)) != NULL)
+    memset(st->block, 0, total);
+  if (st->scratch == NULL || st->dropped == NULL || st->block == NULL ||
       bt__slots_init(&st->pool, slots, t->m) != BT_OK)
     return bt__errorf(err, BT_ENOMEM,
                       "out of memory for stage %d's %zu bytes of "
-                      "activations (use more microbatches)",
-                      (int)st->s, total);
-  memset(st->block, 0, total);
+                      "activations on %s (use more microbatches or "
+                      "devices)",
+                      (int)st->s, total,
+                      t->be != NULL ? t->be->name : "the host");
   for (int32_t k = 0; k < slots; k++)
     for (size_t l = st->first; l <= st->last; l++) {
       st->scratch[(size_t)k * nl + (l - st->first)] = st->block + off;
@@ -371,13 +414,162 @@ alloc_stage(struct bt__train *t, struct train_stage *st, int32_t slots,
   st->h0 = (float *)(void *)(st->block + off + 2 * round_up(rh));
   st->z = (float *)(void *)(st->block + off + 3 * round_up(rh));
   st->dz = (float *)(void *)(st->block + off + 4 * round_up(rh));
-  st->dropped = (bool *)(void *)(st->block + off + 5 * round_up(rh));
   return BT_OK;
 range:
   return bt__errorf(err, BT_ERANGE,
                     "stage %d's activations for %zu rows overflow size_t "
                     "(use more microbatches)",
                     (int)st->s, t->R);
+}
+
+static void *
+buffers_alloc(size_t bytes, void *user)
+{
+  struct bt_backend *be = user;
+
+  return be->alloc_shared(be, bytes, NULL);
+}
+
+static void
+buffers_free(void *block, void *user)
+{
+  struct bt_backend *be = user;
+
+  be->free(be, -1, block);
+}
+
+/* The elements [off, off + n) of the flat blocks that the stage's layers
+ * own (resmlp.h: a range of layers owns one contiguous slice). */
+static void
+stage_slice(const struct bt__resmlp *m, const struct train_stage *st,
+            size_t *off, size_t *n)
+{
+  size_t end = st->last + 1 < m->nlayers
+                   ? m->tensors[m->layer_tensor[st->last + 1]].offset
+                   : m->nparams;
+
+  *off = m->tensors[m->layer_tensor[st->first]].offset;
+  *n = end - *off;
+}
+
+/* On a backend: the trainer's runtime on the backend's devices, each
+ * stage's parameters and gradients on its device (the parameters
+ * uploaded), and the step's x and y buffers. */
+static bt_status
+backend_setup(struct bt__train *t, bt_error_t *err)
+{
+  struct bt_backend *be = t->be;
+  struct bt__resmlp *m = t->model;
+  bt_runtime_config_t rc = BT_RUNTIME_CONFIG_INIT;
+  size_t bytes;
+  bt_status st_rc;
+
+  if (be->devices != t->p)
+    return bt__errorf(err, BT_EINVAL,
+                      "the %s backend has %d devices but the trainer asks "
+                      "for %d; give as many devices as the backend has",
+                      be->name, (int)be->devices, (int)t->p);
+  rc.devices = t->p;
+  rc.device = be->desc;
+  rc.mode = BT_RUNTIME_DEDICATED;
+  st_rc = bt_runtime_create(&rc, &t->rt, err);
+  if (st_rc != BT_OK)
+    return st_rc;
+  for (int32_t s = 0; s < t->S; s++) {
+    struct train_stage *st = &t->st[s];
+    stage_slice(m, st, &st->off, &st->n);
+    bytes = st->n * sizeof(float);
+    st->dparams = be->alloc(be, st->device, bytes, err);
+    if (st->dparams == NULL)
+      return BT_ENOMEM;
+    st->dgrads = be->alloc(be, st->device, bytes, err);
+    if (st->dgrads == NULL)
+      return BT_ENOMEM;
+    /* The view's blocks are based so that element off lands at the
+     * slice's start; only the stage's own tensors are ever addressed. */
+    st->view = *m;
+    st->view.params =
+        (float *)(uintptr_t)((uintptr_t)st->dparams - st->off * sizeof(float));
+    st->view.grads =
+        (float *)(uintptr_t)((uintptr_t)st->dgrads - st->off * sizeof(float));
+  }
+  if (!bt__mul_fits(t->N, m->cfg.D * sizeof(float), &bytes))
+    return bt__errorf(err, BT_ERANGE, "the batch's inputs overflow size_t");
+  t->dx = be->alloc(be, t->st[0].device, bytes, err);
+  t->dy = be->alloc(be, t->st[t->S - 1].device, t->N * sizeof(int32_t), err);
+  if (t->dx == NULL || t->dy == NULL)
+    return BT_ENOMEM;
+  return bt__train_push(t, err);
+}
+
+bt_status
+bt__train_push(struct bt__train *t, bt_error_t *err)
+{
+  bt_status rc = BT_OK;
+
+  if (t == NULL || t->be == NULL)
+    return BT_OK;
+  for (int32_t s = 0; rc == BT_OK && s < t->S; s++) {
+    struct train_stage *st = &t->st[s];
+    rc = t->be->upload(t->be, st->device, st->dparams,
+                       t->model->params + st->off, st->n * sizeof(float), err);
+  }
+  return rc;
+}
+
+bt_status
+bt__train_pull(struct bt__train *t, bt_error_t *err)
+{
+  bt_status rc = BT_OK;
+
+  if (t == NULL || t->be == NULL)
+    return BT_OK;
+  for (int32_t s = 0; rc == BT_OK && s < t->S; s++) {
+    struct train_stage *st = &t->st[s];
+    size_t bytes = st->n * sizeof(float);
+    rc = t->be->download(t->be, st->device, t->model->params + st->off,
+                         st->dparams, bytes, err);
+    if (rc == BT_OK)
+      rc = t->be->download(t->be, st->device, t->model->grads + st->off,
+                           st->dgrads, bytes, err);
+  }
+  return rc;
+}
+
+bt_status
+bt__train_update(struct bt__train *t, const struct bt__train_optim *o,
+                 bt_error_t *err)
+{
+  bt_status rc = BT_OK;
+
+  if (t == NULL || o == NULL || t->be == NULL)
+    return bt__errorf(err, BT_EINVAL,
+                      "bt__train_update: the trainer has no backend: run "
+                      "the optimizer on the model");
+  for (int32_t s = 0; rc == BT_OK && s < t->S; s++) {
+    struct train_stage *st = &t->st[s];
+    void *ctx = bt__backend_ctx(t->be, st->device);
+    size_t bytes = st->n * sizeof(float);
+    if (!o->adamw) {
+      rc = t->K->sgd(ctx, st->dparams, st->dgrads, st->n, o->lr, o->wd);
+      continue;
+    }
+    if (st->dadam_m == NULL) {
+      st->dadam_m = t->be->alloc(t->be, st->device, bytes, err);
+      st->dadam_v = t->be->alloc(t->be, st->device, bytes, err);
+      if (st->dadam_m == NULL || st->dadam_v == NULL)
+        return bt__errorf(err, BT_ENOMEM,
+                          "out of memory for AdamW's moments of stage %d "
+                          "(%zu parameters) on %s",
+                          (int)s, st->n, t->be->name);
+    }
+    rc = t->K->adamw(ctx, st->dparams, st->dadam_m, st->dadam_v, st->dgrads,
+                     st->n, o->lr, o->b1, o->b2, o->eps, o->wd, o->t);
+  }
+  if (rc != BT_OK)
+    return bt__errorf(err, rc, "the optimizer step failed on %s: %s",
+                      t->be->name, bt_strerror(rc));
+  return t->be->sync(t->be, err);
 }
 
 static bt_status
@@ -440,6 +632,15 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
   t->checkpoint = cfg->checkpoint;
   t->perturb = cfg->perturb;
   t->comm = cfg->comm;
+  t->be = cfg->backend;
+  t->K = t->be != NULL ? t->be->kern : &bt__cpu_kern;
+  if (t->be != NULL && bt_comm_size(t->comm) > 1) {
+    rc = bt__errorf(err, BT_EUNSUPPORTED,
+                    "the %s backend runs in one process: across processes "
+                    "train on the CPU devices",
+                    t->be->name);
+    goto out_free;
+  }
   if ((size_t)t->S > t->model->nlayers) {
     /* Checked before sizing arrays by S. */
     rc = bt__stages_partition(t->model->nlayers, t->S, cfg->devices, v, NULL, 0,
@@ -468,6 +669,8 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
     bool ls = t->model->cfg.long_skip;
     st->t = t;
     st->s = s;
+    st->device = cfg->stage_device != NULL ? cfg->stage_device[s]
+                                           : s % cfg->devices;
     st->inner_h0 = ls && t->S == 1;
     st->stash_h0 = ls && t->S > 1 && s == 0;
     st->pop_h0 = ls && t->S > 1 && s == t->S - 1;
@@ -494,6 +697,15 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
   pc.comm = cfg->comm;
   pc.threads = cfg->threads;
   pc.trace = cfg->trace;
+  if (t->be != NULL) {
+    rc = backend_setup(t, err);
+    if (rc != BT_OK)
+      goto out_free;
+    pc.runtime = t->rt;
+    pc.buffers_alloc = buffers_alloc;
+    pc.buffers_free = buffers_free;
+    pc.buffers_user = t->be;
+  }
   if (t->model->cfg.long_skip && t->S > 1) {
     skip.name = "h0";
     skip.stash_stage = 0;
@@ -553,6 +765,51 @@ bt__train_stage_rank(const struct bt__train *t, int32_t s)
   return t != NULL && s >= 0 && s < t->S ? t->stage_rank[s] : -1;
 }
 
+/* On a backend: x and y into the device buffers (the step reads those),
+ * the gradients zeroed on every stage's device. */
+static bt_status
+step_inputs(struct bt__train *t, const float *x, const int32_t *y,
+            bt_error_t *err)
+{
+  struct bt_backend *be = t->be;
+  bt_status rc;
+
+  rc = be->upload(be, t->st[0].device, t->dx, x,
+                  t->N * t->model->cfg.D * sizeof(float), err);
+  if (rc == BT_OK)
+    rc = be->upload(be, t->st[t->S - 1].device, t->dy, y,
+                    t->N * sizeof(int32_t), err);
+  for (int32_t s = 0; rc == BT_OK && s < t->S; s++) {
+    struct train_stage *st = &t->st[s];
+    rc = t->K->fill(bt__backend_ctx(be, st->device), st->dgrads, 0,
+                    st->n * sizeof(float));
+    if (rc != BT_OK)
+      rc = bt__errorf(err, rc, "zeroing stage %d's gradients on %s failed",
+                      (int)s, be->name);
+  }
+  t->x = t->dx;
+  t->y = t->dy;
+  return rc;
+}
+
+/* Microbatch k's loss share, from the last stage's output. */
+static bt_status
+read_share(struct bt__train *t, int32_t k, bt_error_t *err)
+{
+  const float *out = bt_pipeline_output(t->pl, t->S - 1, k, NULL);
+  float share;
+  bt_status rc;
+
+  if (t->be == NULL) {
+    t->shares[k] = *out;
+    return BT_OK;
+  }
+  rc = t->be->download(t->be, t->st[t->S - 1].device, &share, out,
+                       sizeof share, err);
+  t->shares[k] = share;
+  return rc;
+}
+
 bt_status
 bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
                float *loss, bt_error_t *err)
@@ -576,9 +833,15 @@ bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
                         "label y[%zu] = %" PRId32 " is outside [0, C=%zu)", r,
                         y[r], t->model->cfg.C);
   memset(t->shares, 0, (size_t)t->m * sizeof *t->shares);
-  t->x = x;
-  t->y = y;
-  bt__resmlp_zero_grad(t->model);
+  if (t->be != NULL) {
+    rc = step_inputs(t, x, y, err);
+    if (rc != BT_OK)
+      return rc;
+  } else {
+    t->x = x;
+    t->y = y;
+    bt__resmlp_zero_grad(t->model);
+  }
   bt__held_reset(&t->held);
   for (int32_t s = 0; s < t->S; s++) {
     bt__slots_reset(&t->st[s].pool);
@@ -587,10 +850,17 @@ bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
   rc = bt_pipeline_step(t->pl, err);
   t->x = NULL;
   t->y = NULL;
+  if (t->be != NULL) {
+    /* The step is enqueued; its asynchronous errors show here. */
+    bt_status done = t->be->sync(t->be, rc == BT_OK ? err : NULL);
+    if (rc == BT_OK)
+      rc = done;
+  }
   if (rc == BT_OK) {
-    for (int32_t k = 0; need_y && k < t->m; k++)
-      t->shares[k] =
-          *(const float *)bt_pipeline_output(t->pl, t->S - 1, k, NULL);
+    for (int32_t k = 0; need_y && k < t->m && rc == BT_OK; k++)
+      rc = read_share(t, k, err);
+  }
+  if (rc == BT_OK) {
     /* In microbatch order, in float, as the reference adds them. */
     rc = bt__stages_loss(t->comm, t->shares, (size_t)t->m, loss, err);
   }
@@ -663,12 +933,27 @@ bt__train_destroy(struct bt__train *t)
   if (t == NULL)
     return;
   bt_pipeline_destroy(t->pl);
+  bt_runtime_destroy(t->rt);
   if (t->st != NULL)
     for (int32_t s = 0; s < t->S; s++) {
-      free(t->st[s].scratch);
-      free(t->st[s].block);
-      bt__slots_free(&t->st[s].pool);
+      struct train_stage *st = &t->st[s];
+      free(st->scratch);
+      free(st->dropped);
+      bt__slots_free(&st->pool);
+      if (t->be == NULL) {
+        free(st->block);
+        continue;
+      }
+      t->be->free(t->be, st->device, st->block);
+      t->be->free(t->be, st->device, st->dparams);
+      t->be->free(t->be, st->device, st->dgrads);
+      t->be->free(t->be, st->device, st->dadam_m);
+      t->be->free(t->be, st->device, st->dadam_v);
     }
+  if (t->be != NULL && t->st != NULL) {
+    t->be->free(t->be, t->st[0].device, t->dx);
+    t->be->free(t->be, t->st[t->S - 1].device, t->dy);
+  }
   free(t->st);
   free(t->layer_stage);
   free(t->stage_rank);

@@ -69,6 +69,8 @@
 #include "resmlp.h"
 #include "stages.h"
 
+struct bt_backend;
+
 struct bt__train_config {
   size_t size;              /* sizeof(struct bt__train_config) */
   struct bt__resmlp *model; /* borrowed; must outlive the trainer */
@@ -93,12 +95,15 @@ struct bt__train_config {
                                     device s % devices.  Create only. */
   bt_comm_t *comm;               /* NULL = one process; else the job: this
                                     rank runs its share of the devices */
+  struct bt_backend *backend;    /* NULL = the CPU; else (backend.h) the
+                                    trainer runs on its devices (as many as
+                                    `devices`), one process only */
 };
 
 #define BT__TRAIN_CONFIG_INIT                                                  \
   {                                                                            \
     sizeof(struct bt__train_config), NULL, 0, 1, 1, 1, NULL, 0, NULL,          \
-        BT__CKPT_NEVER, 0, 0, 0, NULL, NULL                                    \
+        BT__CKPT_NEVER, 0, 0, 0, NULL, NULL, NULL                              \
   }
 
 struct bt__train;
@@ -126,6 +131,24 @@ bt_status bt__train_create(const struct bt__train_config *cfg,
  * pipeline reports it (then the gradients are unusable). */
 bt_status bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
                          float *loss, bt_error_t *err);
+
+/* ---- on a backend ----------------------------------------------------------
+ * The trainer keeps each stage's parameters and gradients on the stage's
+ * device: create uploads the model's parameters, a step leaves its
+ * gradients there, and the model (host) sees neither until
+ * bt__train_pull copies both back.  bt__train_push uploads the model's
+ * parameters again (after the host changed them).  bt__train_update runs
+ * the optimizer on the devices.  All three are no-ops (push, pull) or
+ * BT_EINVAL (update) without a backend; synchronous; between steps. */
+struct bt__train_optim {
+  int adamw; /* 0: SGD (w -= lr (g + wd w)) */
+  float lr, wd, b1, b2, eps;
+  int64_t t; /* AdamW's step, from 1 */
+};
+bt_status bt__train_push(struct bt__train *t, bt_error_t *err);
+bt_status bt__train_pull(struct bt__train *t, bt_error_t *err);
+bt_status bt__train_update(struct bt__train *t,
+                           const struct bt__train_optim *o, bt_error_t *err);
 
 /* Whether this rank reads x (it runs stage 0) and y (the last stage). */
 void bt__train_needs(const struct bt__train *t, int *x, int *y);

@@ -17,7 +17,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "baton/model.h"
 #include "baton/plan.h"
+#include "backend.h"
 #include "baton/schedule.h"
 #include "resmlp.h"
 #include "test.h"
@@ -482,6 +484,139 @@ TEST(held_activation_bytes)
     bt__train_destroy(t);
   }
   bt__resmlp_destroy(model);
+}
+
+/* A trainer on the host test backend (backend.h: its own "device" copies
+ * of parameters, gradients, activations and the optimizer's state, reached
+ * only through the backend's kernel table and copies) against the plain
+ * CPU trainer: the same losses and, once pulled, the same gradients and
+ * parameters, bitwise, over two steps with the optimizer between them on
+ * the devices.  The model itself stays untouched until the pull. */
+static struct bt__train *
+make_trainer(struct bt__resmlp *model, const struct run *r,
+             struct bt_backend *be)
+{
+  struct bt__train_config cfg = BT__TRAIN_CONFIG_INIT;
+  struct bt__train *t = NULL;
+  bt_schedule_t *sched = NULL;
+  bt_error_t err;
+  bt_status rc;
+
+  if (open_schedule(r->sched, r->p, r->m, &sched) != BT_OK)
+    return NULL;
+  cfg.model = model;
+  cfg.batch = N;
+  cfg.microbatches = r->m;
+  cfg.devices = r->p;
+  cfg.virtual_stages = r->v;
+  cfg.schedule = sched;
+  cfg.checkpoint = r->ckpt;
+  cfg.threads = r->p;
+  cfg.backend = be;
+  rc = bt__train_create(&cfg, &t, &err);
+  bt_schedule_destroy(sched);
+  if (rc != BT_OK && rc != BT_EUNSUPPORTED)
+    test_fail(__FILE__, __LINE__, "%s p=%d: %s", r->sched, (int)r->p,
+              err.message);
+  return rc == BT_OK ? t : NULL;
+}
+
+static bool
+all_zero(const float *v, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    if (v[i] != 0.0f)
+      return false;
+  return true;
+}
+
+TEST(host_backend_matches_cpu)
+{
+  static const char *sched[] = {"gpipe", "1f1b", "interleaved", "zb-h1"};
+  int ran = 0;
+
+  make_batch();
+  for (int ls = 0; ls < 2; ls++)
+    for (size_t si = 0; si < sizeof sched / sizeof *sched; si++)
+      for (int32_t p = 1; p <= 4; p *= 2)
+        for (int32_t ck = 0; ck < 3; ck++)
+          for (int adamw = 0; adamw < 2; adamw++) {
+            struct run r = {sched[si], p, 1, 4, ck, NULL, 0, 0};
+            struct bt__resmlp *a = make_model(L, ls), *b = make_model(L, ls);
+            struct bt__resmlp *init = make_model(L, ls);
+            struct bt_backend *be = NULL;
+            struct bt__train *ta, *tb;
+            struct bt__params_adamw_state st = {0};
+            /* bt__resmlp_sgd has no weight decay. */
+            struct bt__train_optim o = {adamw, 0.05f, adamw ? 0.01f : 0.0f,
+                                        0.9f, 0.999f, 1e-8f, 1};
+            bt_error_t err;
+            char what[120];
+            float la = NAN, lb = NAN;
+
+            if (strcmp(r.sched, "interleaved") == 0)
+              r.v = 2;
+            snprintf(what, sizeof what, "%s p=%d ckpt=%s long_skip=%d %s",
+                     r.sched, (int)p, ckpt_name[ck], ls,
+                     adamw ? "adamw" : "sgd");
+            ASSERT_INT_EQ(bt__backend_host_create(p, &be, &err), BT_OK);
+            ta = make_trainer(a, &r, NULL);
+            tb = make_trainer(b, &r, be);
+            if (ta != NULL && tb != NULL) {
+              ran++;
+              for (int step = 1; step <= 2; step++) {
+                EXPECT_INT_EQ(bt__train_step(ta, xs, ys, &la, &err), BT_OK);
+                EXPECT_INT_EQ(bt__train_step(tb, xs, ys, &lb, &err), BT_OK);
+                if (memcmp(&la, &lb, sizeof la) != 0)
+                  test_fail(__FILE__, __LINE__,
+                            "%s step %d: loss %.9g on the backend, %.9g on "
+                            "the CPU",
+                            what, step, (double)lb, (double)la);
+                /* The model is the host's: untouched until the pull. */
+                if (step == 1 &&
+                    (!all_zero(b->grads, b->nparams) ||
+                     memcmp(b->params, init->params,
+                            b->nparams * sizeof(float)) != 0))
+                  test_fail(__FILE__, __LINE__,
+                            "%s: the step wrote the host model", what);
+                EXPECT_INT_EQ(bt__train_pull(tb, &err), BT_OK);
+                if (memcmp(a->grads, b->grads, a->nparams * sizeof(float)) !=
+                        0 ||
+                    memcmp(a->params, b->params,
+                           a->nparams * sizeof(float)) != 0)
+                  test_fail(__FILE__, __LINE__,
+                            "%s step %d: parameters or gradients differ",
+                            what, step);
+                /* The optimizer: on the host for a, on the devices for b. */
+                o.t = step;
+                if (!adamw)
+                  EXPECT_INT_EQ(bt__resmlp_sgd(a, o.lr), BT_OK);
+                else {
+                  if (st.m == NULL)
+                    EXPECT_INT_EQ(bt__resmlp_adamw_init(a, &st), BT_OK);
+                  EXPECT_INT_EQ(bt__resmlp_adamw(a, o.lr, o.b1, o.b2, o.eps, o.wd,
+                                             o.t, &st),
+                            BT_OK);
+                }
+                EXPECT_INT_EQ(bt__train_update(tb, &o, &err), BT_OK);
+              }
+              EXPECT_INT_EQ(bt__train_pull(tb, &err), BT_OK);
+              if (memcmp(a->params, b->params, a->nparams * sizeof(float)) !=
+                  0)
+                test_fail(__FILE__, __LINE__,
+                          "%s: parameters differ after the second update",
+                          what);
+            }
+            bt__train_destroy(ta);
+            bt__train_destroy(tb);
+            bt__resmlp_adamw_deinit(&st);
+            bt_backend_destroy(be);
+            bt__resmlp_destroy(a);
+            bt__resmlp_destroy(b);
+            bt__resmlp_destroy(init);
+          }
+  printf("host backend: %d configurations equal the CPU trainer\n", ran);
+  EXPECT_TRUE(ran >= 100);
 }
 
 TEST(bad_configs)

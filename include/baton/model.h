@@ -54,6 +54,9 @@ extern "C" {
 
 typedef struct bt_model bt_model_t;
 typedef struct bt_trainer bt_trainer_t;
+/* Where a trainer's stages run and its tensors live, when not the CPU
+ * (made by bt_cuda_backend_create, <baton/cuda.h>). */
+typedef struct bt_backend bt_backend_t;
 
 typedef struct bt_resmlp_config {
   size_t size;        /* sizeof(bt_resmlp_config_t) */
@@ -215,12 +218,17 @@ typedef struct bt_trainer_config {
                                (<baton/comm.h>): devices lists the whole
                                job's devices, this rank runs its share, and
                                every rank must pass the same config */
+  /* Appended in version 4: */
+  bt_backend_t *backend;    /* NULL = CPU devices; else where the stages
+                               run (bt_cuda_backend_create, <baton/cuda.h>):
+                               devices must equal its device count; resmlp
+                               only, one process.  See bt_trainer_sync. */
 } bt_trainer_config_t;
 
 #define BT_TRAINER_CONFIG_INIT                                                \
   { sizeof(bt_trainer_config_t), 32, 4, 2, 0, NULL, 0, NULL,                  \
     BT_CHECKPOINT_EXCEPT_LAST, BT_OPTIMIZER_SGD, 0.1f, 0.0f, 0.9f, 0.999f,    \
-    1e-8f, 0, 0, NULL, 0, 0, 1, 0.0f, 0, NULL }
+    1e-8f, 0, 0, NULL, 0, 0, 1, 0.0f, 0, NULL, NULL }
 
 /* Partitions the model (measuring layer times when balance is NULL),
  * plans the schedule and instantiates the step.  The model must outlive
@@ -242,6 +250,19 @@ BT_API bt_status bt_trainer_backward(bt_trainer_t *trainer, const float *x,
 
 /* The optimizer step on every parameter from the current gradients. */
 BT_API bt_status bt_trainer_update(bt_trainer_t *trainer, bt_error_t *err);
+
+/* With a backend (config.backend), the trainer keeps the parameters,
+ * gradients and optimizer state on its devices: create copies the model's
+ * parameters there, and backward and update change only the devices'
+ * copies.  bt_trainer_sync copies parameters and gradients back into the
+ * model, where bt_model_param, bt_model_save and the evaluation functions
+ * read them (bt_trainer_save and bt_trainer_gather sync first).  Changes
+ * made to the model after create are not seen by the trainer: create a
+ * new one.  Without a backend, a no-op. */
+BT_API bt_status bt_trainer_sync(bt_trainer_t *trainer, bt_error_t *err);
+
+/* Frees a backend: after every trainer using it.  NULL is accepted. */
+BT_API void bt_backend_destroy(bt_backend_t *backend);
 
 /* bt_trainer_backward then bt_trainer_update. */
 BT_API bt_status bt_trainer_step(bt_trainer_t *trainer, const float *x,

@@ -244,12 +244,22 @@ typedef struct bt_pipeline_config {
                        this process runs only its rank's share of the
                        R * devices devices, and every rank must create the
                        pipeline with the same config */
+  /* Appended in version 4: where the buffers between stages live (the
+   * activations, their gradients and the skips).  NULL = host memory.
+   * Otherwise buffers_alloc returns one zeroed block of `bytes` that every
+   * device's tasks may read and write (e.g. GPU memory, peer-accessible),
+   * or NULL; baton never reads or writes it from the host, and frees it
+   * with buffers_free at destroy.  Not with comm, grad_tensor or
+   * tie_tensor (baton moves those bytes on the host). */
+  void *(*buffers_alloc)(size_t bytes, void *buffers_user);
+  void (*buffers_free)(void *block, void *buffers_user);
+  void *buffers_user;
 } bt_pipeline_config_t;
 
 #define BT_PIPELINE_CONFIG_INIT                                               \
   { sizeof(bt_pipeline_config_t), 0, NULL, 1, 0, 1, NULL, NULL, NULL, 0,      \
     NULL, 0, NULL, NULL, 0, 1, NULL, 0, NULL, NULL, NULL, 0.0, NULL, NULL,    \
-    NULL, NULL }
+    NULL, NULL, NULL, NULL, NULL }
 
 typedef struct bt_pipeline bt_pipeline_t;
 

@@ -1,0 +1,115 @@
+/* baton: compute backends for the trainers (internal).
+ *
+ * A backend is where a trainer's tensors live and what runs its kernels:
+ * the default CPU (host memory, kernels/cpu/, no backend object) or a
+ * bt_backend_t (<baton/model.h>'s opaque handle), made by
+ * bt_cuda_backend_create (<baton/cuda.h>, library baton_cuda) or, for
+ * tests, bt__backend_host_create below.  libbaton itself never links CUDA:
+ * it reaches a CUDA backend only through this table.
+ *
+ * Kernels (struct bt__kern): the CPU launchers' contracts
+ * (kernels/cpu/kernels.h) with one more first argument, the device's ctx
+ * (call->device_ctx inside a task; bt__backend_ctx outside one).  On an
+ * asynchronous backend they are enqueued on that device's stream and
+ * return once enqueued; pointers are the backend's device memory.
+ *
+ * Memory functions are synchronous (they wait for the device's work first
+ * where they must), and run on the caller's thread between steps. */
+#ifndef BATON_MODEL_BACKEND_H
+#define BATON_MODEL_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "baton/runtime.h"
+#include "baton/status.h"
+
+struct bt__kern {
+  int host; /* the memory the kernels take is host memory */
+  bt_status (*linear_fwd)(void *ctx, float *y, const float *x, const float *w,
+                          const float *b, size_t N, size_t IN, size_t OUT);
+  bt_status (*linear_bwd_input)(void *ctx, float *dx, const float *dy,
+                                const float *w, size_t N, size_t IN,
+                                size_t OUT);
+  bt_status (*linear_bwd_weight)(void *ctx, float *dw, float *db,
+                                 const float *dy, const float *x, size_t N,
+                                 size_t IN, size_t OUT);
+  bt_status (*gelu_fwd)(void *ctx, float *y, const float *x, size_t n);
+  bt_status (*gelu_bwd)(void *ctx, float *dx, const float *dy, const float *x,
+                        size_t n);
+  bt_status (*layernorm_fwd)(void *ctx, float *y, float *mean, float *rstd,
+                             const float *x, const float *gamma,
+                             const float *beta, size_t N, size_t D);
+  bt_status (*layernorm_bwd)(void *ctx, float *dx, float *dgamma, float *dbeta,
+                             const float *dy, const float *x,
+                             const float *gamma, const float *mean,
+                             const float *rstd, size_t N, size_t D);
+  bt_status (*residual_fwd)(void *ctx, float *y, const float *a, const float *b,
+                            size_t n);
+  bt_status (*residual_bwd)(void *ctx, float *da, float *db, const float *dy,
+                            size_t n);
+  bt_status (*xent_fwd)(void *ctx, float *loss, const float *logits,
+                        const int32_t *labels, size_t N, size_t C,
+                        size_t total_rows);
+  bt_status (*xent_bwd)(void *ctx, float *dlogits, const float *logits,
+                        const int32_t *labels, size_t N, size_t C,
+                        size_t total_rows);
+  bt_status (*sgd)(void *ctx, float *w, const float *g, size_t n, float lr,
+                   float wd);
+  bt_status (*adamw)(void *ctx, float *w, float *m, float *v, const float *g,
+                     size_t n, float lr, float b1, float b2, float eps,
+                     float wd, int64_t t);
+  /* dst = src (bytes, same device, or between devices the backend can
+   * address from this one); dst = the byte c repeated. */
+  bt_status (*copy)(void *ctx, void *dst, const void *src, size_t bytes);
+  bt_status (*fill)(void *ctx, void *dst, int c, size_t bytes);
+};
+
+/* The CPU launchers behind the table (ctx ignored). */
+extern const struct bt__kern bt__cpu_kern;
+
+struct bt_backend {
+  size_t size;      /* sizeof(struct bt_backend) as its maker knows it */
+  const char *name; /* "cuda", "host" */
+  const struct bt__kern *kern;
+  int32_t devices;        /* logical devices */
+  bt_device_desc_t *desc; /* [devices], for a DEDICATED runtime */
+  /* Memory of logical device d (zeroed), NULL when out of memory (with a
+   * message in err).  free accepts NULL. */
+  void *(*alloc)(struct bt_backend *be, int32_t d, size_t bytes,
+                 bt_error_t *err);
+  void (*free)(struct bt_backend *be, int32_t d, void *p);
+  /* One block every device can read and write (the pipeline's buffers
+   * between stages), zeroed; free with free(be, -1, p). */
+  void *(*alloc_shared)(struct bt_backend *be, size_t bytes, bt_error_t *err);
+  /* Host <-> device d, synchronous (after the device's queued work). */
+  bt_status (*upload)(struct bt_backend *be, int32_t d, void *dst,
+                      const void *src, size_t bytes, bt_error_t *err);
+  bt_status (*download)(struct bt_backend *be, int32_t d, void *dst,
+                        const void *src, size_t bytes, bt_error_t *err);
+  /* Waits for every device's work: the end of a step.  The first
+   * asynchronous error, named. */
+  bt_status (*sync)(struct bt_backend *be, bt_error_t *err);
+  /* Frees the backend (after every runtime and trainer using it). */
+  void (*destroy)(struct bt_backend *be);
+  /* What the trainer says when it uses fewer replicas than asked (NULL:
+   * the backend runs every replica). */
+  const char *note;
+};
+
+/* Device d's ctx for kernels called outside a task. */
+static inline void *
+bt__backend_ctx(const struct bt_backend *be, int32_t d)
+{
+  return be->desc[d].ctx;
+}
+
+/* A test backend on the host: its own malloc'd "device" memory for every
+ * tensor, the CPU kernels, CPU devices in the runtime.  It runs every
+ * path of a device backend (mirrored parameters, uploads, downloads,
+ * device-side optimizers) where each step can be checked against the plain
+ * CPU trainer bitwise.  BT_EINVAL (devices < 1), BT_ENOMEM. */
+bt_status bt__backend_host_create(int32_t devices, struct bt_backend **out,
+                                  bt_error_t *err);
+
+#endif /* BATON_MODEL_BACKEND_H */
