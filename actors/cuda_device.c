@@ -94,8 +94,12 @@ cuda_execute(const bt_task_call_t *call, bt_task_fn fn, char *errbuf,
   if (e != cudaSuccess)
     return cuda_error(errbuf, errlen, "cudaSetDevice", e);
   rc = fn(call, errbuf, errlen);
-  if (rc != 0)
+  if (rc != 0) {
+    /* The task's own failure is the error; the thread's last CUDA error
+     * must not fail the next task too. */
+    (void)cudaGetLastError();
     return rc;
+  }
   /* A launch that failed (bad configuration, out of resources) is reported
    * here, against this task. */
   e = cudaGetLastError();

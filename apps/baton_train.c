@@ -78,7 +78,10 @@ usage(FILE *f)
       "  --microbatches M    microbatches per step (per replica), dividing N\n"
       "                      (default 4)\n"
       "  --devices LIST      comma-separated cpu:K, one per pipeline device;\n"
-      "                      with --dp R, R blocks of p (default cpu:0,cpu:1)\n"
+      "                      with --dp R, R blocks of p (default cpu:0,cpu:1);\n"
+      "                      or cuda:K (resmlp), a logical device on GPU K,\n"
+      "                      repeatable (cuda:0,cuda:0: two stages' devices\n"
+      "                      on one GPU)\n"
       "  --virtual V         stages per device (default: the schedule's)\n"
       "  --balance LIST|auto layers per stage, e.g. 2,3,1 (L+2 in all);\n"
       "                      auto balances by measured time (default)\n"
@@ -132,21 +135,28 @@ parse_devices(const char *s, struct options *o)
   for (int i = 0; i < o->ndevices; i++)
     free(o->device_names[i]);
   o->ndevices = 0;
+  o->cuda = 0;
   for (;;) {
     const char *comma = strchr(p, ','), *end = comma ? comma : p + strlen(p);
     size_t len = (size_t)(end - p);
+    size_t at = len > 5 && strncmp(p, "cuda:", 5) == 0 ? 5 : 4;
     char *num_end;
     long k;
 
-    if (len < 5 || strncmp(p, "cpu:", 4) != 0)
+    if (len <= at || (strncmp(p, "cpu:", 4) != 0 && at == 4))
       return fail(EXIT_USAGE, "--devices: '%.*s' is not a device; write "
-                  "cpu:K, comma separated (e.g. cpu:0,cpu:1)", (int)len, p);
+                  "cpu:K or cuda:K, comma separated (e.g. cpu:0,cpu:1)",
+                  (int)len, p);
+    if (o->ndevices > 0 && o->cuda != (at == 5))
+      return fail(EXIT_USAGE, "--devices mixes cpu and cuda devices; list "
+                  "one kind");
+    o->cuda = at == 5;
     errno = 0;
-    k = strtol(p + 4, &num_end, 10);
+    k = strtol(p + at, &num_end, 10);
     if (errno != 0 || num_end != end || k < 0 || k >= MAX_DEVICES ||
-        p[4] == '-' || p[4] == '+')
+        p[at] == '-' || p[at] == '+')
       return fail(EXIT_USAGE, "--devices: '%.*s' needs a device number "
-                  "0..%d after cpu: (e.g. cpu:0,cpu:1)", (int)len, p,
+                  "0..%d after the colon (e.g. cpu:0,cpu:1)", (int)len, p,
                   MAX_DEVICES - 1);
     if (o->ndevices == MAX_DEVICES)
       return fail(EXIT_USAGE, "--devices: at most %d devices", MAX_DEVICES);
@@ -227,7 +237,7 @@ finish_args(struct options *o, const char *gpt_opt, const char *resmlp_opt)
     return fail(EXIT_USAGE, "--devices lists %d devices, which do not split "
                 "evenly over the job's %d ranks; list a multiple of %d",
                 o->ndevices, job_ranks, job_ranks);
-  for (int i = 0; i < o->ndevices; i++)
+  for (int i = 0; i < o->ndevices && !o->cuda; i++)
     for (int j = i + 1; j < o->ndevices; j++)
       if (o->device_ids[i] == o->device_ids[j] &&
           i / (o->ndevices / job_ranks) == j / (o->ndevices / job_ranks))
@@ -1068,6 +1078,7 @@ main(int argc, char **argv)
     rc = strcmp(o.model, "gpt") == 0 ? train_gpt(&o) : train(&o);
   for (int i = 0; i < o.ndevices; i++)
     free(o.device_names[i]);
+  release_backend();
   /* A failed rank leaves without finalizing: the launcher then ends the
    * job (finalizing would wait for ranks that may never arrive). */
   if (rc <= 0 || job_ranks <= 1)

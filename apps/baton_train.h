@@ -22,6 +22,7 @@ struct options {
   int layers, hidden, classes, batch, microbatches, virtual_stages;
   int steps, threads, long_skip, json;
   int ndevices;
+  int cuda; /* --devices lists cuda:K (else cpu:K) */
   int device_ids[MAX_DEVICES];
   char *device_names[MAX_DEVICES];
   int32_t balance[MAX_BALANCE];
@@ -97,6 +98,9 @@ int job_slices(const struct options *o, const bt_trainer_t *tr,
  * virtual stages, balance, schedule, checkpoint, optimizer, threads,
  * perturb, trace, the job) on top of what tc already holds (the model's
  * own fields).  0, or an exit code after a message. */
+/* Frees the CUDA backend create_trainer made (--devices cuda:K). */
+void release_backend(void);
+
 int create_trainer(const struct options *o, bt_model_t *model,
                    const bt_schedule_t *sched, int p, bt_trainer_config_t *tc,
                    bt_trainer_t **tr);

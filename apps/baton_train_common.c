@@ -11,6 +11,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef BATON_HAVE_CUDA
+#include "baton/cuda.h"
+#endif
 #include "baton_train.h"
 
 int
@@ -364,6 +367,45 @@ job_slices(const struct options *o, const bt_trainer_t *tr,
   return 0;
 }
 
+/* --devices cuda:...: one backend per process, made at the first trainer
+ * and freed by release_backend. */
+static bt_backend_t *backend;
+
+void
+release_backend(void)
+{
+  bt_backend_destroy(backend);
+  backend = NULL;
+}
+
+static int
+make_cuda_backend(const struct options *o, bt_backend_t **out)
+{
+#ifdef BATON_HAVE_CUDA
+  int32_t gpus[MAX_DEVICES];
+  bt_error_t err;
+  bt_status st;
+
+  if (!bt_cuda_available())
+    return fail(EXIT_USAGE, "--devices lists cuda devices, but no GPU is "
+                "usable here; use cpu:K devices");
+  for (int i = 0; i < o->ndevices; i++)
+    gpus[i] = o->device_ids[i];
+  if (backend == NULL &&
+      (st = bt_cuda_backend_create(gpus, o->ndevices, &backend, &err)) !=
+          BT_OK)
+    return fail(st == BT_EINVAL ? EXIT_USAGE : EXIT_RUNTIME,
+                "cannot start the CUDA devices: %s", err.message);
+  *out = backend;
+  return 0;
+#else
+  (void)o;
+  (void)out;
+  return fail(EXIT_USAGE, "this baton-train was built without CUDA; use "
+              "cpu:K devices, or build where the CUDA toolkit is");
+#endif
+}
+
 int
 create_trainer(const struct options *o, bt_model_t *model,
                const bt_schedule_t *sched, int p, bt_trainer_config_t *tc,
@@ -387,6 +429,11 @@ create_trainer(const struct options *o, bt_model_t *model,
   tc->perturb_seed = (uint32_t)o->perturb;
   tc->trace = o->trace != NULL || o->svg != NULL;
   tc->comm = o->comm;
+  if (o->cuda) {
+    int rc = make_cuda_backend(o, &tc->backend);
+    if (rc != 0)
+      return rc;
+  }
   if ((st = bt_trainer_create(model, tc, tr, &err)) != BT_OK)
     return fail(st == BT_EINVAL || st == BT_EUNSUPPORTED ? EXIT_USAGE
                                                          : EXIT_RUNTIME,

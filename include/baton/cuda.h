@@ -29,6 +29,7 @@
 #include <stdint.h>
 
 #include "baton/export.h"
+#include "baton/model.h"
 #include "baton/runtime.h"
 #include "baton/status.h"
 
@@ -43,6 +44,8 @@ typedef struct bt_cuda_ctx {
   void *stream;        /* cudaStream_t: compute */
   void *send_stream;   /* cudaStream_t: outgoing transfers */
   void *recv_stream;   /* cudaStream_t: incoming transfers */
+  void *cublas;        /* cublasHandle_t on stream (a backend's devices;
+                          NULL from bt_cuda_devices_create) */
 } bt_cuda_ctx_t;
 
 typedef struct bt_cuda_devices bt_cuda_devices_t;
@@ -66,6 +69,18 @@ BT_API bt_status bt_cuda_devices_sync(bt_cuda_devices_t *devs,
 
 /* Frees streams and events; NULL is accepted.  After the runtime. */
 BT_API void bt_cuda_devices_destroy(bt_cuda_devices_t *devs);
+
+/* A backend for bt_trainer_config_t.backend (<baton/model.h>): n logical
+ * devices, device i on GPU gpus[i] (repeat an ordinal to put several
+ * stages' devices on one GPU), each with its streams and a cuBLAS handle;
+ * the kernels of kernels/cuda/; parameters, gradients, optimizer state and
+ * activations in GPU memory, allocated when a trainer is created (a step
+ * allocates nothing).  Buffers between stages on different GPUs use peer
+ * access, or mapped pinned host memory where the GPUs cannot reach each
+ * other.  Errors as bt_cuda_devices_create's, and BT_EIO when cuBLAS does
+ * not start.  Free with bt_backend_destroy, after its trainers. */
+BT_API bt_status bt_cuda_backend_create(const int32_t *gpus, int32_t n,
+                                        bt_backend_t **out, bt_error_t *err);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,453 @@
+/* The CUDA backend (<baton/cuda.h>: bt_cuda_backend_create): the trainers'
+ * kernel table over kernels/cuda/, device memory, and the CUDA devices of
+ * cuda_device.c for the runtime.  Plain C on the CUDA runtime and cuBLAS.
+ *
+ * Memory: a trainer allocates everything at create (parameters, gradients,
+ * activation slots, the pipeline's buffers) and nothing during a step, so
+ * there is no pool here: cudaMalloc once, cudaFree at destroy.  Buffers
+ * between stages on different GPUs sit in the first GPU's memory with peer
+ * access enabled (kernels read and write them over NVLink or PCIe), or in
+ * mapped pinned host memory where the GPUs cannot reach each other. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "../model/backend.h"
+#include "baton/cuda.h"
+#include "cuda_kernels.h"
+#include "error.h"
+
+enum { SHARED_DEVICE, SHARED_PEER, SHARED_HOST };
+
+struct shared_block {
+  void *p;
+  struct shared_block *next;
+};
+
+struct cuda_backend {
+  struct bt_backend be;
+  bt_cuda_devices_t *devs;
+  int32_t *gpu;                /* [devices] */
+  int shared_kind;             /* SHARED_*: how alloc_shared places */
+  struct shared_block *shared; /* blocks from alloc_shared */
+  char note[160];
+};
+
+/* ---- kernels ------------------------------------------------------------ */
+
+static cudaStream_t
+stream_of(void *ctx)
+{
+  return (cudaStream_t)((bt_cuda_ctx_t *)ctx)->stream;
+}
+
+static cublasHandle_t
+blas_of(void *ctx)
+{
+  return (cublasHandle_t)((bt_cuda_ctx_t *)ctx)->cublas;
+}
+
+static bt_status
+k_linear_fwd(void *ctx, float *y, const float *x, const float *w,
+             const float *b, size_t N, size_t IN, size_t OUT)
+{
+  return bt__cu_linear_fwd(y, x, w, b, N, IN, OUT, blas_of(ctx),
+                           stream_of(ctx));
+}
+
+static bt_status
+k_linear_bwd_input(void *ctx, float *dx, const float *dy, const float *w,
+                   size_t N, size_t IN, size_t OUT)
+{
+  return bt__cu_linear_bwd_input(dx, dy, w, N, IN, OUT, blas_of(ctx),
+                                 stream_of(ctx));
+}
+
+static bt_status
+k_linear_bwd_weight(void *ctx, float *dw, float *db, const float *dy,
+                    const float *x, size_t N, size_t IN, size_t OUT)
+{
+  return bt__cu_linear_bwd_weight(dw, db, dy, x, N, IN, OUT, blas_of(ctx),
+                                  stream_of(ctx));
+}
+
+static bt_status
+k_gelu_fwd(void *ctx, float *y, const float *x, size_t n)
+{
+  return bt__cu_gelu_fwd(y, x, n, stream_of(ctx));
+}
+
+static bt_status
+k_gelu_bwd(void *ctx, float *dx, const float *dy, const float *x, size_t n)
+{
+  return bt__cu_gelu_bwd(dx, dy, x, n, stream_of(ctx));
+}
+
+static bt_status
+k_layernorm_fwd(void *ctx, float *y, float *mean, float *rstd, const float *x,
+                const float *gamma, const float *beta, size_t N, size_t D)
+{
+  return bt__cu_layernorm_fwd(y, mean, rstd, x, gamma, beta, N, D,
+                              stream_of(ctx));
+}
+
+static bt_status
+k_layernorm_bwd(void *ctx, float *dx, float *dgamma, float *dbeta,
+                const float *dy, const float *x, const float *gamma,
+                const float *mean, const float *rstd, size_t N, size_t D)
+{
+  return bt__cu_layernorm_bwd(dx, dgamma, dbeta, dy, x, gamma, mean, rstd, N, D,
+                              stream_of(ctx));
+}
+
+static bt_status
+k_residual_fwd(void *ctx, float *y, const float *a, const float *b, size_t n)
+{
+  return bt__cu_residual_fwd(y, a, b, n, stream_of(ctx));
+}
+
+static bt_status
+k_residual_bwd(void *ctx, float *da, float *db, const float *dy, size_t n)
+{
+  return bt__cu_residual_bwd(da, db, dy, n, stream_of(ctx));
+}
+
+static bt_status
+k_xent_fwd(void *ctx, float *loss, const float *logits, const int32_t *labels,
+           size_t N, size_t C, size_t total_rows)
+{
+  return bt__cu_xent_fwd(loss, logits, labels, N, C, total_rows,
+                         stream_of(ctx));
+}
+
+static bt_status
+k_xent_bwd(void *ctx, float *dlogits, const float *logits,
+           const int32_t *labels, size_t N, size_t C, size_t total_rows)
+{
+  return bt__cu_xent_bwd(dlogits, logits, labels, N, C, total_rows,
+                         stream_of(ctx));
+}
+
+static bt_status
+k_sgd(void *ctx, float *w, const float *g, size_t n, float lr, float wd)
+{
+  return bt__cu_sgd_update(w, g, n, lr, wd, stream_of(ctx));
+}
+
+static bt_status
+k_adamw(void *ctx, float *w, float *m, float *v, const float *g, size_t n,
+        float lr, float b1, float b2, float eps, float wd, int64_t t)
+{
+  return bt__cu_adamw_update(w, m, v, g, n, lr, b1, b2, eps, wd, t,
+                             stream_of(ctx));
+}
+
+static bt_status
+cuda_status(cudaError_t e)
+{
+  if (e == cudaSuccess)
+    return BT_OK;
+  return e == cudaErrorMemoryAllocation ? BT_ENOMEM : BT_EIO;
+}
+
+static bt_status
+k_copy(void *ctx, void *dst, const void *src, size_t bytes)
+{
+  if (dst == NULL || src == NULL)
+    return BT_EINVAL;
+  if (dst == src || bytes == 0)
+    return BT_OK;
+  /* Default: the pointers' own spaces (UVA), peer or mapped host alike. */
+  return cuda_status(
+      cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_of(ctx)));
+}
+
+static bt_status
+k_fill(void *ctx, void *dst, int c, size_t bytes)
+{
+  if (dst == NULL)
+    return BT_EINVAL;
+  return cuda_status(cudaMemsetAsync(dst, c, bytes, stream_of(ctx)));
+}
+
+static const struct bt__kern cuda_kern = {0,
+                                          k_linear_fwd,
+                                          k_linear_bwd_input,
+                                          k_linear_bwd_weight,
+                                          k_gelu_fwd,
+                                          k_gelu_bwd,
+                                          k_layernorm_fwd,
+                                          k_layernorm_bwd,
+                                          k_residual_fwd,
+                                          k_residual_bwd,
+                                          k_xent_fwd,
+                                          k_xent_bwd,
+                                          k_sgd,
+                                          k_adamw,
+                                          k_copy,
+                                          k_fill};
+
+/* ---- memory ------------------------------------------------------------- */
+
+static struct cuda_backend *
+cb_of(struct bt_backend *be)
+{
+  return (struct cuda_backend *)(void *)be;
+}
+
+static bt_status
+cuda_fail(bt_error_t *err, const char *what, int32_t gpu, cudaError_t e)
+{
+  return bt__errorf(err, cuda_status(e), "%s on cuda:%d: %s (%s)%s", what,
+                    (int)gpu, cudaGetErrorString(e), cudaGetErrorName(e),
+                    e == cudaErrorMemoryAllocation
+                        ? "; use more microbatches, fewer rows, or more "
+                          "GPUs"
+                        : "");
+}
+
+static void *
+cuda_alloc(struct bt_backend *be, int32_t d, size_t bytes, bt_error_t *err)
+{
+  int32_t gpu = cb_of(be)->gpu[d];
+  void *p = NULL;
+  cudaError_t e = cudaSetDevice(gpu);
+
+  if (e == cudaSuccess)
+    e = cudaMalloc(&p, bytes ? bytes : 1);
+  if (e == cudaSuccess)
+    e = cudaMemset(p, 0, bytes);
+  if (e != cudaSuccess) {
+    if (p != NULL)
+      cudaFree(p);
+    cudaGetLastError(); /* an allocation failure is not sticky */
+    cuda_fail(err, "allocating device memory", gpu, e);
+    return NULL;
+  }
+  return p;
+}
+
+static void *
+cuda_alloc_shared(struct bt_backend *be, size_t bytes, bt_error_t *err)
+{
+  struct cuda_backend *cb = cb_of(be);
+  struct shared_block *b = calloc(1, sizeof *b);
+  cudaError_t e = cudaSuccess;
+
+  if (b == NULL) {
+    bt__errorf(err, BT_ENOMEM, "out of memory");
+    return NULL;
+  }
+  if (cb->shared_kind == SHARED_HOST) {
+    e = cudaHostAlloc(&b->p, bytes ? bytes : 1,
+                      cudaHostAllocMapped | cudaHostAllocPortable);
+    if (e == cudaSuccess)
+      memset(b->p, 0, bytes);
+  } else {
+    b->p = cuda_alloc(be, 0, bytes, err);
+  }
+  if (b->p == NULL || e != cudaSuccess) {
+    if (e != cudaSuccess)
+      cuda_fail(err, "allocating pinned host memory", cb->gpu[0], e);
+    free(b);
+    return NULL;
+  }
+  b->next = cb->shared;
+  cb->shared = b;
+  return b->p;
+}
+
+static void
+cuda_free(struct bt_backend *be, int32_t d, void *p)
+{
+  struct cuda_backend *cb = cb_of(be);
+
+  if (p == NULL)
+    return;
+  if (d < 0) {
+    for (struct shared_block **at = &cb->shared; *at != NULL; at = &(*at)->next)
+      if ((*at)->p == p) {
+        struct shared_block *b = *at;
+        *at = b->next;
+        free(b);
+        break;
+      }
+    if (cb->shared_kind == SHARED_HOST) {
+      cudaFreeHost(p);
+      return;
+    }
+    d = 0;
+  }
+  cudaSetDevice(cb->gpu[d]);
+  cudaFree(p);
+}
+
+/* Host <-> device d: after the device's queued work (its streams are
+ * non-blocking, so a plain cudaMemcpy would not wait for them). */
+static bt_status
+cuda_move(struct bt_backend *be, int32_t d, void *dst, const void *src,
+          size_t bytes, int up, bt_error_t *err)
+{
+  struct cuda_backend *cb = cb_of(be);
+  const bt_cuda_ctx_t *ctx;
+  cudaError_t e;
+
+  if (d < 0 || d >= be->devices || dst == NULL || src == NULL)
+    return bt__errorf(err, BT_EINVAL, "a copy %s device %d: bad arguments",
+                      up ? "to" : "from", (int)d);
+  ctx = be->desc[d].ctx;
+  e = cudaSetDevice(cb->gpu[d]);
+  if (e == cudaSuccess)
+    e = cudaStreamSynchronize((cudaStream_t)ctx->stream);
+  if (e == cudaSuccess)
+    e = cudaMemcpy(dst, src, bytes,
+                   up ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost);
+  return e == cudaSuccess ? BT_OK
+                          : cuda_fail(err,
+                                      up ? "copying to the device"
+                                         : "copying from the device",
+                                      cb->gpu[d], e);
+}
+
+static bt_status
+cuda_upload(struct bt_backend *be, int32_t d, void *dst, const void *src,
+            size_t bytes, bt_error_t *err)
+{
+  return cuda_move(be, d, dst, src, bytes, 1, err);
+}
+
+static bt_status
+cuda_download(struct bt_backend *be, int32_t d, void *dst, const void *src,
+              size_t bytes, bt_error_t *err)
+{
+  return cuda_move(be, d, dst, src, bytes, 0, err);
+}
+
+static bt_status
+cuda_sync(struct bt_backend *be, bt_error_t *err)
+{
+  return bt_cuda_devices_sync(cb_of(be)->devs, err);
+}
+
+static void
+cuda_destroy(struct bt_backend *be)
+{
+  struct cuda_backend *cb = cb_of(be);
+
+  if (cb == NULL)
+    return;
+  while (cb->shared != NULL)
+    cuda_free(be, -1, cb->shared->p);
+  for (int32_t i = 0; be->desc != NULL && i < be->devices; i++) {
+    bt_cuda_ctx_t *ctx = be->desc[i].ctx;
+    if (ctx != NULL && ctx->cublas != NULL) {
+      cudaSetDevice(ctx->gpu);
+      cublasDestroy((cublasHandle_t)ctx->cublas);
+      ctx->cublas = NULL;
+    }
+  }
+  bt_cuda_devices_destroy(cb->devs);
+  free(be->desc);
+  free(cb->gpu);
+  free(cb);
+}
+
+/* How buffers between stages are shared: one GPU's memory; the first
+ * GPU's with peer access from every other; or mapped pinned host memory. */
+static int
+sharing(const int32_t *gpu, int32_t n)
+{
+  int kind = SHARED_DEVICE;
+
+  for (int32_t i = 1; i < n; i++) {
+    int can = 0;
+    cudaError_t e;
+    if (gpu[i] == gpu[0])
+      continue;
+    if (cudaDeviceCanAccessPeer(&can, gpu[i], gpu[0]) != cudaSuccess || !can)
+      return SHARED_HOST;
+    kind = SHARED_PEER;
+    e = cudaSetDevice(gpu[i]);
+    if (e == cudaSuccess)
+      e = cudaDeviceEnablePeerAccess(gpu[0], 0);
+    if (e == cudaErrorPeerAccessAlreadyEnabled)
+      cudaGetLastError();
+    else if (e != cudaSuccess) {
+      cudaGetLastError();
+      return SHARED_HOST;
+    }
+  }
+  return kind;
+}
+
+bt_status
+bt_cuda_backend_create(const int32_t *gpus, int32_t n, bt_backend_t **out,
+                       bt_error_t *err)
+{
+  struct cuda_backend *cb;
+  struct bt_backend *be;
+  bt_status rc;
+
+  if (out == NULL || gpus == NULL || n < 1)
+    return bt__errorf(err, BT_EINVAL,
+                      "bt_cuda_backend_create: needs n >= 1 GPU ordinals "
+                      "and out");
+  *out = NULL;
+  cb = calloc(1, sizeof *cb);
+  if (cb == NULL)
+    return bt__errorf(err, BT_ENOMEM, "out of memory for the CUDA backend");
+  be = &cb->be;
+  be->size = sizeof *be;
+  be->name = "cuda";
+  be->kern = &cuda_kern;
+  be->devices = n;
+  be->alloc = cuda_alloc;
+  be->free = cuda_free;
+  be->alloc_shared = cuda_alloc_shared;
+  be->upload = cuda_upload;
+  be->download = cuda_download;
+  be->sync = cuda_sync;
+  be->destroy = cuda_destroy;
+  be->desc = calloc((size_t)n, sizeof *be->desc);
+  cb->gpu = malloc((size_t)n * sizeof *cb->gpu);
+  if (be->desc == NULL || cb->gpu == NULL) {
+    cuda_destroy(be);
+    return bt__errorf(err, BT_ENOMEM, "out of memory for the CUDA backend");
+  }
+  memcpy(cb->gpu, gpus, (size_t)n * sizeof *gpus);
+  rc = bt_cuda_devices_create(gpus, n, be->desc, &cb->devs, err);
+  if (rc != BT_OK) {
+    cuda_destroy(be);
+    return rc;
+  }
+  for (int32_t i = 0; i < n; i++) {
+    bt_cuda_ctx_t *ctx = be->desc[i].ctx;
+    cublasHandle_t h = NULL;
+    cublasStatus_t s;
+    cudaSetDevice(ctx->gpu);
+    s = cublasCreate(&h);
+    if (s == CUBLAS_STATUS_SUCCESS)
+      s = cublasSetStream(h, (cudaStream_t)ctx->stream);
+    /* The default math mode keeps fp32 GEMMs in fp32 (TF32 only when
+     * asked for), so results match the CPU's within fp32 rounding. */
+    ctx->cublas = h;
+    if (s != CUBLAS_STATUS_SUCCESS) {
+      cuda_destroy(be);
+      return bt__errorf(err,
+                        s == CUBLAS_STATUS_ALLOC_FAILED ? BT_ENOMEM : BT_EIO,
+                        "cuBLAS could not start on cuda:%d (status %d)",
+                        (int)gpus[i], (int)s);
+    }
+  }
+  cb->shared_kind = sharing(gpus, n);
+  if (cb->shared_kind == SHARED_HOST)
+    snprintf(cb->note, sizeof cb->note,
+             "these GPUs cannot reach each other's memory: activations "
+             "between stages go through pinned host memory");
+  be->note = cb->note[0] != '\0' ? cb->note : NULL;
+  *out = be;
+  return BT_OK;
+}
