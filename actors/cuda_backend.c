@@ -332,6 +332,24 @@ cuda_sync(struct bt_backend *be, bt_error_t *err)
   return bt_cuda_devices_sync(cb_of(be)->devs, err);
 }
 
+static bt_status
+cuda_capture_begin(struct bt_backend *be, bt_error_t *err)
+{
+  return bt_cuda_devices_capture_begin(cb_of(be)->devs, err);
+}
+
+static bt_status
+cuda_capture_end(struct bt_backend *be, bt_error_t *err)
+{
+  return bt_cuda_devices_capture_end(cb_of(be)->devs, err);
+}
+
+static bt_status
+cuda_replay(struct bt_backend *be, bt_error_t *err)
+{
+  return bt_cuda_devices_replay(cb_of(be)->devs, err);
+}
+
 static void
 cuda_destroy(struct bt_backend *be)
 {
@@ -411,6 +429,9 @@ bt_cuda_backend_create(const int32_t *gpus, int32_t n, bt_backend_t **out,
   be->download = cuda_download;
   be->sync = cuda_sync;
   be->destroy = cuda_destroy;
+  be->capture_begin = cuda_capture_begin;
+  be->capture_end = cuda_capture_end;
+  be->replay = cuda_replay;
   be->desc = calloc((size_t)n, sizeof *be->desc);
   cb->gpu = malloc((size_t)n * sizeof *cb->gpu);
   if (be->desc == NULL || cb->gpu == NULL) {
@@ -450,4 +471,10 @@ bt_cuda_backend_create(const int32_t *gpus, int32_t n, bt_backend_t **out,
   be->note = cb->note[0] != '\0' ? cb->note : NULL;
   *out = be;
   return BT_OK;
+}
+
+bt_cuda_devices_t *
+bt_cuda_backend_devices(bt_backend_t *be)
+{
+  return be != NULL && be->destroy == cuda_destroy ? cb_of(be)->devs : NULL;
 }

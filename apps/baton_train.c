@@ -82,6 +82,8 @@ usage(FILE *f)
       "                      or cuda:K (resmlp), a logical device on GPU K,\n"
       "                      repeatable (cuda:0,cuda:0: two stages' devices\n"
       "                      on one GPU)\n"
+      "  --cuda-graph on|off with cuda devices: capture the second step as\n"
+      "                      one CUDA graph and replay it (default off)\n"
       "  --virtual V         stages per device (default: the schedule's)\n"
       "  --balance LIST|auto layers per stage, e.g. 2,3,1 (L+2 in all);\n"
       "                      auto balances by measured time (default)\n"
@@ -206,7 +208,7 @@ static const char value_options[] =
     "--virtual --balance --schedule --checkpoint --optimizer --lr "
     "--weight-decay --steps --seed --data --save --load --dump --trace --svg "
     "--threads --perturb --embd --heads --seq --dropout --dp --generate "
-    "--prompt --temperature --clip --comm-timeout ";
+    "--prompt --temperature --clip --comm-timeout --cuda-graph ";
 
 /* Options that only one model takes (flags and those with a value). */
 static const char gpt_options[] =
@@ -399,6 +401,10 @@ parse_args(int argc, char **argv, struct options *o)
                   v);
     } else if (strcmp(a, "--threads") == 0) {
       rc = parse_int(a, v, 1, &o->threads);
+    } else if (strcmp(a, "--cuda-graph") == 0) {
+      if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
+        rc = fail(EXIT_USAGE, "--cuda-graph takes on or off (got '%s')", v);
+      o->cuda_graph = strcmp(v, "on") == 0;
     } else if (strcmp(a, "--perturb") == 0) {
       rc = parse_int(a, v, 1, &o->perturb);
     } else if (strcmp(a, "--comm-timeout") == 0) {

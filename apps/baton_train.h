@@ -22,7 +22,8 @@ struct options {
   int layers, hidden, classes, batch, microbatches, virtual_stages;
   int steps, threads, long_skip, json;
   int ndevices;
-  int cuda; /* --devices lists cuda:K (else cpu:K) */
+  int cuda;       /* --devices lists cuda:K (else cpu:K) */
+  int cuda_graph; /* --cuda-graph on */
   int device_ids[MAX_DEVICES];
   char *device_names[MAX_DEVICES];
   int32_t balance[MAX_BALANCE];

@@ -429,6 +429,10 @@ create_trainer(const struct options *o, bt_model_t *model,
   tc->perturb_seed = (uint32_t)o->perturb;
   tc->trace = o->trace != NULL || o->svg != NULL;
   tc->comm = o->comm;
+  tc->cuda_graph = o->cuda_graph;
+  if (o->cuda_graph && !o->cuda)
+    return fail(EXIT_USAGE, "--cuda-graph needs cuda devices (--devices "
+                "cuda:0,...)");
   if (o->cuda) {
     int rc = make_cuda_backend(o, &tc->backend);
     if (rc != 0)

@@ -697,6 +697,7 @@ bt_trainer_create(bt_model_t *model, const bt_trainer_config_t *config,
     tc.perturb = c.perturb_seed;
     tc.comm = c.comm;
     tc.backend = c.backend;
+    tc.graph = c.cuda_graph;
     rc = bt__train_create(&tc, &tr->t, err);
     if (rc != BT_OK)
       goto out_free_trainer;

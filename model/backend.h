@@ -92,9 +92,14 @@ struct bt_backend {
   bt_status (*sync)(struct bt_backend *be, bt_error_t *err);
   /* Frees the backend (after every runtime and trainer using it). */
   void (*destroy)(struct bt_backend *be);
-  /* What the trainer says when it uses fewer replicas than asked (NULL:
-   * the backend runs every replica). */
+  /* A note for the user about how the backend runs (NULL: none). */
   const char *note;
+  /* Whole-step graphs (NULL where the backend has none): between
+   * capture_begin and capture_end the step's device work is recorded, not
+   * run; replay runs the recorded step (then sync). */
+  bt_status (*capture_begin)(struct bt_backend *be, bt_error_t *err);
+  bt_status (*capture_end)(struct bt_backend *be, bt_error_t *err);
+  bt_status (*replay)(struct bt_backend *be, bt_error_t *err);
 };
 
 /* Device d's ctx for kernels called outside a task. */

@@ -63,6 +63,9 @@ struct bt__train {
   bt_runtime_t *rt;
   float *dx;
   int32_t *dy;
+  /* Whole-step graphs: 0 off; else the steps run so far (1: eager, to
+   * create every event; 2: captured, then replayed; more: replayed). */
+  int32_t graph;
 };
 
 static size_t
@@ -634,6 +637,13 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
   t->comm = cfg->comm;
   t->be = cfg->backend;
   t->K = t->be != NULL ? t->be->kern : &bt__cpu_kern;
+  if (cfg->graph && (t->be == NULL || t->be->capture_begin == NULL)) {
+    rc = bt__errorf(err, BT_EUNSUPPORTED,
+                    "whole-step graphs need a backend that captures them "
+                    "(cuda); turn them off");
+    goto out_free;
+  }
+  t->graph = cfg->graph ? 1 : 0;
   if (t->be != NULL && bt_comm_size(t->comm) > 1) {
     rc = bt__errorf(err, BT_EUNSUPPORTED,
                     "the %s backend runs in one process: across processes "
@@ -765,11 +775,10 @@ bt__train_stage_rank(const struct bt__train *t, int32_t s)
   return t != NULL && s >= 0 && s < t->S ? t->stage_rank[s] : -1;
 }
 
-/* On a backend: x and y into the device buffers (the step reads those),
- * the gradients zeroed on every stage's device. */
+/* On a backend: x and y into the device buffers (the step reads those). */
 static bt_status
-step_inputs(struct bt__train *t, const float *x, const int32_t *y,
-            bt_error_t *err)
+upload_inputs(struct bt__train *t, const float *x, const int32_t *y,
+              bt_error_t *err)
 {
   struct bt_backend *be = t->be;
   bt_status rc;
@@ -779,6 +788,19 @@ step_inputs(struct bt__train *t, const float *x, const int32_t *y,
   if (rc == BT_OK)
     rc = be->upload(be, t->st[t->S - 1].device, t->dy, y,
                     t->N * sizeof(int32_t), err);
+  t->x = t->dx;
+  t->y = t->dy;
+  return rc;
+}
+
+/* On a backend: the gradients zeroed on every stage's device, the first
+ * work of the step on each stream. */
+static bt_status
+zero_grads(struct bt__train *t, bt_error_t *err)
+{
+  struct bt_backend *be = t->be;
+  bt_status rc = BT_OK;
+
   for (int32_t s = 0; rc == BT_OK && s < t->S; s++) {
     struct train_stage *st = &t->st[s];
     rc = t->K->fill(bt__backend_ctx(be, st->device), st->dgrads, 0,
@@ -787,8 +809,45 @@ step_inputs(struct bt__train *t, const float *x, const int32_t *y,
       rc = bt__errorf(err, rc, "zeroing stage %d's gradients on %s failed",
                       (int)s, be->name);
   }
-  t->x = t->dx;
-  t->y = t->dy;
+  return rc;
+}
+
+/* The device part of a step on a backend.  Eager, or (graphs) the first
+ * step eager, the second captured and replayed, later ones replayed. */
+static bt_status
+device_step(struct bt__train *t, const float *x, const int32_t *y,
+            bt_error_t *err)
+{
+  struct bt_backend *be = t->be;
+  bt_status rc = upload_inputs(t, x, y, err), done;
+  int capture = t->graph == 2;
+
+  if (rc != BT_OK)
+    return rc;
+  if (t->graph > 2) {
+    rc = be->replay(be, err);
+  } else {
+    if (capture)
+      rc = be->capture_begin(be, err);
+    if (rc == BT_OK)
+      rc = zero_grads(t, err);
+    if (rc == BT_OK)
+      rc = bt_pipeline_step(t->pl, err);
+    if (capture) {
+      /* Ends the capture whatever happened inside it. */
+      done = be->capture_end(be, rc == BT_OK ? err : NULL);
+      if (rc == BT_OK)
+        rc = done;
+      if (rc == BT_OK)
+        rc = be->replay(be, err);
+    }
+  }
+  /* The step is enqueued; its asynchronous errors show here. */
+  done = be->sync(be, rc == BT_OK ? err : NULL);
+  if (rc == BT_OK)
+    rc = done;
+  if (rc == BT_OK && t->graph > 0)
+    t->graph++;
   return rc;
 }
 
@@ -833,29 +892,24 @@ bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
                         "label y[%zu] = %" PRId32 " is outside [0, C=%zu)", r,
                         y[r], t->model->cfg.C);
   memset(t->shares, 0, (size_t)t->m * sizeof *t->shares);
-  if (t->be != NULL) {
-    rc = step_inputs(t, x, y, err);
-    if (rc != BT_OK)
-      return rc;
-  } else {
+  if (t->be == NULL) {
     t->x = x;
     t->y = y;
     bt__resmlp_zero_grad(t->model);
   }
-  bt__held_reset(&t->held);
-  for (int32_t s = 0; s < t->S; s++) {
-    bt__slots_reset(&t->st[s].pool);
-    memset(t->st[s].dropped, 0, (size_t)t->m * sizeof *t->st[s].dropped);
+  /* A replayed step runs no callbacks: the counts stay the captured
+   * step's. */
+  if (t->graph <= 2) {
+    bt__held_reset(&t->held);
+    for (int32_t s = 0; s < t->S; s++) {
+      bt__slots_reset(&t->st[s].pool);
+      memset(t->st[s].dropped, 0, (size_t)t->m * sizeof *t->st[s].dropped);
+    }
   }
-  rc = bt_pipeline_step(t->pl, err);
+  rc = t->be != NULL ? device_step(t, x, y, err)
+                     : bt_pipeline_step(t->pl, err);
   t->x = NULL;
   t->y = NULL;
-  if (t->be != NULL) {
-    /* The step is enqueued; its asynchronous errors show here. */
-    bt_status done = t->be->sync(t->be, rc == BT_OK ? err : NULL);
-    if (rc == BT_OK)
-      rc = done;
-  }
   if (rc == BT_OK) {
     for (int32_t k = 0; need_y && k < t->m && rc == BT_OK; k++)
       rc = read_share(t, k, err);

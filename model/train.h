@@ -98,12 +98,15 @@ struct bt__train_config {
   struct bt_backend *backend;    /* NULL = the CPU; else (backend.h) the
                                     trainer runs on its devices (as many as
                                     `devices`), one process only */
+  int32_t graph;                 /* with a backend that captures: the
+                                    second step is captured as one graph
+                                    and every later step replays it */
 };
 
 #define BT__TRAIN_CONFIG_INIT                                                  \
   {                                                                            \
     sizeof(struct bt__train_config), NULL, 0, 1, 1, 1, NULL, 0, NULL,          \
-        BT__CKPT_NEVER, 0, 0, 0, NULL, NULL, NULL                              \
+        BT__CKPT_NEVER, 0, 0, 0, NULL, NULL, NULL, 0                           \
   }
 
 struct bt__train;

@@ -10,6 +10,8 @@
  *   - a CUDA error inside a task (a copy the runtime refuses) ends the step
  *     with the task and device named, and the next step on the same
  *     trainer is right again;
+ *   - with whole-step CUDA graphs (captured at step 2, replayed after), the
+ *     same;
  *   - a trainer too big for the GPU fails at create with BT_ENOMEM, and the
  *     backend still trains afterwards. */
 #include <math.h>
@@ -73,8 +75,8 @@ model(const struct shape *sh, bool long_skip)
 
 static struct bt__train *
 trainer(struct bt__resmlp *m, const struct shape *sh, const char *sched,
-        int32_t p, int32_t ckpt, struct bt_backend *be, bt_status *rc,
-        bt_error_t *err)
+        int32_t p, int32_t ckpt, struct bt_backend *be, int graph,
+        bt_status *rc, bt_error_t *err)
 {
   struct bt__train_config cfg = BT__TRAIN_CONFIG_INIT;
   struct bt__train *t = NULL;
@@ -92,6 +94,7 @@ trainer(struct bt__resmlp *m, const struct shape *sh, const char *sched,
   cfg.checkpoint = ckpt;
   cfg.threads = p;
   cfg.backend = be;
+  cfg.graph = graph;
   *rc = bt__train_create(&cfg, &t, err);
   bt_schedule_destroy(s);
   return t;
@@ -132,7 +135,7 @@ backend(int32_t p)
 
 static void
 compare(const struct shape *sh, const char *sched, int32_t p, int ls,
-        int32_t ckpt, int *ran)
+        int32_t ckpt, int graph, int *ran)
 {
   struct bt__resmlp *a = model(sh, ls), *b = model(sh, ls);
   struct bt_backend *be = backend(p);
@@ -143,12 +146,12 @@ compare(const struct shape *sh, const char *sched, int32_t p, int ls,
   char what[128];
   float la, lb;
 
-  snprintf(what, sizeof what, "%s p=%d H=%zu long_skip=%d ckpt=%d", sched,
-           (int)p, sh->H, ls, (int)ckpt);
+  snprintf(what, sizeof what, "%s p=%d H=%zu long_skip=%d ckpt=%d graph=%d",
+           sched, (int)p, sh->H, ls, (int)ckpt, graph);
   if (be == NULL)
     goto out;
-  ta = trainer(a, sh, sched, p, ckpt, NULL, &rc, &err);
-  tb = trainer(b, sh, sched, p, ckpt, be, &rc, &err);
+  ta = trainer(a, sh, sched, p, ckpt, NULL, 0, &rc, &err);
+  tb = trainer(b, sh, sched, p, ckpt, be, graph, &rc, &err);
   if (ta == NULL || tb == NULL) {
     if (rc != BT_EUNSUPPORTED)
       test_fail(__FILE__, __LINE__, "%s: %s", what, err.message);
@@ -199,12 +202,28 @@ TEST(cuda_matches_cpu)
     for (int32_t p = 1; p <= 4; p *= 2)
       for (int ls = 0; ls < 2; ls++)
         for (int32_t ck = 0; ck < 2; ck++)
-          compare(&small, sched[si], p, ls, ck, &ran);
+          compare(&small, sched[si], p, ls, ck, 0, &ran);
   make_batch(&wide);
-  compare(&wide, "1f1b", 4, 1, 0, &ran);
-  compare(&wide, "zb-h1", 2, 0, 0, &ran);
+  compare(&wide, "1f1b", 4, 1, 0, 0, &ran);
+  compare(&wide, "zb-h1", 2, 0, 0, 0, &ran);
   printf("cuda: %d configurations match the CPU trainer\n", ran);
   EXPECT_TRUE(ran >= 40);
+}
+
+/* Whole-step CUDA graphs: step 1 eager, step 2 captured and replayed,
+ * steps 3.. replayed; each equals the CPU's as the eager steps do. */
+TEST(cuda_graph_matches_cpu)
+{
+  int ran = 0;
+
+  make_batch(&small);
+  compare(&small, "1f1b", 2, 1, 0, 1, &ran);
+  compare(&small, "zb-h1", 4, 0, 0, 1, &ran);
+  compare(&small, "gpipe", 1, 1, 1, 1, &ran);
+  compare(&small, "interleaved", 2, 0, 1, 1, &ran);
+  make_batch(&wide);
+  compare(&wide, "1f1b", 4, 1, 0, 1, &ran);
+  EXPECT_INT_EQ(ran, 5);
 }
 
 /* A copy with a direction CUDA refuses: a real CUDA error, returned by
@@ -244,8 +263,8 @@ TEST(cuda_error_in_task)
   bad = *real;
   bad.gelu_fwd = failing_gelu;
   be->kern = &bad;
-  ta = trainer(a, &small, "1f1b", 2, 0, NULL, &rc, &err);
-  tb = trainer(b, &small, "1f1b", 2, 0, be, &rc, &err);
+  ta = trainer(a, &small, "1f1b", 2, 0, NULL, 0, &rc, &err);
+  tb = trainer(b, &small, "1f1b", 2, 0, be, 0, &rc, &err);
   ASSERT_TRUE(ta != NULL && tb != NULL);
   fail_left = 1;
   memset(&err, 0, sizeof err);
@@ -281,7 +300,7 @@ TEST(cuda_out_of_memory)
 
   ASSERT_TRUE(be != NULL);
   memset(&err, 0, sizeof err);
-  t = trainer(m, &huge, "gpipe", 1, 0, be, &rc, &err);
+  t = trainer(m, &huge, "gpipe", 1, 0, be, 0, &rc, &err);
   EXPECT_TRUE(t == NULL);
   EXPECT_INT_EQ(rc, BT_ENOMEM);
   printf("too big: %s\n", err.message);
@@ -289,7 +308,7 @@ TEST(cuda_out_of_memory)
   bt_backend_destroy(be);
   /* The GPU still trains. */
   make_batch(&small);
-  compare(&small, "1f1b", 1, 0, 0, &ran);
+  compare(&small, "1f1b", 1, 0, 0, 0, &ran);
   EXPECT_INT_EQ(ran, 1);
 }
 

@@ -70,6 +70,34 @@ BT_API bt_status bt_cuda_devices_sync(bt_cuda_devices_t *devs,
 /* Frees streams and events; NULL is accepted.  After the runtime. */
 BT_API void bt_cuda_devices_destroy(bt_cuda_devices_t *devs);
 
+/* Trace mode (between steps): each task's work is bracketed by timing
+ * events on its stream.  bt_cuda_devices_step_begin marks the step's start
+ * on every stream (call it before the step); after a sync,
+ * bt_cuda_devices_task_times gives task's device and its start and end in
+ * microseconds since the step's start on its GPU (BT_EINVAL: not traced).
+ * Off by default: the events cost a little on every task. */
+BT_API bt_status bt_cuda_devices_trace(bt_cuda_devices_t *devs, int on,
+                                       bt_error_t *err);
+BT_API bt_status bt_cuda_devices_step_begin(bt_cuda_devices_t *devs,
+                                            bt_error_t *err);
+BT_API bt_status bt_cuda_devices_task_times(bt_cuda_devices_t *devs,
+                                            int32_t task, int32_t *device,
+                                            double *start_us, double *end_us);
+
+/* A whole step as one CUDA graph, because the plan is static: between
+ * capture_begin and capture_end, run the step as usual (its tasks are
+ * recorded, not run: device 0's stream captures and every other device's
+ * stream joins it, cudaStreamCaptureModeThreadLocal); replay then launches
+ * the recorded step (a sync waits for it), with its buffers at the same
+ * addresses.  The step must have run once before (its events exist).  A
+ * failed capture ends it and says so: run without graphs. */
+BT_API bt_status bt_cuda_devices_capture_begin(bt_cuda_devices_t *devs,
+                                               bt_error_t *err);
+BT_API bt_status bt_cuda_devices_capture_end(bt_cuda_devices_t *devs,
+                                             bt_error_t *err);
+BT_API bt_status bt_cuda_devices_replay(bt_cuda_devices_t *devs,
+                                        bt_error_t *err);
+
 /* A backend for bt_trainer_config_t.backend (<baton/model.h>): n logical
  * devices, device i on GPU gpus[i] (repeat an ordinal to put several
  * stages' devices on one GPU), each with its streams and a cuBLAS handle;
@@ -81,6 +109,9 @@ BT_API void bt_cuda_devices_destroy(bt_cuda_devices_t *devs);
  * not start.  Free with bt_backend_destroy, after its trainers. */
 BT_API bt_status bt_cuda_backend_create(const int32_t *gpus, int32_t n,
                                         bt_backend_t **out, bt_error_t *err);
+
+/* The backend's devices (for the trace and capture calls above). */
+BT_API bt_cuda_devices_t *bt_cuda_backend_devices(bt_backend_t *backend);
 
 #ifdef __cplusplus
 }

@@ -223,12 +223,16 @@ typedef struct bt_trainer_config {
                                run (bt_cuda_backend_create, <baton/cuda.h>):
                                devices must equal its device count; resmlp
                                only, one process.  See bt_trainer_sync. */
+  int32_t cuda_graph;       /* with a CUDA backend: the second step is
+                               captured as one CUDA graph and later steps
+                               replay it (the host enqueues nothing);
+                               0 = off (the default) */
 } bt_trainer_config_t;
 
 #define BT_TRAINER_CONFIG_INIT                                                \
   { sizeof(bt_trainer_config_t), 32, 4, 2, 0, NULL, 0, NULL,                  \
     BT_CHECKPOINT_EXCEPT_LAST, BT_OPTIMIZER_SGD, 0.1f, 0.0f, 0.9f, 0.999f,    \
-    1e-8f, 0, 0, NULL, 0, 0, 1, 0.0f, 0, NULL, NULL }
+    1e-8f, 0, 0, NULL, 0, 0, 1, 0.0f, 0, NULL, NULL, 0 }
 
 /* Partitions the model (measuring layer times when balance is NULL),
  * plans the schedule and instantiates the step.  The model must outlive
