@@ -80,9 +80,12 @@ usage(FILE *f)
       "                      recomputation, as torch Pipe's modes (never)\n"
       "  --mem-limit X       per-device activation memory cap (for 'auto')\n"
       "  --placement loop|LIST  stage -> device ('loop': s %% P)\n"
-      "  --backend sim|synthetic|cpu\n"
+      "  --backend sim|synthetic|cpu|cuda\n"
       "                      cpu: the pipeline across processes (run under\n"
       "                      mpirun -np W; its flags are in bench/cpu.c)\n"
+      "                      cuda: the runtime on GPUs, host overhead and\n"
+      "                      idle gaps per task, CUDA graphs, --model resmlp\n"
+      "                      (built with CUDA; flags in bench/cuda.c)\n"
       "                      sim: the discrete-event simulator (exact);\n"
       "                      synthetic: the real runtime, each task taking\n"
       "                      its cost in wall time, next to the simulation\n"
@@ -275,9 +278,12 @@ parse_args(int argc, char **argv, struct options *o)
     i += takes;
   }
   if (strcmp(o->backend, "sim") != 0 && strcmp(o->backend, "synthetic") != 0)
-    return fail("backend '%s' is not available yet; use --backend sim or "
-                "synthetic",
-                o->backend);
+    return fail("backend '%s' is not available%s; use --backend sim, "
+                "synthetic or cpu",
+                o->backend,
+                strcmp(o->backend, "cuda") == 0
+                    ? " (this baton-bench was built without CUDA)"
+                    : "");
   return 0;
 }
 
@@ -681,6 +687,11 @@ main(int argc, char **argv)
   for (int i = 1; i + 1 < argc; i++)
     if (strcmp(argv[i], "--backend") == 0 && strcmp(argv[i + 1], "cpu") == 0)
       return bench_cpu(argc, argv);
+#ifdef BATON_HAVE_CUDA
+    else if (strcmp(argv[i], "--backend") == 0 &&
+             strcmp(argv[i + 1], "cuda") == 0)
+      return bench_cuda(argc, argv);
+#endif
   memset(rs, 0, sizeof rs);
   if (parse_args(argc, argv, &o) != 0)
     return 2;

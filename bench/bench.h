@@ -10,6 +10,11 @@ int bench_overhead(int argc, char **argv);
  * against one process and against the simulator (bench/cpu.c). */
 int bench_cpu(int argc, char **argv);
 
+/* `baton-bench --backend cuda ...`: the runtime on CUDA devices (host
+ * overhead per task, device idle gaps, CUDA graphs) and the resmlp trainer
+ * on them (bench/cuda.c; built with CUDA). */
+int bench_cuda(int argc, char **argv);
+
 #include <stddef.h>
 #include <stdlib.h>
 #include <time.h>
