@@ -952,12 +952,12 @@ train(struct options *o)
 
   if (o->json) {
     printf("{\"schedule\":");
-    json_string(stdout, bt_schedule_name(sched));
+    print_json_str(stdout, bt_schedule_name(sched));
     printf(",\"devices\":[");
     for (int d = 0; d < p; d++) {
       if (d)
         putchar(',');
-      json_string(stdout, o->device_names[d]);
+      print_json_str(stdout, o->device_names[d]);
     }
     printf("],\"stages\":%d,\"virtual\":%d,\"microbatches\":%d,\"batch\":%d,"
            "\"steps\":%d,\"layers\":%d,\"hidden\":%d,\"inputs\":%zu,"
@@ -968,7 +968,7 @@ train(struct options *o)
            checkpoint_name(o->checkpoint),
            o->optimizer == BT_OPTIMIZER_SGD ? "sgd" : "adamw", o->lr,
            (unsigned long long)o->seed);
-    json_string(stdout, ds.source);
+    print_json_str(stdout, ds.source);
     printf(",\"train_rows\":%zu,\"heldout_rows\":%zu,\"balance\":[", ntrain,
            ntest);
     for (int32_t s = 0; s < S; s++)

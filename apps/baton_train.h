@@ -66,7 +66,7 @@ int parse_int(const char *opt, const char *s, int min, int *out);
 int parse_double(const char *opt, const char *s, double *out);
 
 /* A JSON string literal of s (control characters escaped). */
-void json_string(FILE *f, const char *s);
+void print_json_str(FILE *f, const char *s);
 
 /* 0 when path's directory exists and is writable (or path is NULL), else
  * EXIT_USAGE after a message: checked before training so a typo does not

@@ -156,7 +156,7 @@ check_output(const char *opt, const char *path)
 }
 
 void
-json_string(FILE *f, const char *s)
+print_json_str(FILE *f, const char *s)
 {
   fputc('"', f);
   for (; *s; s++) {

@@ -511,10 +511,10 @@ train_gpt(struct options *o)
     for (int d = 0; d < o->ndevices; d++) {
       if (d)
         putchar(',');
-      json_string(stdout, o->device_names[d]);
+      print_json_str(stdout, o->device_names[d]);
     }
     printf("],\"schedule\":");
-    json_string(stdout, bt_schedule_name(sched));
+    print_json_str(stdout, bt_schedule_name(sched));
     printf(",\"stages\":%d,\"virtual\":%d,\"balance\":[", (int)S,
            (int)(S / p));
     for (int32_t s = 0; s < S; s++)
@@ -524,7 +524,7 @@ train_gpt(struct options *o)
            "\"data\":", checkpoint_name(o->checkpoint),
            o->optimizer == BT_OPTIMIZER_SGD ? "sgd" : "adamw", o->lr, o->clip,
            (unsigned long long)o->seed, o->steps, nparams);
-    json_string(stdout, o->data);
+    print_json_str(stdout, o->data);
     printf(",\"train_bytes\":%zu,\"val_bytes\":%zu", ntrain, nval);
     if (o->steps > 0)
     {

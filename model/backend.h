@@ -94,6 +94,18 @@ struct bt_backend {
   void (*destroy)(struct bt_backend *be);
   /* A note for the user about how the backend runs (NULL: none). */
   const char *note;
+  /* Data parallelism (NULL where the backend has none).  reduce_init,
+   * before the first step: can `replicas` replicas of devices / replicas
+   * devices each reduce (BT_EUNSUPPORTED, with the reason, when not).
+   * reduce is the task of (replica, group) on that replica's device ctx
+   * (group: the stage's device within a replica): together the replicas'
+   * calls of one group sum grads[0 .. replicas) (n floats each, replica
+   * r's on its device) into every one of them. */
+  bt_status (*reduce_init)(struct bt_backend *be, int32_t replicas,
+                           bt_error_t *err);
+  bt_status (*reduce)(struct bt_backend *be, void *ctx, int32_t group,
+                      int32_t replica, int32_t replicas, float *const *grads,
+                      size_t n, bt_error_t *err);
   /* Whole-step graphs (NULL where the backend has none): between
    * capture_begin and capture_end the step's device work is recorded, not
    * run; replay runs the recorded step (then sync). */

@@ -59,6 +59,31 @@ host_sync(struct bt_backend *be, bt_error_t *err)
   return BT_OK;
 }
 
+/* Replica r's share: slice r of the n elements, summed over the replicas
+ * in replica order (float) and written to every replica, as baton's own
+ * all-reduce does (pipeline.h, grad_tensor). */
+static bt_status
+host_reduce(struct bt_backend *be, void *ctx, int32_t group, int32_t replica,
+            int32_t replicas, float *const *grads, size_t n, bt_error_t *err)
+{
+  size_t lo = n * (size_t)replica / (size_t)replicas;
+  size_t hi = n * (size_t)(replica + 1) / (size_t)replicas;
+
+  (void)be;
+  (void)ctx;
+  (void)group;
+  if (grads == NULL || replica < 0 || replica >= replicas)
+    return bt__errorf(err, BT_EINVAL, "host backend: a bad reduce");
+  for (size_t i = lo; i < hi; i++) {
+    float sum = grads[0][i];
+    for (int32_t r = 1; r < replicas; r++)
+      sum += grads[r][i];
+    for (int32_t r = 0; r < replicas; r++)
+      grads[r][i] = sum;
+  }
+  return BT_OK;
+}
+
 static void
 host_destroy(struct bt_backend *be)
 {
@@ -94,6 +119,7 @@ bt__backend_host_create(int32_t devices, struct bt_backend **out,
   be->download = host_move;
   be->sync = host_sync;
   be->destroy = host_destroy;
+  be->reduce = host_reduce;
   *out = be;
   return BT_OK;
 }

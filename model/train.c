@@ -17,7 +17,8 @@
 
 struct train_stage {
   struct bt__train *t;
-  int32_t s;
+  int32_t s, r;         /* stage, data-parallel replica */
+  struct bt__resmlp *model; /* the replica's model (on the CPU) */
   size_t first, last;   /* layers [first, last] */
   bool stash_h0;        /* long skip leaves this stage (it has layer 0) */
   bool pop_h0;          /* long skip enters this stage (it has the head) */
@@ -35,6 +36,8 @@ struct train_stage {
   struct bt__resmlp view;
   float *dparams, *dgrads, *dadam_m, *dadam_v;
   size_t off, n; /* the slice: elements [off, off + n) of the flat blocks */
+  float **peers;  /* replica 0's entry, replicas > 1: every replica's
+                     dgrads of this stage, for the backend's reduce */
   size_t mb_bytes;       /* scratch bytes of one microbatch */
   struct bt__slots pool; /* which slot of scratch each microbatch holds */
 };
@@ -46,8 +49,11 @@ struct bt__train {
   uint64_t perturb;
   bt_comm_t *comm;
   int32_t *stage_rank;    /* [S] */
-  double *shares;         /* [m]: the loss shares of the last step */
-  struct train_stage *st; /* [S] */
+  int32_t nrep;           /* data-parallel replicas */
+  struct bt__resmlp **rep; /* [nrep]: rep[0] = model, others copies */
+  double *shares;         /* [nrep * m]: the loss shares of the last step,
+                             in (replica, microbatch) order */
+  struct train_stage *st; /* [nrep * S]: replica r's stage s at r S + s */
   int32_t *layer_stage;   /* [nlayers] */
   bt_pipeline_t *pl;
   struct bt__held held; /* per device (stages.h) */
@@ -66,6 +72,7 @@ struct bt__train {
   /* Whole-step graphs: 0 off; else the steps run so far (1: eager, to
    * create every event; 2: captured, then replayed; more: replayed). */
   int32_t graph;
+  char note[320]; /* what the user should know about how it runs */
 };
 
 static size_t
@@ -91,7 +98,17 @@ maybe_perturb(const struct bt__train *t, const bt_stage_call_t *c)
 static struct bt__resmlp *
 model_of(struct train_stage *st)
 {
-  return st->t->be != NULL ? &st->view : st->t->model;
+  return st->t->be != NULL ? &st->view : st->model;
+}
+
+/* The (replica, stage) a call is for: the stage's user pointer is replica
+ * 0's entry, replica r's is r S entries on. */
+static struct train_stage *
+stage_of(const bt_stage_call_t *c)
+{
+  struct train_stage *st = c->user;
+
+  return st + (size_t)c->replica * (size_t)st->t->S;
 }
 
 /* Microbatch k's scratch of layer (k holds a slot). */
@@ -122,11 +139,12 @@ stage_forward(struct train_stage *st, const bt_stage_call_t *c, bool rebuilding,
   void *ctx = c->device_ctx;
   size_t R = t->R, L = m->cfg.L;
   int32_t k = c->microbatch;
+  /* Replica r's microbatch k is the batch's microbatch r m + k. */
+  size_t mb = (size_t)st->r * (size_t)t->m + (size_t)k;
   const float *cur;
   bt_status rc;
 
-  cur = st->first == 0 ? t->x + (size_t)k * R * m->cfg.D
-                       : (const float *)c->input;
+  cur = st->first == 0 ? t->x + mb * R * m->cfg.D : (const float *)c->input;
   for (size_t l = st->first; l <= st->last; l++) {
     void *scr = scratch_of(st, k, l);
     if (l == L + 1) {
@@ -142,7 +160,7 @@ stage_forward(struct train_stage *st, const bt_stage_call_t *c, bool rebuilding,
       }
       /* The share goes to the pipeline's output; a rebuild's (bitwise the
        * same) into dz, which only the backward after it writes. */
-      rc = bt__resmlp_head_fwd_on(K, ctx, m, zin, t->y + (size_t)k * R, t->N,
+      rc = bt__resmlp_head_fwd_on(K, ctx, m, zin, t->y + mb * R, t->N,
                                   scr, R,
                                   rebuilding ? st->dz : (float *)c->output);
       if (rc != BT_OK)
@@ -174,7 +192,7 @@ stage_forward(struct train_stage *st, const bt_stage_call_t *c, bool rebuilding,
 static int
 cb_forward(const bt_stage_call_t *c, char *errbuf, size_t errlen)
 {
-  struct train_stage *st = c->user;
+  struct train_stage *st = stage_of(c);
   int32_t k = c->microbatch;
   int rc;
 
@@ -204,7 +222,7 @@ cb_forward(const bt_stage_call_t *c, char *errbuf, size_t errlen)
 static int
 cb_recompute(const bt_stage_call_t *c, char *errbuf, size_t errlen)
 {
-  struct train_stage *st = c->user;
+  struct train_stage *st = stage_of(c);
   int rc;
 
   if (!st->dropped[c->microbatch])
@@ -308,7 +326,7 @@ stage_weight_grad(struct train_stage *st, const bt_stage_call_t *c,
 static int
 cb_input_grad(const bt_stage_call_t *c, char *errbuf, size_t errlen)
 {
-  struct train_stage *st = c->user;
+  struct train_stage *st = stage_of(c);
 
   maybe_perturb(st->t, c);
   return stage_input_grad(st, c, errbuf, errlen);
@@ -317,7 +335,7 @@ cb_input_grad(const bt_stage_call_t *c, char *errbuf, size_t errlen)
 static int
 cb_weight_grad(const bt_stage_call_t *c, char *errbuf, size_t errlen)
 {
-  struct train_stage *st = c->user;
+  struct train_stage *st = stage_of(c);
 
   int rc;
 
@@ -336,7 +354,7 @@ cb_weight_grad(const bt_stage_call_t *c, char *errbuf, size_t errlen)
 static int
 cb_backward(const bt_stage_call_t *c, char *errbuf, size_t errlen)
 {
-  struct train_stage *st = c->user;
+  struct train_stage *st = stage_of(c);
   int rc;
 
   maybe_perturb(st->t, c);
@@ -467,20 +485,14 @@ backend_setup(struct bt__train *t, bt_error_t *err)
   size_t bytes;
   bt_status st_rc;
 
-  if (be->devices != t->p)
-    return bt__errorf(err, BT_EINVAL,
-                      "the %s backend has %d devices but the trainer asks "
-                      "for %d; give as many devices as the backend has",
-                      be->name, (int)be->devices, (int)t->p);
-  rc.devices = t->p;
+  rc.devices = t->p * t->nrep;
   rc.device = be->desc;
   rc.mode = BT_RUNTIME_DEDICATED;
   st_rc = bt_runtime_create(&rc, &t->rt, err);
   if (st_rc != BT_OK)
     return st_rc;
-  for (int32_t s = 0; s < t->S; s++) {
-    struct train_stage *st = &t->st[s];
-    stage_slice(m, st, &st->off, &st->n);
+  for (int32_t i = 0; i < t->nrep * t->S; i++) {
+    struct train_stage *st = &t->st[i];
     bytes = st->n * sizeof(float);
     st->dparams = be->alloc(be, st->device, bytes, err);
     if (st->dparams == NULL)
@@ -496,12 +508,22 @@ backend_setup(struct bt__train *t, bt_error_t *err)
     st->view.grads =
         (float *)(uintptr_t)((uintptr_t)st->dgrads - st->off * sizeof(float));
   }
+  /* Each replica's first and last stage read their rows of x and y: in
+   * memory every device reaches. */
   if (!bt__mul_fits(t->N, m->cfg.D * sizeof(float), &bytes))
     return bt__errorf(err, BT_ERANGE, "the batch's inputs overflow size_t");
-  t->dx = be->alloc(be, t->st[0].device, bytes, err);
-  t->dy = be->alloc(be, t->st[t->S - 1].device, t->N * sizeof(int32_t), err);
+  t->dx = be->alloc_shared(be, bytes, err);
+  t->dy = be->alloc_shared(be, t->N * sizeof(int32_t), err);
   if (t->dx == NULL || t->dy == NULL)
     return BT_ENOMEM;
+  for (int32_t s = 0; t->nrep > 1 && s < t->S; s++) {
+    struct train_stage *st0 = &t->st[s];
+    st0->peers = calloc((size_t)t->nrep, sizeof *st0->peers);
+    if (st0->peers == NULL)
+      return bt__errorf(err, BT_ENOMEM, "out of memory");
+    for (int32_t r = 0; r < t->nrep; r++)
+      st0->peers[r] = t->st[r * t->S + s].dgrads;
+  }
   return bt__train_push(t, err);
 }
 
@@ -512,8 +534,8 @@ bt__train_push(struct bt__train *t, bt_error_t *err)
 
   if (t == NULL || t->be == NULL)
     return BT_OK;
-  for (int32_t s = 0; rc == BT_OK && s < t->S; s++) {
-    struct train_stage *st = &t->st[s];
+  for (int32_t i = 0; rc == BT_OK && i < t->nrep * t->S; i++) {
+    struct train_stage *st = &t->st[i];
     rc = t->be->upload(t->be, st->device, st->dparams,
                        t->model->params + st->off, st->n * sizeof(float), err);
   }
@@ -549,8 +571,8 @@ bt__train_update(struct bt__train *t, const struct bt__train_optim *o,
     return bt__errorf(err, BT_EINVAL,
                       "bt__train_update: the trainer has no backend: run "
                       "the optimizer on the model");
-  for (int32_t s = 0; rc == BT_OK && s < t->S; s++) {
-    struct train_stage *st = &t->st[s];
+  for (int32_t i = 0; rc == BT_OK && i < t->nrep * t->S; i++) {
+    struct train_stage *st = &t->st[i];
     void *ctx = bt__backend_ctx(t->be, st->device);
     size_t bytes = st->n * sizeof(float);
     if (!o->adamw) {
@@ -564,7 +586,7 @@ bt__train_update(struct bt__train *t, const struct bt__train_optim *o,
         return bt__errorf(err, BT_ENOMEM,
                           "out of memory for AdamW's moments of stage %d "
                           "(%zu parameters) on %s",
-                          (int)s, st->n, t->be->name);
+                          (int)st->s, st->n, t->be->name);
     }
     rc = t->K->adamw(ctx, st->dparams, st->dadam_m, st->dadam_v, st->dgrads,
                      st->n, o->lr, o->b1, o->b2, o->eps, o->wd, o->t);
@@ -573,6 +595,106 @@ bt__train_update(struct bt__train *t, const struct bt__train_optim *o,
     return bt__errorf(err, rc, "the optimizer step failed on %s: %s",
                       t->be->name, bt_strerror(rc));
   return t->be->sync(t->be, err);
+}
+
+/* Data parallelism: how many replicas run.  On a backend that cannot run
+ * them (NCCL refuses two ranks on one GPU) one replica runs, and the
+ * trainer says so in its note. */
+static bt_status
+choose_replicas(struct bt__train *t, bt_error_t *err)
+{
+  int32_t asked = t->nrep;
+  bt_error_t why;
+  bt_status rc;
+
+  if (t->be != NULL && t->be->devices != t->p * asked)
+    return bt__errorf(err, BT_EINVAL,
+                      "the %s backend has %d devices but the trainer asks "
+                      "for %d (%d replicas x %d); give as many devices as "
+                      "the backend has",
+                      t->be->name, (int)t->be->devices, (int)(t->p * asked),
+                      (int)asked, (int)t->p);
+  if (asked > 1 && bt_comm_size(t->comm) > 1)
+    return bt__errorf(err, BT_EUNSUPPORTED,
+                      "resmlp's data-parallel replicas run in one process; "
+                      "across processes use one replica (gpt has --dp "
+                      "across processes)");
+  if (asked == 1 || t->be == NULL)
+    return BT_OK;
+  if (t->be->reduce == NULL)
+    return bt__errorf(err, BT_EUNSUPPORTED,
+                      "the %s backend cannot reduce gradients between "
+                      "replicas; use one replica",
+                      t->be->name);
+  memset(&why, 0, sizeof why);
+  rc = t->be->reduce_init != NULL ? t->be->reduce_init(t->be, asked, &why)
+                                  : BT_OK;
+  if (rc == BT_EUNSUPPORTED) {
+    t->nrep = 1;
+    snprintf(t->note, sizeof t->note,
+             "data parallel: %.200s; running 1 replica instead of %d, on the "
+             "first %d devices",
+             why.message, (int)asked, (int)t->p);
+    return BT_OK;
+  }
+  if (rc != BT_OK)
+    return bt__errorf(err, rc, "%s", why.message);
+  return BT_OK;
+}
+
+/* The replicas' models: on the CPU, copies of the model for replicas > 0
+ * (their parameters are refreshed from it at every step); on a backend
+ * every replica's parameters live on its devices (the model's view). */
+static bt_status
+make_replicas(struct bt__train *t, bt_error_t *err)
+{
+  t->rep = calloc((size_t)t->nrep, sizeof *t->rep);
+  if (t->rep == NULL)
+    return bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
+  t->rep[0] = t->model;
+  for (int32_t r = 1; r < t->nrep && t->be == NULL; r++) {
+    bt_status rc = bt__resmlp_create(&t->model->cfg, 0, &t->rep[r], err);
+    if (rc != BT_OK)
+      return rc;
+  }
+  return BT_OK;
+}
+
+/* Replica r's stage s gradients, one part: baton all-reduces them. */
+static float *
+grad_tensor(int32_t replica, int32_t stage, int32_t part, size_t *count,
+            void *user)
+{
+  struct bt__train *t = user;
+  struct train_stage *st = &t->st[replica * t->S + stage];
+
+  if (part > 0)
+    return NULL;
+  *count = st->n;
+  return st->model->grads + st->off;
+}
+
+/* On a backend: the (replica, stage) share of the stage's all-reduce. */
+static int
+reduce_grads(const bt_stage_call_t *c, char *errbuf, size_t errlen)
+{
+  struct bt__train *t = c->user;
+  struct train_stage *st0 = &t->st[c->stage];
+  bt_error_t e;
+  bt_status rc;
+
+  memset(&e, 0, sizeof e);
+  rc = t->be->reduce(t->be, c->device_ctx, st0->device, c->replica, t->nrep,
+                     st0->peers, st0->n, &e);
+  if (rc != BT_OK)
+    snprintf(errbuf, errlen, "%s", e.message);
+  return rc;
+}
+
+const char *
+bt__train_note(const struct bt__train *t)
+{
+  return t != NULL && t->note[0] != '\0' ? t->note : NULL;
 }
 
 static bt_status
@@ -589,12 +711,19 @@ check_config(const struct bt__train_config *cfg, bt_error_t *err)
                       "virtual_stages >= 0 (got m=%d, p=%d, v=%d)",
                       (int)cfg->microbatches, (int)cfg->devices,
                       (int)cfg->virtual_stages);
-  if (cfg->batch == 0 || cfg->batch % (size_t)cfg->microbatches != 0)
+  if (cfg->replicas < 0 || cfg->replicas > 4096)
+    return bt__errorf(err, BT_EINVAL,
+                      "replicas must be 0 (one) .. 4096 (got %d)",
+                      (int)cfg->replicas);
+  if (cfg->batch == 0 ||
+      cfg->batch % ((size_t)cfg->microbatches *
+                    (size_t)(cfg->replicas > 1 ? cfg->replicas : 1)) != 0)
     return bt__errorf(err, BT_EINVAL,
                       "the batch's %zu rows do not split evenly into %d "
-                      "microbatches; choose a microbatch count that divides "
-                      "N",
-                      cfg->batch, (int)cfg->microbatches);
+                      "microbatches of %d replicas; choose counts whose "
+                      "product divides N",
+                      cfg->batch, (int)cfg->microbatches,
+                      (int)(cfg->replicas > 1 ? cfg->replicas : 1));
   return bt__stages_check_mode(cfg->checkpoint, err);
 }
 
@@ -629,7 +758,7 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
   t->model = cfg->model;
   t->N = cfg->batch;
   t->m = cfg->microbatches;
-  t->R = t->N / (size_t)t->m;
+  t->nrep = cfg->replicas > 1 ? cfg->replicas : 1;
   t->S = cfg->devices * v;
   t->p = cfg->devices;
   t->checkpoint = cfg->checkpoint;
@@ -644,6 +773,10 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
     goto out_free;
   }
   t->graph = cfg->graph ? 1 : 0;
+  rc = choose_replicas(t, err);
+  if (rc != BT_OK)
+    goto out_free;
+  t->R = t->N / ((size_t)t->m * (size_t)t->nrep);
   if (t->be != NULL && bt_comm_size(t->comm) > 1) {
     rc = bt__errorf(err, BT_EUNSUPPORTED,
                     "the %s backend runs in one process: across processes "
@@ -657,15 +790,17 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
                               "in", NULL, err);
     goto out_free;
   }
-  t->st = calloc((size_t)t->S, sizeof *t->st);
+  t->st = calloc((size_t)(t->nrep * t->S), sizeof *t->st);
   t->layer_stage = calloc(t->model->nlayers, sizeof *t->layer_stage);
   desc = calloc((size_t)t->S, sizeof *desc);
   if (t->st == NULL || t->layer_stage == NULL || desc == NULL ||
-      bt__held_init(&t->held, t->p) != BT_OK) {
+      bt__held_init(&t->held, t->p * t->nrep) != BT_OK) {
     rc = bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
     goto out_free;
   }
   rc = partition(t, cfg->balance, cfg->nbalance, cfg->devices, v, err);
+  if (rc == BT_OK)
+    rc = make_replicas(t, err);
   if (rc != BT_OK)
     goto out_free;
   if (!bt__mul_fits(t->R, t->model->cfg.H, &rh_bytes) ||
@@ -674,16 +809,26 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
                     t->R, t->model->cfg.H);
     goto out_free;
   }
-  for (int32_t s = 0; s < t->S; s++) {
-    struct train_stage *st = &t->st[s];
+  for (int32_t i = 0; i < t->nrep * t->S; i++) {
+    struct train_stage *st = &t->st[i];
+    int32_t s = i % t->S;
     bool ls = t->model->cfg.long_skip;
     st->t = t;
     st->s = s;
-    st->device = cfg->stage_device != NULL ? cfg->stage_device[s]
-                                           : s % cfg->devices;
+    st->r = i / t->S;
+    st->model = t->rep[st->r];
+    st->first = t->st[s].first;
+    st->last = t->st[s].last;
+    stage_slice(t->model, st, &st->off, &st->n);
+    st->device = st->r * t->p + (cfg->stage_device != NULL
+                                     ? cfg->stage_device[s]
+                                     : s % cfg->devices);
     st->inner_h0 = ls && t->S == 1;
     st->stash_h0 = ls && t->S > 1 && s == 0;
     st->pop_h0 = ls && t->S > 1 && s == t->S - 1;
+  }
+  for (int32_t s = 0; s < t->S; s++) {
+    struct train_stage *st = &t->st[s];
     desc[s] = (bt_stage_desc_t)BT_STAGE_DESC_INIT;
     desc[s].forward = cb_forward;
     desc[s].backward = cb_backward;
@@ -707,6 +852,12 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
   pc.comm = cfg->comm;
   pc.threads = cfg->threads;
   pc.trace = cfg->trace;
+  pc.replicas = t->nrep;
+  pc.user = t;
+  if (t->nrep > 1 && t->be == NULL)
+    pc.grad_tensor = grad_tensor;
+  else if (t->nrep > 1)
+    pc.reduce_grads = reduce_grads;
   if (t->be != NULL) {
     rc = backend_setup(t, err);
     if (rc != BT_OK)
@@ -735,14 +886,14 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
       goto out_free;
     }
     bt__stages_slots(bt_pipeline_plan(t->pl), t->m, t->checkpoint, slots);
-    for (int32_t s = 0; s < t->S && rc == BT_OK; s++)
-      rc = alloc_stage(t, &t->st[s], slots[s], err);
+    for (int32_t i = 0; i < t->nrep * t->S && rc == BT_OK; i++)
+      rc = alloc_stage(t, &t->st[i], slots[i % t->S], err);
     free(slots);
     if (rc != BT_OK)
       goto out_free;
   }
   t->stage_rank = calloc((size_t)t->S, sizeof *t->stage_rank);
-  t->shares = calloc((size_t)t->m, sizeof *t->shares);
+  t->shares = calloc((size_t)(t->nrep * t->m), sizeof *t->shares);
   if (t->stage_rank == NULL || t->shares == NULL) {
     rc = bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
     goto out_free;
@@ -801,13 +952,13 @@ zero_grads(struct bt__train *t, bt_error_t *err)
   struct bt_backend *be = t->be;
   bt_status rc = BT_OK;
 
-  for (int32_t s = 0; rc == BT_OK && s < t->S; s++) {
-    struct train_stage *st = &t->st[s];
+  for (int32_t i = 0; rc == BT_OK && i < t->nrep * t->S; i++) {
+    struct train_stage *st = &t->st[i];
     rc = t->K->fill(bt__backend_ctx(be, st->device), st->dgrads, 0,
                     st->n * sizeof(float));
     if (rc != BT_OK)
       rc = bt__errorf(err, rc, "zeroing stage %d's gradients on %s failed",
-                      (int)s, be->name);
+                      (int)st->s, be->name);
   }
   return rc;
 }
@@ -851,21 +1002,23 @@ device_step(struct bt__train *t, const float *x, const int32_t *y,
   return rc;
 }
 
-/* Microbatch k's loss share, from the last stage's output. */
+/* Replica r's microbatch k's loss share, from its last stage's output. */
 static bt_status
-read_share(struct bt__train *t, int32_t k, bt_error_t *err)
+read_share(struct bt__train *t, int32_t r, int32_t k, bt_error_t *err)
 {
-  const float *out = bt_pipeline_output(t->pl, t->S - 1, k, NULL);
+  const float *out =
+      bt_pipeline_replica_output(t->pl, r, t->S - 1, k, NULL);
+  size_t at = (size_t)r * (size_t)t->m + (size_t)k;
   float share;
   bt_status rc;
 
   if (t->be == NULL) {
-    t->shares[k] = *out;
+    t->shares[at] = *out;
     return BT_OK;
   }
-  rc = t->be->download(t->be, t->st[t->S - 1].device, &share, out,
+  rc = t->be->download(t->be, t->st[r * t->S + t->S - 1].device, &share, out,
                        sizeof share, err);
-  t->shares[k] = share;
+  t->shares[at] = share;
   return rc;
 }
 
@@ -891,19 +1044,26 @@ bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
       return bt__errorf(err, BT_EINVAL,
                         "label y[%zu] = %" PRId32 " is outside [0, C=%zu)", r,
                         y[r], t->model->cfg.C);
-  memset(t->shares, 0, (size_t)t->m * sizeof *t->shares);
+  memset(t->shares, 0, (size_t)(t->nrep * t->m) * sizeof *t->shares);
   if (t->be == NULL) {
     t->x = x;
     t->y = y;
-    bt__resmlp_zero_grad(t->model);
+    /* Every replica starts from the model's parameters (the optimizer
+     * steps the model only). */
+    for (int32_t r = 0; r < t->nrep; r++) {
+      if (r > 0)
+        memcpy(t->rep[r]->params, t->model->params,
+               t->model->nparams * sizeof(float));
+      bt__resmlp_zero_grad(t->rep[r]);
+    }
   }
   /* A replayed step runs no callbacks: the counts stay the captured
    * step's. */
   if (t->graph <= 2) {
     bt__held_reset(&t->held);
-    for (int32_t s = 0; s < t->S; s++) {
-      bt__slots_reset(&t->st[s].pool);
-      memset(t->st[s].dropped, 0, (size_t)t->m * sizeof *t->st[s].dropped);
+    for (int32_t i = 0; i < t->nrep * t->S; i++) {
+      bt__slots_reset(&t->st[i].pool);
+      memset(t->st[i].dropped, 0, (size_t)t->m * sizeof *t->st[i].dropped);
     }
   }
   rc = t->be != NULL ? device_step(t, x, y, err)
@@ -911,12 +1071,13 @@ bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
   t->x = NULL;
   t->y = NULL;
   if (rc == BT_OK) {
-    for (int32_t k = 0; need_y && k < t->m && rc == BT_OK; k++)
-      rc = read_share(t, k, err);
+    for (int32_t i = 0; need_y && i < t->nrep * t->m && rc == BT_OK; i++)
+      rc = read_share(t, i / t->m, i % t->m, err);
   }
   if (rc == BT_OK) {
     /* In microbatch order, in float, as the reference adds them. */
-    rc = bt__stages_loss(t->comm, t->shares, (size_t)t->m, loss, err);
+    rc = bt__stages_loss(t->comm, t->shares, (size_t)(t->nrep * t->m), loss,
+                         err);
   }
   return rc;
 }
@@ -932,7 +1093,7 @@ bt__train_stage_of_layer(const struct bt__train *t, size_t layer)
 size_t
 bt__train_held_bytes(const struct bt__train *t, int32_t device)
 {
-  if (t == NULL || device < 0 || device >= t->p)
+  if (t == NULL || device < 0 || device >= t->p * t->nrep)
     return 0;
   return t->held.now[device];
 }
@@ -940,7 +1101,7 @@ bt__train_held_bytes(const struct bt__train *t, int32_t device)
 size_t
 bt__train_peak_held_bytes(const struct bt__train *t, int32_t device)
 {
-  if (t == NULL || device < 0 || device >= t->p)
+  if (t == NULL || device < 0 || device >= t->p * t->nrep)
     return 0;
   return t->held.peak[device];
 }
@@ -988,9 +1149,13 @@ bt__train_destroy(struct bt__train *t)
     return;
   bt_pipeline_destroy(t->pl);
   bt_runtime_destroy(t->rt);
+  for (int32_t r = 1; t->rep != NULL && r < t->nrep; r++)
+    bt__resmlp_destroy(t->rep[r]);
+  free(t->rep);
   if (t->st != NULL)
-    for (int32_t s = 0; s < t->S; s++) {
-      struct train_stage *st = &t->st[s];
+    for (int32_t i = 0; i < t->nrep * t->S; i++) {
+      struct train_stage *st = &t->st[i];
+      free(st->peers);
       free(st->scratch);
       free(st->dropped);
       bt__slots_free(&st->pool);
@@ -1004,9 +1169,9 @@ bt__train_destroy(struct bt__train *t)
       t->be->free(t->be, st->device, st->dadam_m);
       t->be->free(t->be, st->device, st->dadam_v);
     }
-  if (t->be != NULL && t->st != NULL) {
-    t->be->free(t->be, t->st[0].device, t->dx);
-    t->be->free(t->be, t->st[t->S - 1].device, t->dy);
+  if (t->be != NULL) {
+    t->be->free(t->be, -1, t->dx);
+    t->be->free(t->be, -1, t->dy);
   }
   free(t->st);
   free(t->layer_stage);

@@ -98,6 +98,10 @@ struct bt__train_config {
   struct bt_backend *backend;    /* NULL = the CPU; else (backend.h) the
                                     trainer runs on its devices (as many as
                                     `devices`), one process only */
+  int32_t replicas;              /* data-parallel replicas (0 = 1); replica
+                                    r runs on devices r p .. r p + p - 1
+                                    (a backend has R p devices) and takes
+                                    rows [r N/R, (r+1) N/R); one process */
   int32_t graph;                 /* with a backend that captures: the
                                     second step is captured as one graph
                                     and every later step replays it */
@@ -106,7 +110,7 @@ struct bt__train_config {
 #define BT__TRAIN_CONFIG_INIT                                                  \
   {                                                                            \
     sizeof(struct bt__train_config), NULL, 0, 1, 1, 1, NULL, 0, NULL,          \
-        BT__CKPT_NEVER, 0, 0, 0, NULL, NULL, NULL, 0                           \
+        BT__CKPT_NEVER, 0, 0, 0, NULL, NULL, NULL, 0, 0                        \
   }
 
 struct bt__train;
@@ -152,6 +156,10 @@ bt_status bt__train_push(struct bt__train *t, bt_error_t *err);
 bt_status bt__train_pull(struct bt__train *t, bt_error_t *err);
 bt_status bt__train_update(struct bt__train *t,
                            const struct bt__train_optim *o, bt_error_t *err);
+
+/* What the user should know about how the trainer runs (e.g. a backend
+ * that ran fewer data-parallel replicas than asked), or NULL. */
+const char *bt__train_note(const struct bt__train *t);
 
 /* Whether this rank reads x (it runs stage 0) and y (the last stage). */
 void bt__train_needs(const struct bt__train *t, int *x, int *y);

@@ -153,7 +153,7 @@ def errors():
         (["--schedule", "/nonexistent/x.csv"], "cannot open plan file"),
         (["--devices", "zero"], "--devices needs a whole number"),
         (["--cost", "Q=1"], "not KEY=VALUE"),
-        (["--backend", "cuda"], "not available"),
+        (["--backend", "opencl"], "not available"),
         (["--backend", "synthetic", "--runtime-mode", "x"], "--runtime-mode is"),
         (["--bogus"], "unknown option"),
         (["--placement", "0,1,9,3"], "--placement"),
