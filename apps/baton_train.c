@@ -82,6 +82,8 @@ usage(FILE *f)
       "                      or cuda:K (resmlp), a logical device on GPU K,\n"
       "                      repeatable (cuda:0,cuda:0: two stages' devices\n"
       "                      on one GPU)\n"
+      "  --dp R              data-parallel replicas; replica r runs on the\n"
+      "                      r-th block of devices/R devices (default 1)\n"
       "  --cuda-graph on|off with cuda devices: capture the second step as\n"
       "                      one CUDA graph and replay it (default off)\n"
       "  --virtual V         stages per device (default: the schedule's)\n"
@@ -118,8 +120,6 @@ usage(FILE *f)
       "  --seq T             tokens (bytes) per sequence (default 64)\n"
       "  --dropout P         dropout probability in [0, 1) (default 0)\n"
       "  --untied            a separate head.w instead of the tied wte\n"
-      "  --dp R              data-parallel replicas; replica r runs on the\n"
-      "                      r-th block of devices/R devices (default 1)\n"
       "  --clip X            clip the global gradient norm to X, 0 = off\n"
       "                      (default 0.5)\n"
       "  --generate N        after training, print N sampled bytes, 0 = none\n"
@@ -212,7 +212,7 @@ static const char value_options[] =
 
 /* Options that only one model takes (flags and those with a value). */
 static const char gpt_options[] =
-    " --embd --heads --seq --dropout --untied --dp --generate --prompt "
+    " --embd --heads --seq --dropout --untied --generate --prompt "
     "--temperature --clip ";
 static const char resmlp_options[] = " --hidden --classes --long-skip ";
 
@@ -267,33 +267,34 @@ finish_args(struct options *o, const char *gpt_opt, const char *resmlp_opt)
     o->clip = 0.5;
   if (o->generate < 0)
     o->generate = GPT_DEFAULT_GENERATE;
+  if (o->ndevices % o->dp != 0)
+    return fail(EXIT_USAGE, "--devices lists %d devices, not a multiple of "
+                "--dp %d: replica r runs on the r-th block of devices/R; "
+                "list R*p devices (e.g. --dp 2 --devices "
+                "cpu:0,cpu:1,cpu:2,cpu:3)", o->ndevices, o->dp);
+  if (o->dp == 1 && o->batch % o->microbatches != 0)
+    return fail(EXIT_USAGE, "--microbatches %d does not divide --batch "
+                "%d; pick m dividing N (e.g. --batch %d)", o->microbatches,
+                o->batch,
+                o->batch + o->microbatches - o->batch % o->microbatches);
+  if (o->batch % (o->dp * o->microbatches) != 0) {
+    int k = o->dp * o->microbatches;
+    return fail(EXIT_USAGE, "--batch %d is not divisible by --dp %d x "
+                "--microbatches %d = %d: each replica takes batch/R %s "
+                "in m microbatches (e.g. --batch %d)", o->batch, o->dp,
+                o->microbatches, k, gpt ? "sequences" : "rows",
+                o->batch + k - o->batch % k);
+  }
   if (!gpt) {
     if (o->steps == 0)
       return fail(EXIT_USAGE, "--steps needs a whole number >= 1 (got '0') "
                   "for resmlp; see --help");
-    if (o->batch % o->microbatches != 0)
-      return fail(EXIT_USAGE, "--microbatches %d does not divide --batch "
-                  "%d; pick m dividing N (e.g. --batch %d)", o->microbatches,
-                  o->batch,
-                  o->batch + o->microbatches - o->batch % o->microbatches);
     return 0;
   }
   if (strcmp(o->data, "digits") == 0 || strcmp(o->data, "synthetic") == 0)
     return fail(EXIT_USAGE, "--data %s is a resmlp data set; gpt reads text: "
                 "pass --data FILE (a text file or a directory of them)",
                 o->data);
-  if (o->ndevices % o->dp != 0)
-    return fail(EXIT_USAGE, "--devices lists %d devices, not a multiple of "
-                "--dp %d: replica r runs on the r-th block of devices/R; "
-                "list R*p devices (e.g. --dp 2 --devices "
-                "cpu:0,cpu:1,cpu:2,cpu:3)", o->ndevices, o->dp);
-  if (o->batch % (o->dp * o->microbatches) != 0) {
-    int k = o->dp * o->microbatches;
-    return fail(EXIT_USAGE, "--batch %d is not divisible by --dp %d x "
-                "--microbatches %d = %d: each replica takes batch/R sequences "
-                "in m microbatches (e.g. --batch %d)", o->batch, o->dp,
-                o->microbatches, k, o->batch + k - o->batch % k);
-  }
   if (o->seq > GPT_MAX_SEQ)
     return fail(EXIT_USAGE, "--seq %d is larger than baton-train allows "
                 "(%d); use a shorter sequence", o->seq, GPT_MAX_SEQ);
@@ -704,7 +705,9 @@ train(struct options *o)
   int32_t *yb = NULL, *ytest = NULL, *pred = NULL, S;
   double *peaks = NULL, *sim_peaks = NULL;
   struct step_log lg;
-  int rc = EXIT_RUNTIME, correct = 0, p = o->ndevices, boundary;
+  /* p devices per pipeline; --dp R replicas of it on nd = R p devices. */
+  int rc = EXIT_RUNTIME, correct = 0, p = o->ndevices / o->dp, boundary;
+  int nd = o->ndevices;
   int need_x = 1, need_y = 1;
   uint64_t rng;
 
@@ -805,7 +808,7 @@ train(struct options *o)
   xtest = malloc(ntest * ds.d * sizeof *xtest);
   ytest = malloc(ntest * sizeof *ytest);
   pred = malloc(ntest * sizeof *pred);
-  peaks = calloc((size_t)p, sizeof *peaks);
+  peaks = calloc((size_t)nd, sizeof *peaks);
   sim_peaks = calloc((size_t)p, sizeof *sim_peaks);
   if (!xb || !yb || !xtest || !ytest || !pred || !peaks || !sim_peaks)
     goto out_oom;
@@ -821,8 +824,10 @@ train(struct options *o)
            (int)ds.classes, o->long_skip ? " long-skip" : "", ds.n,
            ds.source, ntrain, ntest);
     printf("pipeline: %s on ", bt_schedule_name(sched));
-    for (int d = 0; d < p; d++)
+    for (int d = 0; d < nd; d++)
       printf("%s%s", d ? "," : "", o->device_names[d]);
+    if (o->dp > 1)
+      printf(" (dp %d x %d devices)", o->dp, p);
     printf(", %d stages, balance ", (int)S);
     for (int32_t s = 0; s < S; s++)
       printf("%s%d", s ? "," : "", (int)bt_trainer_stage_layers(tr, s));
@@ -902,11 +907,11 @@ train(struct options *o)
   }
   for (size_t i = 0; job_rank == 0 && i < ntest; i++)
     correct += pred[i] == ytest[i];
-  for (int d = 0; d < p; d++)
+  for (int d = 0; d < nd; d++)
     peaks[d] = bt_trainer_peak_activation_bytes(tr, d);
   /* Each rank measures its own devices (0 elsewhere): summed, the job's. */
   if (job_ranks > 1 &&
-      (st = bt_comm_allreduce_sum(o->comm, peaks, (size_t)p, &err)) != BT_OK) {
+      (st = bt_comm_allreduce_sum(o->comm, peaks, (size_t)nd, &err)) != BT_OK) {
     fail(EXIT_RUNTIME, "cannot gather the peaks: %s", err.message);
     goto out;
   }
@@ -930,7 +935,7 @@ train(struct options *o)
              "N=%d m=%d", o->steps, o->batch, o->microbatches);
     tl.title = bt_schedule_name(sched);
     tl.subtitle = subtitle;
-    tl.devices = p;
+    tl.devices = nd;
     tl.stages = S;
     tl.slices = slices;
     tl.count = count;
@@ -954,7 +959,7 @@ train(struct options *o)
     printf("{\"schedule\":");
     print_json_str(stdout, bt_schedule_name(sched));
     printf(",\"devices\":[");
-    for (int d = 0; d < p; d++) {
+    for (int d = 0; d < nd; d++) {
       if (d)
         putchar(',');
       print_json_str(stdout, o->device_names[d]);
@@ -977,12 +982,12 @@ train(struct options *o)
            "\"accuracy\":%.9g,\"step_ms\":%.6g,\"peak_activation_bytes\":[",
            lg.loss_tail, lg.first_loss, lg.last_loss,
            (double)correct / (double)ntest, 1e3 * lg.total_s / o->steps);
-    for (int d = 0; d < p; d++)
+    for (int d = 0; d < nd; d++)
       printf("%s%.17g", d ? "," : "", peaks[d]);
     printf("],\"sim_peak_activation_bytes\":[");
-    for (int d = 0; d < p; d++)
-      printf("%s%.17g", d ? "," : "", sim_peaks[d]);
-    printf("]}\n");
+    for (int d = 0; d < nd; d++)
+      printf("%s%.17g", d ? "," : "", sim_peaks[d % p]);
+    printf("],\"dp\":%d}\n", o->dp);
   } else {
     printf("done: loss %.4f (first step %.4f), held-out accuracy %.1f%% "
            "(%d/%zu), %.2f ms/step\n", lg.loss_tail, lg.first_loss,
@@ -990,9 +995,9 @@ train(struct options *o)
            1e3 * lg.total_s / o->steps);
     printf("peak activation bytes per device: measured (simulated for this "
            "plan and checkpoint mode)\n");
-    for (int d = 0; d < p; d++)
+    for (int d = 0; d < nd; d++)
       printf("  %-8s %12.0f (%.0f)\n", o->device_names[d], peaks[d],
-             sim_peaks[d]);
+             sim_peaks[d % p]);
     if (o->save)
       printf("saved %s\n", o->save);
     if (o->dump)

@@ -429,6 +429,7 @@ create_trainer(const struct options *o, bt_model_t *model,
   tc->perturb_seed = (uint32_t)o->perturb;
   tc->trace = o->trace != NULL || o->svg != NULL;
   tc->comm = o->comm;
+  tc->replicas = o->dp;
   tc->cuda_graph = o->cuda_graph;
   if (o->cuda_graph && !o->cuda)
     return fail(EXIT_USAGE, "--cuda-graph needs cuda devices (--devices "
@@ -442,6 +443,8 @@ create_trainer(const struct options *o, bt_model_t *model,
     return fail(st == BT_EINVAL || st == BT_EUNSUPPORTED ? EXIT_USAGE
                                                          : EXIT_RUNTIME,
                 "cannot set up the pipeline: %s", err.message);
+  if (bt_trainer_note(*tr) != NULL && job_rank == 0)
+    fprintf(stderr, "baton-train: note: %s\n", bt_trainer_note(*tr));
   return 0;
 }
 

@@ -641,7 +641,9 @@ bt_trainer_create(bt_model_t *model, const bt_trainer_config_t *config,
       if (model->kind == BT__MODEL_GPT)
         rc = bt__api_gpt_layer_costs(model->g, &c, cost, err);
       else
-        rc = measure_layers(model->m, (size_t)(c.batch / c.microbatches),
+        rc = measure_layers(model->m,
+                            (size_t)(c.batch / c.microbatches /
+                                     (c.replicas > 1 ? c.replicas : 1)),
                             cost, err);
       if (rc != BT_OK)
         goto out_free_trainer;
@@ -698,6 +700,7 @@ bt_trainer_create(bt_model_t *model, const bt_trainer_config_t *config,
     tc.comm = c.comm;
     tc.backend = c.backend;
     tc.graph = c.cuda_graph;
+    tc.replicas = c.replicas;
     rc = bt__train_create(&tc, &tr->t, err);
     if (rc != BT_OK)
       goto out_free_trainer;
@@ -908,6 +911,12 @@ bt_trainer_sync(bt_trainer_t *trainer, bt_error_t *err)
   if (trainer == NULL)
     return bt__errorf(err, BT_EINVAL, "bt_trainer_sync: NULL trainer");
   return bt__train_pull(trainer->t, err);
+}
+
+const char *
+bt_trainer_note(const bt_trainer_t *trainer)
+{
+  return trainer != NULL ? bt__train_note(trainer->t) : NULL;
 }
 
 void

@@ -494,7 +494,7 @@ TEST(held_activation_bytes)
  * the devices.  The model itself stays untouched until the pull. */
 static struct bt__train *
 make_trainer(struct bt__resmlp *model, const struct run *r,
-             struct bt_backend *be)
+             struct bt_backend *be, int32_t replicas)
 {
   struct bt__train_config cfg = BT__TRAIN_CONFIG_INIT;
   struct bt__train *t = NULL;
@@ -511,8 +511,9 @@ make_trainer(struct bt__resmlp *model, const struct run *r,
   cfg.virtual_stages = r->v;
   cfg.schedule = sched;
   cfg.checkpoint = r->ckpt;
-  cfg.threads = r->p;
+  cfg.threads = r->p * replicas;
   cfg.backend = be;
+  cfg.replicas = replicas;
   rc = bt__train_create(&cfg, &t, &err);
   bt_schedule_destroy(sched);
   if (rc != BT_OK && rc != BT_EUNSUPPORTED)
@@ -540,8 +541,9 @@ TEST(host_backend_matches_cpu)
     for (size_t si = 0; si < sizeof sched / sizeof *sched; si++)
       for (int32_t p = 1; p <= 4; p *= 2)
         for (int32_t ck = 0; ck < 3; ck++)
-          for (int adamw = 0; adamw < 2; adamw++) {
-            struct run r = {sched[si], p, 1, 4, ck, NULL, 0, 0};
+          for (int adamw = 0; adamw < 2; adamw++)
+          for (int32_t nr = 1; nr <= 2; nr++) {
+            struct run r = {sched[si], p, 1, nr == 1 ? 4 : 2, ck, NULL, 0, 0};
             struct bt__resmlp *a = make_model(L, ls), *b = make_model(L, ls);
             struct bt__resmlp *init = make_model(L, ls);
             struct bt_backend *be = NULL;
@@ -556,12 +558,13 @@ TEST(host_backend_matches_cpu)
 
             if (strcmp(r.sched, "interleaved") == 0)
               r.v = 2;
-            snprintf(what, sizeof what, "%s p=%d ckpt=%s long_skip=%d %s",
-                     r.sched, (int)p, ckpt_name[ck], ls,
-                     adamw ? "adamw" : "sgd");
-            ASSERT_INT_EQ(bt__backend_host_create(p, &be, &err), BT_OK);
-            ta = make_trainer(a, &r, NULL);
-            tb = make_trainer(b, &r, be);
+            snprintf(what, sizeof what,
+                     "%s p=%d ckpt=%s long_skip=%d %s replicas=%d", r.sched,
+                     (int)p, ckpt_name[ck], ls, adamw ? "adamw" : "sgd",
+                     (int)nr);
+            ASSERT_INT_EQ(bt__backend_host_create(p * nr, &be, &err), BT_OK);
+            ta = make_trainer(a, &r, NULL, nr);
+            tb = make_trainer(b, &r, be, nr);
             if (ta != NULL && tb != NULL) {
               ran++;
               for (int step = 1; step <= 2; step++) {
@@ -616,7 +619,79 @@ TEST(host_backend_matches_cpu)
             bt__resmlp_destroy(init);
           }
   printf("host backend: %d configurations equal the CPU trainer\n", ran);
-  EXPECT_TRUE(ran >= 100);
+  EXPECT_TRUE(ran >= 200);
+}
+
+/* Data-parallel replicas: R replicas of m microbatches give the
+ * reference's loss for R m microbatches bitwise (the shares add in the
+ * same order) and its gradients within TOL (the replicas' sums add in
+ * another order); every replica's gradients are the reduced ones. */
+TEST(replicas_match_reference)
+{
+  static const char *sched[] = {"gpipe", "1f1b", "zb-h1", "interleaved"};
+  int ran = 0;
+
+  make_batch();
+  for (int ls = 0; ls < 2; ls++)
+    for (int32_t nr = 2; nr <= 3; nr++) {
+      struct bt__resmlp *ref = make_model(L, ls);
+      float ref_loss;
+      int32_t m = nr == 2 ? 4 : 2;
+      reference(ref, nr * m, &ref_loss);
+      for (size_t si = 0; si < sizeof sched / sizeof *sched; si++)
+        for (int32_t p = 1; p <= 4; p *= 2)
+          for (int32_t ck = 0; ck < 3; ck++) {
+            struct run r = {sched[si], p, 1, m, ck, NULL, 0, 0};
+            struct bt__resmlp *a = make_model(L, ls);
+            struct bt__train *t;
+            bt_error_t err;
+            char what[120];
+            float loss = NAN;
+            if (strcmp(r.sched, "interleaved") == 0)
+              r.v = 2;
+            snprintf(what, sizeof what, "%s p=%d m=%d ckpt=%s long_skip=%d "
+                     "replicas=%d", r.sched, (int)p, (int)m, ckpt_name[ck],
+                     ls, (int)nr);
+            t = make_trainer(a, &r, NULL, nr);
+            if (t != NULL) {
+              ran++;
+              EXPECT_STATUS(bt__train_step(t, xs, ys, &loss, &err), BT_OK,
+                            &err);
+              if (memcmp(&loss, &ref_loss, sizeof loss) != 0)
+                test_fail(__FILE__, __LINE__, "%s: loss %.9g, reference %.9g",
+                          what, (double)loss, (double)ref_loss);
+              grads_close(ref, a, what);
+              /* Every device's held bytes are back to 0. */
+              for (int32_t d = 0; d < p * nr; d++)
+                EXPECT_INT_EQ(bt__train_held_bytes(t, d), 0);
+              EXPECT_TRUE(bt__train_peak_held_bytes(t, p * nr - 1) > 0);
+            }
+            bt__train_destroy(t);
+            bt__resmlp_destroy(a);
+          }
+      bt__resmlp_destroy(ref);
+    }
+  printf("replicas: %d configurations match the reference\n", ran);
+  EXPECT_TRUE(ran >= 80);
+  /* Refusals: a batch the replicas and microbatches do not divide. */
+  {
+    struct bt__train_config cfg = BT__TRAIN_CONFIG_INIT;
+    struct bt__resmlp *a = make_model(L, 0);
+    struct bt__train *t = NULL;
+    bt_schedule_t *s = NULL;
+    bt_error_t err;
+    ASSERT_INT_EQ(bt_schedule_builtin("1f1b", &s, &err), BT_OK);
+    cfg.model = a;
+    cfg.batch = N;
+    cfg.microbatches = 4;
+    cfg.devices = 2;
+    cfg.schedule = s;
+    cfg.replicas = 5;
+    EXPECT_STATUS(bt__train_create(&cfg, &t, &err), BT_EINVAL, &err);
+    EXPECT_STR_CONTAINS(err.message, "5 replicas");
+    bt_schedule_destroy(s);
+    bt__resmlp_destroy(a);
+  }
 }
 
 TEST(bad_configs)

@@ -255,7 +255,30 @@ def help_text():
         assert flag in out, flag
 
 
+def data_parallel():
+    # --dp 2 with m=2 per replica is the batch in 4 microbatches: the same
+    # first loss bitwise, gradients within float reordering, and training
+    # reaches the same loss; every device of both replicas reports.
+    common = [*SMALL, "--steps", "1", "--long-skip", "--optimizer", "sgd"]
+    a, b = path("dp1.st"), path("dp2.st")
+    run(*common, "--microbatches", "4", "--dump", a)
+    r = run_json(*common, "--microbatches", "2", "--dp", "2", "--devices",
+                 "cpu:0,cpu:1,cpu:2,cpu:3", "--dump", b)
+    assert r["dp"] == 2 and len(r["peak_activation_bytes"]) == 4, r
+    ta, _ = read_safetensors(a)
+    tb, _ = read_safetensors(b)
+    assert ta["loss"] == tb["loss"], (ta["loss"], tb["loss"])
+    for name, (_, _, va) in ta.items():
+        vb = tb[name][2]
+        ref = max((abs(x) for x in va), default=0.0) or 1.0
+        d = max((abs(x - y) for x, y in zip(va, vb)), default=0.0)
+        assert d <= 1e-5 * ref, f"{name}: {d} (max {ref})"
+    p = run(*SMALL, "--dp", "3", "--devices", "cpu:0,cpu:1,cpu:2,cpu:3", ok=False)
+    assert "not a multiple of --dp 3" in p.stderr, p.stderr
+
+
 check("schedules train (gpipe, 1f1b, zb-h1, interleaved)", schedules)
+check("--dp 2 equals one replica", data_parallel)
 check("same first loss under every schedule", same_loss_every_schedule)
 check("measured peak memory = simulated (every checkpoint mode)", memory_matches_simulator)
 check("--devices and --balance", devices_and_balance)

@@ -212,7 +212,7 @@ def errors():
         assert needle in e.stderr, (args, e.stderr)
     # gpt options with the resmlp model, and --steps 0 there.
     for args, needle in ((["--embd", "8"], "--embd is a gpt option"),
-                         (["--dp", "2"], "--dp is a gpt option"),
+                         (["--untied"], "--untied is a gpt option"),
                          (["--steps", "0"], "--steps needs a whole number >= 1"),
                          (["--model", "bert"], "resmlp and gpt")):
         e = run("--data", "synthetic", *args, ok=False)

@@ -205,7 +205,8 @@ typedef struct bt_trainer_config {
                                callback first sleep a pseudo-random 0..200
                                us, to show results do not depend on thread
                                timing; 0 = off */
-  /* Appended in version 2, for gpt (ignored by resmlp): */
+  /* Appended in version 2 (seq, max_grad_norm and dropout_seed for gpt
+   * only; resmlp takes replicas too, in one process): */
   int32_t seq;              /* T tokens per sequence; batch counts
                                sequences */
   int32_t replicas;         /* R data-parallel replicas (0 = 1); replica r
@@ -264,6 +265,11 @@ BT_API bt_status bt_trainer_update(bt_trainer_t *trainer, bt_error_t *err);
  * made to the model after create are not seen by the trainer: create a
  * new one.  Without a backend, a no-op. */
 BT_API bt_status bt_trainer_sync(bt_trainer_t *trainer, bt_error_t *err);
+
+/* What the caller should know about how the trainer runs, or NULL: e.g.
+ * that a backend runs fewer data-parallel replicas than asked (NCCL
+ * refuses two ranks on one GPU, so replicas of one GPU run as one). */
+BT_API const char *bt_trainer_note(const bt_trainer_t *trainer);
 
 /* Frees a backend: after every trainer using it.  NULL is accepted. */
 BT_API void bt_backend_destroy(bt_backend_t *backend);
