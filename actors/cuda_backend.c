@@ -14,6 +14,9 @@
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#ifdef BATON_HAVE_NCCL
+#include <nccl.h>
+#endif
 
 #include "../model/backend.h"
 #include "baton/cuda.h"
@@ -34,6 +37,14 @@ struct cuda_backend {
   int shared_kind;             /* SHARED_*: how alloc_shared places */
   struct shared_block *shared; /* blocks from alloc_shared */
   char note[160];
+#ifdef BATON_HAVE_NCCL
+  /* Data parallelism: one communicator per (group, replica), made by
+   * ncclCommInitAll per group; events that put a device's reduce on its
+   * send stream and the device's later work after it. */
+  ncclComm_t *comms; /* [groups * replicas] */
+  int32_t groups, replicas;
+  cudaEvent_t *ready, *done; /* [devices] */
+#endif
 };
 
 /* ---- kernels ------------------------------------------------------------ */
@@ -350,6 +361,152 @@ cuda_replay(struct bt_backend *be, bt_error_t *err)
   return bt_cuda_devices_replay(cb_of(be)->devs, err);
 }
 
+/* ---- data parallelism (NCCL) -------------------------------------------- */
+
+#ifdef BATON_HAVE_NCCL
+static void
+free_comms(struct cuda_backend *cb)
+{
+  for (int32_t i = 0; cb->comms != NULL && i < cb->groups * cb->replicas; i++)
+    if (cb->comms[i] != NULL)
+      ncclCommDestroy(cb->comms[i]);
+  for (int32_t i = 0; i < cb->be.devices; i++) {
+    if (cb->ready != NULL && cb->ready[i] != NULL)
+      cudaEventDestroy(cb->ready[i]);
+    if (cb->done != NULL && cb->done[i] != NULL)
+      cudaEventDestroy(cb->done[i]);
+  }
+  free(cb->comms);
+  free(cb->ready);
+  free(cb->done);
+  cb->comms = NULL;
+  cb->ready = cb->done = NULL;
+  cb->groups = cb->replicas = 0;
+}
+#endif
+
+static bt_status
+cuda_reduce_init(struct bt_backend *be, int32_t replicas, int32_t groups,
+                 const int32_t *group_device, bt_error_t *err)
+{
+#ifdef BATON_HAVE_NCCL
+  struct cuda_backend *cb = cb_of(be);
+  int32_t p = replicas > 0 ? be->devices / replicas : 0;
+  int *devlist = NULL;
+  ncclResult_t nr = ncclSuccess;
+  cudaError_t e = cudaSuccess;
+
+  if (replicas < 2 || be->devices % replicas != 0 || groups < 1)
+    return bt__errorf(err, BT_EINVAL,
+                      "%d replicas do not split the backend's %d devices",
+                      (int)replicas, (int)be->devices);
+  /* NCCL refuses two ranks of one communicator on one GPU. */
+  for (int32_t g = 0; g < groups; g++)
+    for (int32_t r = 0; r < replicas; r++)
+      for (int32_t q = 0; q < r; q++)
+        if (cb->gpu[r * p + group_device[g]] ==
+            cb->gpu[q * p + group_device[g]])
+          return bt__errorf(err, BT_EUNSUPPORTED,
+                            "NCCL needs one GPU per replica, but replicas "
+                            "%d and %d both run device %d on cuda:%d",
+                            (int)q, (int)r, (int)group_device[g],
+                            (int)cb->gpu[r * p + group_device[g]]);
+  free_comms(cb);
+  cb->comms = calloc((size_t)groups * (size_t)replicas, sizeof *cb->comms);
+  cb->ready = calloc((size_t)be->devices, sizeof *cb->ready);
+  cb->done = calloc((size_t)be->devices, sizeof *cb->done);
+  devlist = malloc((size_t)replicas * sizeof *devlist);
+  if (cb->comms == NULL || cb->ready == NULL || cb->done == NULL ||
+      devlist == NULL) {
+    free(devlist);
+    free_comms(cb);
+    return bt__errorf(err, BT_ENOMEM, "out of memory for NCCL");
+  }
+  cb->groups = groups;
+  cb->replicas = replicas;
+  for (int32_t i = 0; i < be->devices && e == cudaSuccess; i++) {
+    e = cudaSetDevice(cb->gpu[i]);
+    if (e == cudaSuccess)
+      e = cudaEventCreateWithFlags(&cb->ready[i], cudaEventDisableTiming);
+    if (e == cudaSuccess)
+      e = cudaEventCreateWithFlags(&cb->done[i], cudaEventDisableTiming);
+  }
+  for (int32_t g = 0; g < groups && e == cudaSuccess && nr == ncclSuccess;
+       g++) {
+    for (int32_t r = 0; r < replicas; r++)
+      devlist[r] = cb->gpu[r * p + group_device[g]];
+    nr = ncclCommInitAll(&cb->comms[(size_t)g * (size_t)replicas], replicas,
+                         devlist);
+  }
+  free(devlist);
+  if (e != cudaSuccess || nr != ncclSuccess) {
+    free_comms(cb);
+    if (e != cudaSuccess)
+      return cuda_fail(err, "creating NCCL's events", cb->gpu[0], e);
+    return bt__errorf(err, BT_EIO, "NCCL could not start: %s",
+                      ncclGetErrorString(nr));
+  }
+  return BT_OK;
+#else
+  (void)be;
+  (void)replicas;
+  (void)groups;
+  (void)group_device;
+  return bt__errorf(err, BT_EUNSUPPORTED, "this baton was built without NCCL");
+#endif
+}
+
+/* Replica r's share of group g's all-reduce: NCCL's sum, in place, on the
+ * device's send stream after the compute stream's work so far; the
+ * compute stream's later work (and the task's completion event) waits for
+ * it. */
+static bt_status
+cuda_reduce(struct bt_backend *be, void *ctx, int32_t group, int32_t replica,
+            int32_t replicas, float *const *grads, size_t n, bt_error_t *err)
+{
+#ifdef BATON_HAVE_NCCL
+  struct cuda_backend *cb = cb_of(be);
+  const bt_cuda_ctx_t *c = ctx;
+  cudaStream_t compute = (cudaStream_t)c->stream;
+  cudaStream_t side = (cudaStream_t)c->send_stream;
+  cudaError_t e;
+  ncclResult_t nr;
+
+  if (cb->comms == NULL || group < 0 || group >= cb->groups ||
+      replicas != cb->replicas || replica < 0 || replica >= replicas)
+    return bt__errorf(err, BT_EINVAL,
+                      "reduce of group %d, replica %d: NCCL was not set up "
+                      "for it",
+                      (int)group, (int)replica);
+  e = cudaEventRecord(cb->ready[c->index], compute);
+  if (e == cudaSuccess)
+    e = cudaStreamWaitEvent(side, cb->ready[c->index], 0);
+  if (e != cudaSuccess)
+    return cuda_fail(err, "ordering the all-reduce", c->gpu, e);
+  nr = ncclAllReduce(
+      grads[replica], grads[replica], n, ncclFloat, ncclSum,
+      cb->comms[(size_t)group * (size_t)replicas + (size_t)replica], side);
+  if (nr != ncclSuccess)
+    return bt__errorf(err, BT_EIO, "ncclAllReduce on cuda:%d: %s", (int)c->gpu,
+                      ncclGetErrorString(nr));
+  e = cudaEventRecord(cb->done[c->index], side);
+  if (e == cudaSuccess)
+    e = cudaStreamWaitEvent(compute, cb->done[c->index], 0);
+  return e == cudaSuccess
+             ? BT_OK
+             : cuda_fail(err, "ordering the all-reduce", c->gpu, e);
+#else
+  (void)be;
+  (void)ctx;
+  (void)group;
+  (void)replica;
+  (void)replicas;
+  (void)grads;
+  (void)n;
+  return bt__errorf(err, BT_EUNSUPPORTED, "this baton was built without NCCL");
+#endif
+}
+
 static void
 cuda_destroy(struct bt_backend *be)
 {
@@ -357,6 +514,9 @@ cuda_destroy(struct bt_backend *be)
 
   if (cb == NULL)
     return;
+#ifdef BATON_HAVE_NCCL
+  free_comms(cb);
+#endif
   while (cb->shared != NULL)
     cuda_free(be, -1, cb->shared->p);
   for (int32_t i = 0; be->desc != NULL && i < be->devices; i++) {
@@ -429,6 +589,8 @@ bt_cuda_backend_create(const int32_t *gpus, int32_t n, bt_backend_t **out,
   be->download = cuda_download;
   be->sync = cuda_sync;
   be->destroy = cuda_destroy;
+  be->reduce_init = cuda_reduce_init;
+  be->reduce = cuda_reduce;
   be->capture_begin = cuda_capture_begin;
   be->capture_end = cuda_capture_end;
   be->replay = cuda_replay;

@@ -95,13 +95,17 @@ struct bt_backend {
   /* A note for the user about how the backend runs (NULL: none). */
   const char *note;
   /* Data parallelism (NULL where the backend has none).  reduce_init,
-   * before the first step: can `replicas` replicas of devices / replicas
-   * devices each reduce (BT_EUNSUPPORTED, with the reason, when not).
-   * reduce is the task of (replica, group) on that replica's device ctx
-   * (group: the stage's device within a replica): together the replicas'
+   * once before the first step: `replicas` replicas of devices / replicas
+   * devices each, and `groups` reductions per step, group g among the
+   * replicas' devices number group_device[g] (within a replica); what it
+   * cannot run is BT_EUNSUPPORTED, with the reason.  reduce is the task of
+   * (replica, group) on that replica's device ctx: together the replicas'
    * calls of one group sum grads[0 .. replicas) (n floats each, replica
-   * r's on its device) into every one of them. */
+   * r's on its device) into every one of them.  Each group reduces once
+   * per step, so the replicas' calls pair up whatever order a device runs
+   * its groups in. */
   bt_status (*reduce_init)(struct bt_backend *be, int32_t replicas,
+                           int32_t groups, const int32_t *group_device,
                            bt_error_t *err);
   bt_status (*reduce)(struct bt_backend *be, void *ctx, int32_t group,
                       int32_t replica, int32_t replicas, float *const *grads,

@@ -17,28 +17,28 @@
 
 struct train_stage {
   struct bt__train *t;
-  int32_t s, r;         /* stage, data-parallel replica */
+  int32_t s, r;             /* stage, data-parallel replica */
   struct bt__resmlp *model; /* the replica's model (on the CPU) */
-  size_t first, last;   /* layers [first, last] */
-  bool stash_h0;        /* long skip leaves this stage (it has layer 0) */
-  bool pop_h0;          /* long skip enters this stage (it has the head) */
-  bool inner_h0;        /* layer 0 and the head are both here */
-  unsigned char *block; /* all of the stage's scratch and buffers */
-  void **scratch;       /* [m * nl]: (microbatch k, layer first + i) */
+  size_t first, last;       /* layers [first, last] */
+  bool stash_h0;            /* long skip leaves this stage (it has layer 0) */
+  bool pop_h0;              /* long skip enters this stage (it has the head) */
+  bool inner_h0;            /* layer 0 and the head are both here */
+  unsigned char *block;     /* all of the stage's scratch and buffers */
+  void **scratch;           /* [m * nl]: (microbatch k, layer first + i) */
   /* Per-stage buffers [R,H] each: callbacks of one stage never overlap
    * (a stage lives on one device, which runs one callback at a time). */
   float *tmp[2], *h0, *z, *dz;
-  bool *dropped;         /* [m]: the microbatch's scratch is stale (host) */
-  int32_t device;        /* the device the stage runs on */
+  bool *dropped;  /* [m]: the microbatch's scratch is stale (host) */
+  int32_t device; /* the device the stage runs on */
   /* With a backend: the stage's layers' slice of params and grads on its
    * device, the view the layer functions take (params and grads based so
    * that the stage's tensors land in the slice), and AdamW's moments. */
   struct bt__resmlp view;
   float *dparams, *dgrads, *dadam_m, *dadam_v;
-  size_t off, n; /* the slice: elements [off, off + n) of the flat blocks */
-  float **peers;  /* replica 0's entry, replicas > 1: every replica's
-                     dgrads of this stage, for the backend's reduce */
-  size_t mb_bytes;       /* scratch bytes of one microbatch */
+  size_t off, n;   /* the slice: elements [off, off + n) of the flat blocks */
+  float **peers;   /* replica 0's entry, replicas > 1: every replica's
+                      dgrads of this stage, for the backend's reduce */
+  size_t mb_bytes; /* scratch bytes of one microbatch */
   struct bt__slots pool; /* which slot of scratch each microbatch holds */
 };
 
@@ -48,13 +48,13 @@ struct bt__train {
   int32_t m, S, p, checkpoint;
   uint64_t perturb;
   bt_comm_t *comm;
-  int32_t *stage_rank;    /* [S] */
-  int32_t nrep;           /* data-parallel replicas */
+  int32_t *stage_rank;     /* [S] */
+  int32_t nrep;            /* data-parallel replicas */
   struct bt__resmlp **rep; /* [nrep]: rep[0] = model, others copies */
-  double *shares;         /* [nrep * m]: the loss shares of the last step,
-                             in (replica, microbatch) order */
-  struct train_stage *st; /* [nrep * S]: replica r's stage s at r S + s */
-  int32_t *layer_stage;   /* [nlayers] */
+  double *shares;          /* [nrep * m]: the loss shares of the last step,
+                              in (replica, microbatch) order */
+  struct train_stage *st;  /* [nrep * S]: replica r's stage s at r S + s */
+  int32_t *layer_stage;    /* [nlayers] */
   bt_pipeline_t *pl;
   struct bt__held held; /* per device (stages.h) */
   /* The step's inputs: written by bt__train_step before bt_pipeline_step,
@@ -160,8 +160,7 @@ stage_forward(struct train_stage *st, const bt_stage_call_t *c, bool rebuilding,
       }
       /* The share goes to the pipeline's output; a rebuild's (bitwise the
        * same) into dz, which only the backward after it writes. */
-      rc = bt__resmlp_head_fwd_on(K, ctx, m, zin, t->y + mb * R, t->N,
-                                  scr, R,
+      rc = bt__resmlp_head_fwd_on(K, ctx, m, zin, t->y + mb * R, t->N, scr, R,
                                   rebuilding ? st->dz : (float *)c->output);
       if (rc != BT_OK)
         return bt__stages_layer_error(errbuf, errlen, "resmlp", "forward", l,
@@ -181,8 +180,7 @@ stage_forward(struct train_stage *st, const bt_stage_call_t *c, bool rebuilding,
       if (l == 0 && st->stash_h0 && !rebuilding &&
           (rc = K->copy(ctx, c->skip_out[0].data, out,
                         R * m->cfg.H * sizeof(float))) != BT_OK)
-        return bt__stages_layer_error(errbuf, errlen, "resmlp", "stash", l,
-                                      rc);
+        return bt__stages_layer_error(errbuf, errlen, "resmlp", "stash", l, rc);
       cur = out;
     }
   }
@@ -205,9 +203,9 @@ cb_forward(const bt_stage_call_t *c, char *errbuf, size_t errlen)
      * taken then.  Poisoned with NaNs first, so that a missed recompute
      * shows in every gradient. */
     for (size_t l = st->first; rc == 0 && l <= st->last; l++)
-      rc = st->t->K->fill(c->device_ctx, scratch_of(st, k, l), 0xff,
-                          bt__resmlp_layer_scratch_bytes(st->t->model, l,
-                                                         st->t->R));
+      rc = st->t->K->fill(
+          c->device_ctx, scratch_of(st, k, l), 0xff,
+          bt__resmlp_layer_scratch_bytes(st->t->model, l, st->t->R));
     if (rc != 0)
       return bt__stages_layer_error(errbuf, errlen, "resmlp", "poison",
                                     st->first, rc);
@@ -262,8 +260,7 @@ stage_input_grad(struct train_stage *st, const bt_stage_call_t *c, char *errbuf,
     void *scr = scratch_of(st, k, l);
     if (l == L + 1) {
       float *din = l == st->first ? c->grad_input : st->dz;
-      rc = bt__resmlp_layer_bwd_input_on(K, ctx, m, l, NULL, din, scr, R,
-                                         t->N);
+      rc = bt__resmlp_layer_bwd_input_on(K, ctx, m, l, NULL, din, scr, R, t->N);
       if (rc == BT_OK && st->pop_h0)
         rc = K->copy(ctx, c->skip_grad_out[0].data, din, RH * sizeof(float));
       if (rc != BT_OK)
@@ -273,8 +270,7 @@ stage_input_grad(struct train_stage *st, const bt_stage_call_t *c, char *errbuf,
       dcur = din;
     } else if (l > 0) {
       float *din = l == st->first ? c->grad_input : other_tmp(st, dcur, st->dz);
-      rc = bt__resmlp_layer_bwd_input_on(K, ctx, m, l, dcur, din, scr, R,
-                                         t->N);
+      rc = bt__resmlp_layer_bwd_input_on(K, ctx, m, l, dcur, din, scr, R, t->N);
       if (rc != BT_OK)
         return bt__stages_layer_error(errbuf, errlen, "resmlp", "input grad", l,
                                       rc);
@@ -295,8 +291,8 @@ stage_input_grad(struct train_stage *st, const bt_stage_call_t *c, char *errbuf,
                                         l, rc);
         dcur = dh0;
       }
-      rc = bt__resmlp_layer_bwd_input_on(K, ctx, m, 0, dcur, NULL, scr, R,
-                                         t->N);
+      rc =
+          bt__resmlp_layer_bwd_input_on(K, ctx, m, 0, dcur, NULL, scr, R, t->N);
       if (rc != BT_OK)
         return bt__stages_layer_error(errbuf, errlen, "resmlp", "input grad", l,
                                       rc);
@@ -314,8 +310,7 @@ stage_weight_grad(struct train_stage *st, const bt_stage_call_t *c,
 
   for (size_t l = st->last + 1; l-- > st->first;) {
     rc = bt__resmlp_layer_bwd_weight_on(t->K, c->device_ctx, model_of(st), l,
-                                        scratch_of(st, c->microbatch, l),
-                                        t->R);
+                                        scratch_of(st, c->microbatch, l), t->R);
     if (rc != BT_OK)
       return bt__stages_layer_error(errbuf, errlen, "resmlp", "weight grad", l,
                                     rc);
@@ -601,7 +596,8 @@ bt__train_update(struct bt__train *t, const struct bt__train_optim *o,
  * them (NCCL refuses two ranks on one GPU) one replica runs, and the
  * trainer says so in its note. */
 static bt_status
-choose_replicas(struct bt__train *t, bt_error_t *err)
+choose_replicas(struct bt__train *t, const int32_t *stage_device,
+                bt_error_t *err)
 {
   int32_t asked = t->nrep;
   bt_error_t why;
@@ -627,8 +623,17 @@ choose_replicas(struct bt__train *t, bt_error_t *err)
                       "replicas; use one replica",
                       t->be->name);
   memset(&why, 0, sizeof why);
-  rc = t->be->reduce_init != NULL ? t->be->reduce_init(t->be, asked, &why)
-                                  : BT_OK;
+  rc = BT_OK;
+  if (t->be->reduce_init != NULL) {
+    /* One reduction per stage, among the replicas' devices of the stage. */
+    int32_t *dev = malloc((size_t)t->S * sizeof *dev);
+    if (dev == NULL)
+      return bt__errorf(err, BT_ENOMEM, "out of memory");
+    for (int32_t s = 0; s < t->S; s++)
+      dev[s] = stage_device != NULL ? stage_device[s] : s % t->p;
+    rc = t->be->reduce_init(t->be, asked, t->S, dev, &why);
+    free(dev);
+  }
   if (rc == BT_EUNSUPPORTED) {
     t->nrep = 1;
     snprintf(t->note, sizeof t->note,
@@ -684,7 +689,7 @@ reduce_grads(const bt_stage_call_t *c, char *errbuf, size_t errlen)
   bt_status rc;
 
   memset(&e, 0, sizeof e);
-  rc = t->be->reduce(t->be, c->device_ctx, st0->device, c->replica, t->nrep,
+  rc = t->be->reduce(t->be, c->device_ctx, c->stage, c->replica, t->nrep,
                      st0->peers, st0->n, &e);
   if (rc != BT_OK)
     snprintf(errbuf, errlen, "%s", e.message);
@@ -717,7 +722,8 @@ check_config(const struct bt__train_config *cfg, bt_error_t *err)
                       (int)cfg->replicas);
   if (cfg->batch == 0 ||
       cfg->batch % ((size_t)cfg->microbatches *
-                    (size_t)(cfg->replicas > 1 ? cfg->replicas : 1)) != 0)
+                    (size_t)(cfg->replicas > 1 ? cfg->replicas : 1)) !=
+          0)
     return bt__errorf(err, BT_EINVAL,
                       "the batch's %zu rows do not split evenly into %d "
                       "microbatches of %d replicas; choose counts whose "
@@ -773,7 +779,7 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
     goto out_free;
   }
   t->graph = cfg->graph ? 1 : 0;
-  rc = choose_replicas(t, err);
+  rc = choose_replicas(t, cfg->stage_device, err);
   if (rc != BT_OK)
     goto out_free;
   t->R = t->N / ((size_t)t->m * (size_t)t->nrep);
@@ -820,9 +826,9 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
     st->first = t->st[s].first;
     st->last = t->st[s].last;
     stage_slice(t->model, st, &st->off, &st->n);
-    st->device = st->r * t->p + (cfg->stage_device != NULL
-                                     ? cfg->stage_device[s]
-                                     : s % cfg->devices);
+    st->device =
+        st->r * t->p +
+        (cfg->stage_device != NULL ? cfg->stage_device[s] : s % cfg->devices);
     st->inner_h0 = ls && t->S == 1;
     st->stash_h0 = ls && t->S > 1 && s == 0;
     st->pop_h0 = ls && t->S > 1 && s == t->S - 1;
@@ -1006,8 +1012,7 @@ device_step(struct bt__train *t, const float *x, const int32_t *y,
 static bt_status
 read_share(struct bt__train *t, int32_t r, int32_t k, bt_error_t *err)
 {
-  const float *out =
-      bt_pipeline_replica_output(t->pl, r, t->S - 1, k, NULL);
+  const float *out = bt_pipeline_replica_output(t->pl, r, t->S - 1, k, NULL);
   size_t at = (size_t)r * (size_t)t->m + (size_t)k;
   float share;
   bt_status rc;
@@ -1066,8 +1071,7 @@ bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
       memset(t->st[i].dropped, 0, (size_t)t->m * sizeof *t->st[i].dropped);
     }
   }
-  rc = t->be != NULL ? device_step(t, x, y, err)
-                     : bt_pipeline_step(t->pl, err);
+  rc = t->be != NULL ? device_step(t, x, y, err) : bt_pipeline_step(t->pl, err);
   t->x = NULL;
   t->y = NULL;
   if (rc == BT_OK) {

@@ -56,8 +56,16 @@ def trains():
     assert abs(a["loss"] - b["loss"]) <= 1e-3 * abs(a["loss"]), (a["loss"], b["loss"])
 
 
+def data_parallel_one_gpu():
+    # NCCL refuses two ranks on one GPU: one replica runs, and says so.
+    p = run(*SMALL, "--steps", "2", "--dp", "2", "--devices",
+            "cuda:0,cuda:0,cuda:0,cuda:0")
+    assert "one GPU per replica" in p.stderr and "running 1 replica" in p.stderr, p.stderr
+
+
 for sched in ("gpipe", "1f1b", "zb-h1"):
     for n in (1, 2, 4):
         check(f"{sched} on {n} cuda devices matches the CPU", matches(sched, n))
 check("40 steps on cuda:0,cuda:0 train as on the CPU", trains)
+check("--dp 2 on one GPU runs one replica and says so", data_parallel_one_gpu)
 CLI.finish()

@@ -12,6 +12,8 @@
  *     trainer is right again;
  *   - with whole-step CUDA graphs (captured at step 2, replayed after), the
  *     same;
+ *   - data parallelism: two replicas all-reduce through NCCL on two GPUs;
+ *     on one GPU the trainer runs one replica and says so in its note;
  *   - a trainer too big for the GPU fails at create with BT_ENOMEM, and the
  *     backend still trains afterwards. */
 #include <math.h>
@@ -74,9 +76,9 @@ model(const struct shape *sh, bool long_skip)
 }
 
 static struct bt__train *
-trainer(struct bt__resmlp *m, const struct shape *sh, const char *sched,
-        int32_t p, int32_t ckpt, struct bt_backend *be, int graph,
-        bt_status *rc, bt_error_t *err)
+trainer_r(struct bt__resmlp *m, const struct shape *sh, const char *sched,
+          int32_t p, int32_t ckpt, struct bt_backend *be, int graph,
+          int32_t replicas, bt_status *rc, bt_error_t *err)
 {
   struct bt__train_config cfg = BT__TRAIN_CONFIG_INIT;
   struct bt__train *t = NULL;
@@ -92,12 +94,21 @@ trainer(struct bt__resmlp *m, const struct shape *sh, const char *sched,
   cfg.virtual_stages = strcmp(sched, "interleaved") == 0 ? 2 : 1;
   cfg.schedule = s;
   cfg.checkpoint = ckpt;
-  cfg.threads = p;
+  cfg.threads = p * replicas;
   cfg.backend = be;
   cfg.graph = graph;
+  cfg.replicas = replicas;
   *rc = bt__train_create(&cfg, &t, err);
   bt_schedule_destroy(s);
   return t;
+}
+
+static struct bt__train *
+trainer(struct bt__resmlp *m, const struct shape *sh, const char *sched,
+        int32_t p, int32_t ckpt, struct bt_backend *be, int graph,
+        bt_status *rc, bt_error_t *err)
+{
+  return trainer_r(m, sh, sched, p, ckpt, be, graph, 1, rc, err);
 }
 
 /* Every tensor of got within TOL of ref's largest entry (values or
@@ -224,6 +235,57 @@ TEST(cuda_graph_matches_cpu)
   make_batch(&wide);
   compare(&wide, "1f1b", 4, 1, 0, 1, &ran);
   EXPECT_INT_EQ(ran, 5);
+}
+
+/* Data parallelism.  On one GPU NCCL cannot run two replicas: the
+ * trainer runs one on the first devices, says so in its note, and matches
+ * the CPU's single replica.  With two GPUs or more, two replicas (one
+ * device each) all-reduce through NCCL and match the CPU's two replicas
+ * within TOL. */
+TEST(cuda_data_parallel)
+{
+  int32_t gpus[2] = {0, 0};
+  int ngpu = 0;
+  struct bt__resmlp *a = model(&small, 1), *b = model(&small, 1);
+  struct bt_backend *be = NULL;
+  struct bt__train *ta = NULL, *tb = NULL;
+  bt_error_t err;
+  bt_status rc;
+  float la, lb;
+
+  make_batch(&small);
+  cudaGetDeviceCount(&ngpu);
+  if (ngpu >= 2)
+    gpus[1] = 1;
+  ASSERT_INT_EQ(bt_cuda_backend_create(gpus, 2, &be, &err), BT_OK);
+  tb = trainer_r(b, &small, "1f1b", 1, 0, be, 0, 2, &rc, &err);
+  ASSERT_TRUE(tb != NULL);
+  ta =
+      trainer_r(a, &small, "1f1b", 1, 0, NULL, 0, ngpu >= 2 ? 2 : 1, &rc, &err);
+  ASSERT_TRUE(ta != NULL);
+  if (ngpu < 2) {
+    ASSERT_TRUE(bt__train_note(tb) != NULL);
+    EXPECT_STR_CONTAINS(bt__train_note(tb), "one GPU per replica");
+    printf("one GPU: %s\n", bt__train_note(tb));
+  } else {
+    EXPECT_TRUE(bt__train_note(tb) == NULL);
+  }
+  for (int step = 0; step < 3; step++) {
+    struct bt__train_optim o = {0, 0.05f, 0.0f, 0.9f, 0.999f, 1e-8f, 1};
+    EXPECT_STATUS(bt__train_step(ta, xs, ys, &la, &err), BT_OK, &err);
+    EXPECT_STATUS(bt__train_step(tb, xs, ys, &lb, &err), BT_OK, &err);
+    EXPECT_NEAR(lb, la, TOL * fabs(la));
+    EXPECT_STATUS(bt__train_pull(tb, &err), BT_OK, &err);
+    tensors_close(a, b, 1, "data parallel");
+    tensors_close(a, b, 0, "data parallel");
+    EXPECT_STATUS(bt__resmlp_sgd(a, o.lr), BT_OK, NULL);
+    EXPECT_STATUS(bt__train_update(tb, &o, &err), BT_OK, &err);
+  }
+  bt__train_destroy(ta);
+  bt__train_destroy(tb);
+  bt_backend_destroy(be);
+  bt__resmlp_destroy(a);
+  bt__resmlp_destroy(b);
 }
 
 /* A copy with a direction CUDA refuses: a real CUDA error, returned by
