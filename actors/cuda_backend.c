@@ -229,8 +229,13 @@ cuda_alloc(struct bt_backend *be, int32_t d, size_t bytes, bt_error_t *err)
 
   if (e == cudaSuccess)
     e = cudaMalloc(&p, bytes ? bytes : 1);
+  /* cudaMemset may still run when it returns, on the legacy stream that
+   * the devices' non-blocking streams do not wait for: wait here (create
+   * time, not a step). */
   if (e == cudaSuccess)
     e = cudaMemset(p, 0, bytes);
+  if (e == cudaSuccess)
+    e = cudaDeviceSynchronize();
   if (e != cudaSuccess) {
     if (p != NULL)
       cudaFree(p);
@@ -296,8 +301,10 @@ cuda_free(struct bt_backend *be, int32_t d, void *p)
   cudaFree(p);
 }
 
-/* Host <-> device d: after the device's queued work (its streams are
- * non-blocking, so a plain cudaMemcpy would not wait for them). */
+/* Host <-> device d, on the device's compute stream (after its queued
+ * work) and waited for: a plain cudaMemcpy would neither wait for the
+ * non-blocking streams nor, from pageable memory, for its own DMA.  Any
+ * memory the pointers name (device, peer, mapped host): cudaMemcpyDefault. */
 static bt_status
 cuda_move(struct bt_backend *be, int32_t d, void *dst, const void *src,
           size_t bytes, int up, bt_error_t *err)
@@ -312,10 +319,10 @@ cuda_move(struct bt_backend *be, int32_t d, void *dst, const void *src,
   ctx = be->desc[d].ctx;
   e = cudaSetDevice(cb->gpu[d]);
   if (e == cudaSuccess)
-    e = cudaStreamSynchronize((cudaStream_t)ctx->stream);
+    e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault,
+                        (cudaStream_t)ctx->stream);
   if (e == cudaSuccess)
-    e = cudaMemcpy(dst, src, bytes,
-                   up ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost);
+    e = cudaStreamSynchronize((cudaStream_t)ctx->stream);
   return e == cudaSuccess ? BT_OK
                           : cuda_fail(err,
                                       up ? "copying to the device"
