@@ -2,6 +2,8 @@
 #ifndef BATON_BENCH_BENCH_H
 #define BATON_BENCH_BENCH_H
 
+#include "baton/baton.h"
+
 /* `baton-bench overhead ...`: per-task overhead of the runtime on empty
  * tasks (bench/overhead.c).  Returns the process exit status. */
 int bench_overhead(int argc, char **argv);
@@ -14,6 +16,26 @@ int bench_cpu(int argc, char **argv);
  * overhead per task, device idle gaps, CUDA graphs) and the resmlp trainer
  * on them (bench/cuda.c; built with CUDA). */
 int bench_cuda(int argc, char **argv);
+
+/* What the runtime backends share (bench/common.c): a plan of `devices`
+ * stages, one per device, each costing F, B and W units of unit_us. */
+struct bench_pipe {
+  const char *schedule;
+  int devices, microbatches, repeat, json;
+  double unit_us, f, b, w;
+};
+
+/* "baton-bench: <message>" on stderr; returns 1. */
+int bench_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* One option of struct bench_pipe (--schedule --microbatches --repeat
+ * --unit-us --cost; --devices is each backend's): 1 taken, 0 not one of
+ * them, -1 a bad value (said). */
+int bench_pipe_option(struct bench_pipe *o, const char *opt, const char *v);
+
+/* The schedule's plan for o; 0, or 1 (err set, or out of memory). */
+int bench_pipe_plan(const struct bench_pipe *o, const bt_schedule_t *sched,
+                    bt_plan_t **out, bt_error_t *err);
 
 #include <stddef.h>
 #include <stdlib.h>

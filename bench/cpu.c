@@ -33,9 +33,9 @@
 #include "bench.h"
 
 struct cpu_opts {
-  const char *schedule;
-  int devices, microbatches, repeat, json, predict;
-  double unit_us, f, b, w, net_latency_us, net_gbps;
+  struct bench_pipe p;
+  int predict;
+  double net_latency_us, net_gbps;
   size_t bytes;
 };
 
@@ -60,32 +60,16 @@ static int
 cpu_task(const bt_stage_call_t *c, char *errbuf, size_t errlen)
 {
   const struct cpu_opts *o = ((const struct cpu_stage *)c->user)->o;
-  double cost = c->kind == BT_ACT_F   ? o->f
-                : c->kind == BT_ACT_B ? o->b + o->w
-                : c->kind == BT_ACT_I ? o->b
-                : c->kind == BT_ACT_W ? o->w
+  double cost = c->kind == BT_ACT_F   ? o->p.f
+                : c->kind == BT_ACT_B ? o->p.b + o->p.w
+                : c->kind == BT_ACT_I ? o->p.b
+                : c->kind == BT_ACT_W ? o->p.w
                                       : 0.0;
 
   (void)errbuf;
   (void)errlen;
-  busy_until(bench_now_s() + cost * o->unit_us * 1e-6);
+  busy_until(bench_now_s() + cost * o->p.unit_us * 1e-6);
   return 0;
-}
-
-static int cpu_fail(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2)));
-
-static int
-cpu_fail(const char *fmt, ...)
-{
-  va_list ap;
-
-  fprintf(stderr, "baton-bench: ");
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fputc('\n', stderr);
-  return 1;
 }
 
 static int
@@ -93,8 +77,9 @@ parse(int argc, char **argv, struct cpu_opts *o)
 {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    int taken;
     if (strcmp(a, "--json") == 0) {
-      o->json = 1;
+      o->p.json = 1;
       continue;
     }
     if (strcmp(a, "--predict") == 0) {
@@ -102,43 +87,37 @@ parse(int argc, char **argv, struct cpu_opts *o)
       continue;
     }
     if (v == NULL)
-      return cpu_fail("%s needs a value", a);
+      return bench_fail("%s needs a value", a);
     i++;
+    taken = bench_pipe_option(&o->p, a, v);
+    if (taken < 0)
+      return 1;
+    if (taken > 0)
+      continue;
     if (strcmp(a, "--backend") == 0) {
       if (strcmp(v, "cpu") != 0)
-        return cpu_fail("--backend %s: this entry runs cpu only", v);
-    } else if (strcmp(a, "--schedule") == 0) {
-      o->schedule = v;
+        return bench_fail("--backend %s: this entry runs cpu only", v);
     } else if (strcmp(a, "--devices") == 0) {
-      o->devices = atoi(v);
-    } else if (strcmp(a, "--microbatches") == 0) {
-      o->microbatches = atoi(v);
-    } else if (strcmp(a, "--repeat") == 0) {
-      o->repeat = atoi(v);
-    } else if (strcmp(a, "--unit-us") == 0) {
-      o->unit_us = atof(v);
+      o->p.devices = atoi(v);
     } else if (strcmp(a, "--bytes") == 0) {
       o->bytes = (size_t)strtoull(v, NULL, 10);
     } else if (strcmp(a, "--net-latency-us") == 0) {
       o->net_latency_us = atof(v);
     } else if (strcmp(a, "--net-gbps") == 0) {
       o->net_gbps = atof(v);
-    } else if (strcmp(a, "--cost") == 0) {
-      if (sscanf(v, "F=%lf,B=%lf,W=%lf", &o->f, &o->b, &o->w) != 3)
-        return cpu_fail("--cost %s: write F=1,B=1,W=1", v);
     } else {
-      return cpu_fail("--backend cpu: unknown option '%s'; flags: "
-                      "--schedule --devices --microbatches --cost --unit-us "
-                      "--bytes --repeat --json --predict --net-latency-us "
-                      "--net-gbps",
-                      a);
+      return bench_fail("--backend cpu: unknown option '%s'; flags: "
+                        "--schedule --devices --microbatches --cost --unit-us "
+                        "--bytes --repeat --json --predict --net-latency-us "
+                        "--net-gbps",
+                        a);
     }
   }
-  if (o->devices < 1 || o->microbatches < 1 || o->repeat < 1 ||
-      !(o->unit_us > 0) || o->bytes < 8 || !(o->net_gbps > 0))
-    return cpu_fail("--backend cpu needs --devices, --microbatches, "
-                    "--repeat >= 1, --unit-us > 0, --bytes >= 8 and "
-                    "--net-gbps > 0");
+  if (o->p.devices < 1 || o->p.microbatches < 1 || o->p.repeat < 1 ||
+      !(o->p.unit_us > 0) || o->bytes < 8 || !(o->net_gbps > 0))
+    return bench_fail("--backend cpu needs --devices, --microbatches, "
+                      "--repeat >= 1, --unit-us > 0, --bytes >= 8 and "
+                      "--net-gbps > 0");
   return 0;
 }
 
@@ -170,33 +149,6 @@ pingpong(bt_comm_t *comm, size_t bytes, int n, bt_error_t *err, int *rc)
   return med;
 }
 
-/* The plan the pipeline runs (the same parameters and costs). */
-static int
-make_plan(const struct cpu_opts *o, const bt_schedule_t *sched,
-          bt_plan_t **out, bt_error_t *err)
-{
-  bt_schedule_params_t sp = BT_SCHEDULE_PARAMS_INIT;
-  double *c = malloc(3 * (size_t)o->devices * sizeof *c);
-  bt_status st;
-
-  if (c == NULL)
-    return 1;
-  for (int s = 0; s < o->devices; s++) {
-    c[s] = o->f;
-    c[o->devices + s] = o->b;
-    c[2 * o->devices + s] = o->w;
-  }
-  sp.devices = sp.stages = o->devices;
-  sp.virtual_stages = 1;
-  sp.microbatches = o->microbatches;
-  sp.cost_f = c;
-  sp.cost_b = c + o->devices;
-  sp.cost_w = c + 2 * o->devices;
-  st = bt_schedule_make_plan(sched, &sp, out, err);
-  free(c);
-  return st != BT_OK;
-}
-
 /* Median step time of the pipeline (comm NULL: this process alone). */
 static int
 time_pipeline(const struct cpu_opts *o, const bt_schedule_t *sched,
@@ -204,44 +156,44 @@ time_pipeline(const struct cpu_opts *o, const bt_schedule_t *sched,
               bt_plan_t **plan_out, bt_error_t *err)
 {
   bt_pipeline_config_t pc = BT_PIPELINE_CONFIG_INIT;
-  bt_stage_desc_t *desc = calloc((size_t)o->devices, sizeof *desc);
+  bt_stage_desc_t *desc = calloc((size_t)o->p.devices, sizeof *desc);
   struct cpu_stage st = {o};
   bt_pipeline_t *pl = NULL;
-  double *t = calloc((size_t)o->repeat, sizeof *t);
+  double *t = calloc((size_t)o->p.repeat, sizeof *t);
   int rc = 1;
 
   if (desc == NULL || t == NULL)
     goto out;
-  for (int s = 0; s < o->devices; s++) {
+  for (int s = 0; s < o->p.devices; s++) {
     desc[s] = (bt_stage_desc_t)BT_STAGE_DESC_INIT;
     desc[s].forward = desc[s].backward = cpu_task;
     desc[s].input_grad = desc[s].weight_grad = cpu_task;
-    desc[s].output_bytes = s == o->devices - 1 ? 8 : o->bytes;
+    desc[s].output_bytes = s == o->p.devices - 1 ? 8 : o->bytes;
     desc[s].grad_input_bytes = s == 0 ? 0 : o->bytes;
-    desc[s].cost_f = o->f;
-    desc[s].cost_b = o->b;
-    desc[s].cost_w = o->w;
+    desc[s].cost_f = o->p.f;
+    desc[s].cost_b = o->p.b;
+    desc[s].cost_w = o->p.w;
     desc[s].user = &st;
   }
-  pc.stages = o->devices;
+  pc.stages = o->p.devices;
   pc.stage = desc;
-  pc.devices = o->devices;
+  pc.devices = o->p.devices;
   pc.virtual_stages = 1;
-  pc.microbatches = o->microbatches;
+  pc.microbatches = o->p.microbatches;
   pc.schedule = sched;
   pc.threads = local_devices; /* sleeping tasks must not share threads */
   pc.comm = comm;
   if (bt_pipeline_create(&pc, &pl, err) != BT_OK)
     goto out;
-  for (int r = -1; r < o->repeat; r++) {
+  for (int r = -1; r < o->p.repeat; r++) {
     double t0 = bench_now_s();
     if (bt_pipeline_step(pl, err) != BT_OK)
       goto out;
     if (r >= 0)
       t[r] = bench_now_s() - t0;
   }
-  *step_s = bench_median(t, o->repeat);
-  rc = plan_out != NULL ? make_plan(o, sched, plan_out, err) : 0;
+  *step_s = bench_median(t, o->p.repeat);
+  rc = plan_out != NULL ? bench_pipe_plan(&o->p, sched, plan_out, err) : 0;
 out:
   bt_pipeline_destroy(pl);
   free(desc);
@@ -267,9 +219,9 @@ simulate(const struct cpu_opts *o, const bt_plan_t *plan, int32_t k,
   if (c == NULL)
     return 1;
   for (int32_t s = 0; s < S; s++) {
-    c[s] = o->f;
-    c[S + s] = o->b;
-    c[2 * S + s] = o->w;
+    c[s] = o->p.f;
+    c[S + s] = o->p.b;
+    c[2 * S + s] = o->p.w;
     c[3 * S + s] = (double)o->bytes;
   }
   gc.plan = plan;
@@ -297,8 +249,8 @@ out:
 int
 bench_cpu(int argc, char **argv)
 {
-  struct cpu_opts o = {"1f1b", 4, 8, 5, 0, 0, 1000.0, 1, 1, 1, 5.0, 25.0,
-                       1 << 20};
+  struct cpu_opts o = {
+      {"1f1b", 4, 8, 5, 0, 1000.0, 1, 1, 1}, 0, 5.0, 25.0, 1 << 20};
   bt_comm_t *comm = NULL;
   bt_schedule_t *sched = NULL;
   bt_plan_t *plan = NULL;
@@ -316,12 +268,12 @@ bench_cpu(int argc, char **argv)
   me = bt_comm_rank(comm);
   if (parse(argc, argv, &o) != 0)
     goto out;
-  if (o.devices % W != 0) {
+  if (o.p.devices % W != 0) {
     fprintf(stderr, "baton-bench: %d devices do not split over %d ranks\n",
-            o.devices, (int)W);
+            o.p.devices, (int)W);
     goto out;
   }
-  if (bt_schedule_open(o.schedule, &sched, &err) != BT_OK)
+  if (bt_schedule_open(o.p.schedule, &sched, &err) != BT_OK)
     goto fail;
   if (W > 1) {
     alpha = pingpong(comm, 8, 50, &err, &prc);
@@ -334,13 +286,13 @@ bench_cpu(int argc, char **argv)
       beta = 0;
   }
   /* Rank 0 alone, then the job. */
-  if (me == 0 && time_pipeline(&o, sched, NULL, o.devices, &one, &plan,
-                               &err) != 0)
+  if (me == 0 &&
+      time_pipeline(&o, sched, NULL, o.p.devices, &one, &plan, &err) != 0)
     goto fail;
   if (bt_comm_barrier(comm, &err) != BT_OK)
     goto fail;
   if (W > 1 &&
-      time_pipeline(&o, sched, comm, o.devices / W, &step, NULL, &err) != 0)
+      time_pipeline(&o, sched, comm, o.p.devices / W, &step, NULL, &err) != 0)
     goto fail;
   if (W == 1)
     step = one;
@@ -349,25 +301,25 @@ bench_cpu(int argc, char **argv)
     goto out;
   }
   if (simulate(&o, plan, 0, 0, 0, &sim0, &bub, &err) != 0 ||
-      simulate(&o, plan, o.devices / W, alpha * 1e6 / o.unit_us,
-               beta * 1e6 / o.unit_us, &simw, &bub, &err) != 0)
+      simulate(&o, plan, o.p.devices / W, alpha * 1e6 / o.p.unit_us,
+               beta * 1e6 / o.p.unit_us, &simw, &bub, &err) != 0)
     goto fail;
-  if (o.json) {
+  if (o.p.json) {
     printf("{\"backend\":\"cpu\",\"schedule\":\"%s\",\"ranks\":%d,"
            "\"devices\":%d,\"microbatches\":%d,\"bytes\":%zu,\"unit_us\":%g,"
            "\"alpha_us\":%.3f,\"beta_us_per_mb\":%.3f,\"edge_us\":%.3f,"
            "\"step_ms_one\":%.3f,\"step_ms\":%.3f,\"comm_share\":%.4f,"
            "\"sim_step_ms_one\":%.3f,\"sim_step_ms\":%.3f,"
            "\"sim_comm_share\":%.4f",
-           bt_schedule_name(sched), (int)W, o.devices, o.microbatches,
-           o.bytes, o.unit_us, alpha * 1e6, beta * 1e6 * 1048576.0,
+           bt_schedule_name(sched), (int)W, o.p.devices, o.p.microbatches,
+           o.bytes, o.p.unit_us, alpha * 1e6, beta * 1e6 * 1048576.0,
            t_edge * 1e6, one * 1e3, step * 1e3, 1.0 - one / step,
-           sim0 * o.unit_us * 1e-3, simw * o.unit_us * 1e-3,
+           sim0 * o.p.unit_us * 1e-3, simw * o.p.unit_us * 1e-3,
            1.0 - sim0 / simw);
   } else {
     printf("cpu backend, %s, %d ranks, %d devices, m=%d, %zu bytes per "
            "edge\n",
-           bt_schedule_name(sched), (int)W, o.devices, o.microbatches,
+           bt_schedule_name(sched), (int)W, o.p.devices, o.p.microbatches,
            o.bytes);
     printf("  edge transfer %.1f us (alpha %.1f us, %.1f us/MiB)\n",
            t_edge * 1e6, alpha * 1e6, beta * 1e6 * 1048576.0);
@@ -375,43 +327,43 @@ bench_cpu(int argc, char **argv)
            "share %.1f%%\n",
            one * 1e3, (int)W, step * 1e3, 100.0 * (1.0 - one / step));
     printf("  simulated: %.2f ms and %.2f ms, share %.1f%%\n",
-           sim0 * o.unit_us * 1e-3, simw * o.unit_us * 1e-3,
+           sim0 * o.p.unit_us * 1e-3, simw * o.p.unit_us * 1e-3,
            100.0 * (1.0 - sim0 / simw));
   }
   if (o.predict) {
     static const int32_t sizes[] = {8, 64, 512};
-    double lat = o.net_latency_us / o.unit_us;
-    double per_byte = 1e6 / (o.net_gbps * 1e9) / o.unit_us;
-    if (o.json)
+    double lat = o.net_latency_us / o.p.unit_us;
+    double per_byte = 1e6 / (o.net_gbps * 1e9) / o.p.unit_us;
+    if (o.p.json)
       printf(",\"predict\":[");
     for (int i = 0; i < 3; i++) {
       bt_plan_t *pp = NULL;
       struct cpu_opts po = o;
       double ms0, msw, b0, bw;
-      po.devices = sizes[i];
-      po.microbatches = 4 * sizes[i] < 1024 ? 4 * sizes[i] : 1024;
-      if (make_plan(&po, sched, &pp, &err) != 0 ||
+      po.p.devices = sizes[i];
+      po.p.microbatches = 4 * sizes[i] < 1024 ? 4 * sizes[i] : 1024;
+      if (bench_pipe_plan(&po.p, sched, &pp, &err) != 0 ||
           simulate(&po, pp, 0, 0, 0, &ms0, &b0, &err) != 0 ||
           simulate(&po, pp, 1, lat, per_byte, &msw, &bw, &err) != 0) {
         bt_plan_destroy(pp);
         goto fail;
       }
-      if (o.json)
+      if (o.p.json)
         printf("%s{\"devices\":%d,\"microbatches\":%d,\"step_ms\":%.3f,"
                "\"bubble\":%.4f,\"comm_share\":%.4f}",
-               i ? "," : "", po.devices, po.microbatches,
-               msw * o.unit_us * 1e-3, bw, 1.0 - ms0 / msw);
+               i ? "," : "", po.p.devices, po.p.microbatches,
+               msw * o.p.unit_us * 1e-3, bw, 1.0 - ms0 / msw);
       else
         printf("  predicted at %d devices (m=%d, one per node, %.1f us, "
                "%.0f GB/s): %.1f ms, bubble %.1f%%, communication %.1f%%\n",
-               po.devices, po.microbatches, o.net_latency_us, o.net_gbps,
-               msw * o.unit_us * 1e-3, 100.0 * bw, 100.0 * (1.0 - ms0 / msw));
+               po.p.devices, po.p.microbatches, o.net_latency_us, o.net_gbps,
+               msw * o.p.unit_us * 1e-3, 100.0 * bw, 100.0 * (1.0 - ms0 / msw));
       bt_plan_destroy(pp);
     }
-    if (o.json)
+    if (o.p.json)
       printf("]");
   }
-  if (o.json)
+  if (o.p.json)
     printf("}\n");
   rc = 0;
   goto out;

@@ -29,7 +29,6 @@
  *
  * One JSON object with --json, else a table.  Exits 77 without a GPU. */
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,10 +41,9 @@
 #define MAX_GPUS 64
 
 struct cuda_opts {
-  const char *schedule, *model;
+  struct bench_pipe p;
+  const char *model;
   int32_t gpus[MAX_GPUS];
-  int devices, microbatches, repeat, json;
-  double unit_us, f, b, w;
   int layers, hidden, batch;
 };
 
@@ -57,43 +55,27 @@ struct stats {
   double mean, p50, max;
 };
 
-static int cuda_fail(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2)));
-
-static int
-cuda_fail(const char *fmt, ...)
-{
-  va_list ap;
-
-  fprintf(stderr, "baton-bench: ");
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fputc('\n', stderr);
-  return 1;
-}
-
 static int
 parse_devices(const char *v, struct cuda_opts *o)
 {
   char *end;
   long n = strtol(v, &end, 10);
 
-  o->devices = 0;
+  o->p.devices = 0;
   if (*end == '\0') {
     if (n < 1 || n > MAX_GPUS)
-      return cuda_fail("--devices %s: give 1..%d", v, MAX_GPUS);
-    o->devices = (int)n;
+      return bench_fail("--devices %s: give 1..%d", v, MAX_GPUS);
+    o->p.devices = (int)n;
     return 0;
   }
   while (*v != '\0') {
     long k;
-    if (strncmp(v, "cuda:", 5) != 0 || o->devices == MAX_GPUS)
-      return cuda_fail("--devices: write cuda:K,... or a count");
+    if (strncmp(v, "cuda:", 5) != 0 || o->p.devices == MAX_GPUS)
+      return bench_fail("--devices: write cuda:K,... or a count");
     k = strtol(v + 5, &end, 10);
     if (end == v + 5 || k < 0 || (*end != ',' && *end != '\0'))
-      return cuda_fail("--devices: '%s' needs a GPU number after cuda:", v);
-    o->gpus[o->devices++] = (int32_t)k;
+      return bench_fail("--devices: '%s' needs a GPU number after cuda:", v);
+    o->gpus[o->p.devices++] = (int32_t)k;
     v = *end == ',' ? end + 1 : end;
   }
   return 0;
@@ -104,33 +86,28 @@ parse(int argc, char **argv, struct cuda_opts *o)
 {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    int taken;
     if (strcmp(a, "--json") == 0) {
-      o->json = 1;
+      o->p.json = 1;
       continue;
     }
     if (v == NULL)
-      return cuda_fail("%s needs a value", a);
+      return bench_fail("%s needs a value", a);
     i++;
+    taken = bench_pipe_option(&o->p, a, v);
+    if (taken < 0)
+      return 1;
+    if (taken > 0)
+      continue;
     if (strcmp(a, "--backend") == 0) {
       if (strcmp(v, "cuda") != 0)
-        return cuda_fail("--backend %s: this entry runs cuda only", v);
-    } else if (strcmp(a, "--schedule") == 0) {
-      o->schedule = v;
+        return bench_fail("--backend %s: this entry runs cuda only", v);
     } else if (strcmp(a, "--devices") == 0) {
       if (parse_devices(v, o) != 0)
         return 1;
-    } else if (strcmp(a, "--microbatches") == 0) {
-      o->microbatches = atoi(v);
-    } else if (strcmp(a, "--repeat") == 0) {
-      o->repeat = atoi(v);
-    } else if (strcmp(a, "--unit-us") == 0) {
-      o->unit_us = atof(v);
-    } else if (strcmp(a, "--cost") == 0) {
-      if (sscanf(v, "F=%lf,B=%lf,W=%lf", &o->f, &o->b, &o->w) != 3)
-        return cuda_fail("--cost %s: write F=1,B=1,W=1", v);
     } else if (strcmp(a, "--model") == 0) {
       if (strcmp(v, "resmlp") != 0)
-        return cuda_fail("--model %s: the cuda backend trains resmlp", v);
+        return bench_fail("--model %s: the cuda backend trains resmlp", v);
       o->model = v;
     } else if (strcmp(a, "--layers") == 0) {
       o->layers = atoi(v);
@@ -139,17 +116,17 @@ parse(int argc, char **argv, struct cuda_opts *o)
     } else if (strcmp(a, "--batch") == 0) {
       o->batch = atoi(v);
     } else {
-      return cuda_fail("--backend cuda: unknown option '%s'; flags: "
-                       "--schedule --devices --microbatches --cost "
-                       "--unit-us --repeat --json --model resmlp --layers "
-                       "--hidden --batch",
-                       a);
+      return bench_fail("--backend cuda: unknown option '%s'; flags: "
+                        "--schedule --devices --microbatches --cost "
+                        "--unit-us --repeat --json --model resmlp --layers "
+                        "--hidden --batch",
+                        a);
     }
   }
-  if (o->devices < 1 || o->microbatches < 1 || o->repeat < 1 ||
-      !(o->unit_us > 0) || o->layers < 0 || o->hidden < 1 || o->batch < 1)
-    return cuda_fail("--backend cuda needs --devices, --microbatches, "
-                     "--repeat, --hidden, --batch >= 1 and --unit-us > 0");
+  if (o->p.devices < 1 || o->p.microbatches < 1 || o->p.repeat < 1 ||
+      !(o->p.unit_us > 0) || o->layers < 0 || o->hidden < 1 || o->batch < 1)
+    return bench_fail("--backend cuda needs --devices, --microbatches, "
+                      "--repeat, --hidden, --batch >= 1 and --unit-us > 0");
   return 0;
 }
 
@@ -175,12 +152,12 @@ spin_task(const bt_task_call_t *call, char *errbuf, size_t errlen)
 {
   const struct cuda_opts *o = ((const struct spin *)call->user)->o;
   const bt_cuda_ctx_t *ctx = call->device_ctx;
-  double cost = call->action.kind == BT_ACT_F   ? o->f
-                : call->action.kind == BT_ACT_B ? o->b + o->w
-                : call->action.kind == BT_ACT_I ? o->b
-                                                : o->w;
+  double cost = call->action.kind == BT_ACT_F   ? o->p.f
+                : call->action.kind == BT_ACT_B ? o->p.b + o->p.w
+                : call->action.kind == BT_ACT_I ? o->p.b
+                                                : o->p.w;
 
-  if (bench_cuda_spin(ctx->stream, cost * o->unit_us) != 0) {
+  if (bench_cuda_spin(ctx->stream, cost * o->p.unit_us) != 0) {
     snprintf(errbuf, errlen, "the spin kernel did not launch");
     return BT_EIO;
   }
@@ -231,7 +208,6 @@ gaps(bt_cuda_devices_t *devs, const bt_graph_t *g, double *gap, int *ngap)
 static int
 pipeline_bench(const struct cuda_opts *o)
 {
-  bt_schedule_params_t sp = BT_SCHEDULE_PARAMS_INIT;
   bt_graph_config_t gc = BT_GRAPH_CONFIG_INIT;
   bt_sim_config_t sc = BT_SIM_CONFIG_INIT;
   bt_runtime_config_t rc = BT_RUNTIME_CONFIG_INIT;
@@ -253,39 +229,34 @@ pipeline_bench(const struct cuda_opts *o)
   int ngap = 0, status = 1;
   bt_error_t err;
 
-  for (int s = 0; s < o->devices; s++) {
-    cost[s] = o->f;
-    cost[o->devices + s] = o->b;
-    cost[2 * o->devices + s] = o->w;
+  for (int s = 0; s < o->p.devices; s++) {
+    cost[s] = o->p.f;
+    cost[o->p.devices + s] = o->p.b;
+    cost[2 * o->p.devices + s] = o->p.w;
   }
-  sp.devices = sp.stages = o->devices;
-  sp.virtual_stages = 1;
-  sp.microbatches = o->microbatches;
-  sp.cost_f = cost;
-  sp.cost_b = cost + o->devices;
-  sp.cost_w = cost + 2 * o->devices;
-  sc.cost_f = sp.cost_f;
-  sc.cost_b = sp.cost_b;
-  sc.cost_w = sp.cost_w;
-  if (bt_schedule_open(o->schedule, &sched, &err) != BT_OK ||
-      bt_schedule_make_plan(sched, &sp, &plan, &err) != BT_OK)
+  sc.cost_f = cost;
+  sc.cost_b = cost + o->p.devices;
+  sc.cost_w = cost + 2 * o->p.devices;
+  if (bt_schedule_open(o->p.schedule, &sched, &err) != BT_OK)
+    goto out_err;
+  if (bench_pipe_plan(&o->p, sched, &plan, &err) != 0)
     goto out_err;
   gc.plan = plan;
   if (bt_graph_create(&gc, &g, &err) != BT_OK ||
       bt_sim_run(g, &sc, &sim, &err) != BT_OK)
     goto out_err;
   n = bt_graph_task_count(g);
-  ms = calloc((size_t)o->repeat, sizeof *ms);
+  ms = calloc((size_t)o->p.repeat, sizeof *ms);
   host = calloc((size_t)n, sizeof *host);
   gap = calloc((size_t)n, sizeof *gap);
   slices = calloc((size_t)n, sizeof *slices);
   if (ms == NULL || host == NULL || gap == NULL || slices == NULL) {
-    cuda_fail("out of memory");
+    bench_fail("out of memory");
     goto out;
   }
-  if (bt_cuda_devices_create(o->gpus, o->devices, desc, &devs, &err) != BT_OK)
+  if (bt_cuda_devices_create(o->gpus, o->p.devices, desc, &devs, &err) != BT_OK)
     goto out_err;
-  rc.devices = o->devices;
+  rc.devices = o->p.devices;
   rc.device = desc;
   rc.mode = BT_RUNTIME_DEDICATED;
   ec.fn = spin_task;
@@ -296,7 +267,7 @@ pipeline_bench(const struct cuda_opts *o)
     goto out_err;
 
   /* Eager: the first step warms up (events, module load). */
-  for (int r = -1; r < o->repeat; r++) {
+  for (int r = -1; r < o->p.repeat; r++) {
     double t0 = bench_now_s();
     if (bt_exec_run(ex, &err) != BT_OK ||
         bt_cuda_devices_sync(devs, &err) != BT_OK)
@@ -304,7 +275,7 @@ pipeline_bench(const struct cuda_opts *o)
     if (r >= 0)
       ms[r] = (bench_now_s() - t0) * 1e3;
   }
-  step_ms = bench_median(ms, o->repeat);
+  step_ms = bench_median(ms, o->p.repeat);
   bt_exec_slices(ex, slices);
   for (int32_t t = 0; t < n; t++)
     host[t] = slices[t].end - slices[t].start;
@@ -317,7 +288,7 @@ pipeline_bench(const struct cuda_opts *o)
       bt_cuda_devices_sync(devs, &err) != BT_OK)
     goto out_err;
   if (gaps(devs, g, gap, &ngap) != 0) {
-    cuda_fail("the traced step has no timing events");
+    bench_fail("the traced step has no timing events");
     goto out;
   }
   gs = stats_of(gap, ngap);
@@ -334,7 +305,7 @@ pipeline_bench(const struct cuda_opts *o)
   }
   if (bt_cuda_devices_capture_end(devs, &err) != BT_OK)
     goto out_err;
-  for (int r = -1; r < o->repeat; r++) {
+  for (int r = -1; r < o->p.repeat; r++) {
     double t0 = bench_now_s(), t1;
     if (bt_cuda_devices_replay(devs, &err) != BT_OK)
       goto out_err;
@@ -346,26 +317,26 @@ pipeline_bench(const struct cuda_opts *o)
       host[r] = (t1 - t0) * 1e6 / n;
     }
   }
-  graph_ms = bench_median(ms, o->repeat);
-  graph_host_us = bench_median(host, o->repeat);
+  graph_ms = bench_median(ms, o->p.repeat);
+  graph_host_us = bench_median(host, o->p.repeat);
 
-  if (o->json) {
+  if (o->p.json) {
     printf("{\"backend\":\"cuda\",\"schedule\":\"%s\",\"devices\":%d,"
            "\"microbatches\":%d,\"tasks\":%d,\"unit_us\":%g,"
            "\"step_ms\":%.6g,\"sim_step_ms\":%.6g,"
            "\"host_us\":{\"mean\":%.4g,\"p50\":%.4g,\"max\":%.4g},"
            "\"gap_us\":{\"mean\":%.4g,\"p50\":%.4g,\"max\":%.4g,\"n\":%d},"
            "\"graph_step_ms\":%.6g,\"graph_host_us\":%.4g}\n",
-           bt_schedule_name(sched), o->devices, o->microbatches, (int)n,
-           o->unit_us, step_ms, bt_sim_makespan(sim) * o->unit_us / 1e3, h.mean,
-           h.p50, h.max, gs.mean, gs.p50, gs.max, ngap, graph_ms,
+           bt_schedule_name(sched), o->p.devices, o->p.microbatches, (int)n,
+           o->p.unit_us, step_ms, bt_sim_makespan(sim) * o->p.unit_us / 1e3,
+           h.mean, h.p50, h.max, gs.mean, gs.p50, gs.max, ngap, graph_ms,
            graph_host_us);
   } else {
     printf("%s on %d cuda devices, m=%d, %d tasks of %g us units\n",
-           bt_schedule_name(sched), o->devices, o->microbatches, (int)n,
-           o->unit_us);
+           bt_schedule_name(sched), o->p.devices, o->p.microbatches, (int)n,
+           o->p.unit_us);
     printf("  step            %.3f ms (simulated %.3f ms)\n", step_ms,
-           bt_sim_makespan(sim) * o->unit_us / 1e3);
+           bt_sim_makespan(sim) * o->p.unit_us / 1e3);
     printf("  host per task   mean %.2f us, median %.2f, max %.2f\n", h.mean,
            h.p50, h.max);
     printf("  idle gaps       mean %.2f us, median %.2f, max %.2f (%d)\n",
@@ -376,7 +347,7 @@ pipeline_bench(const struct cuda_opts *o)
   status = 0;
   goto out;
 out_err:
-  cuda_fail("%s", err.message);
+  bench_fail("%s", err.message);
 out:
   bt_exec_destroy(ex);
   bt_runtime_destroy(rt);
@@ -443,17 +414,17 @@ train_run(const struct cuda_opts *o, int graph, double *step_ms, double *share)
   mc.inputs = 64;
   mc.classes = 10;
   tc.batch = o->batch;
-  tc.microbatches = o->microbatches;
-  tc.devices = o->devices;
+  tc.microbatches = o->p.microbatches;
+  tc.devices = o->p.devices;
   tc.optimizer = BT_OPTIMIZER_SGD;
   tc.lr = 1e-3f;
   tc.cuda_graph = graph;
   x = malloc((size_t)o->batch * 64 * sizeof *x);
   y = malloc((size_t)o->batch * sizeof *y);
-  ms = calloc((size_t)o->repeat, sizeof *ms);
+  ms = calloc((size_t)o->p.repeat, sizeof *ms);
   iv = malloc(2 * (size_t)cap * sizeof *iv);
   if (x == NULL || y == NULL || ms == NULL || iv == NULL) {
-    cuda_fail("out of memory");
+    bench_fail("out of memory");
     goto out;
   }
   for (int i = 0; i < o->batch * 64; i++)
@@ -461,15 +432,15 @@ train_run(const struct cuda_opts *o, int graph, double *step_ms, double *share)
   for (int i = 0; i < o->batch; i++)
     y[i] = i % 10;
   if (bt_model_create_resmlp(&mc, &model, &err) != BT_OK ||
-      bt_schedule_open(o->schedule, &sched, &err) != BT_OK ||
-      bt_cuda_backend_create(o->gpus, o->devices, &be, &err) != BT_OK)
+      bt_schedule_open(o->p.schedule, &sched, &err) != BT_OK ||
+      bt_cuda_backend_create(o->gpus, o->p.devices, &be, &err) != BT_OK)
     goto out_err;
   tc.schedule = sched;
   tc.backend = be;
   if (bt_trainer_create(model, &tc, &tr, &err) != BT_OK)
     goto out_err;
   devs = bt_cuda_backend_devices(be);
-  for (int r = -3; r < o->repeat; r++) {
+  for (int r = -3; r < o->p.repeat; r++) {
     t0 = bench_now_s();
     if (bt_trainer_backward(tr, x, y, &loss, &err) != BT_OK)
       goto out_err;
@@ -478,7 +449,7 @@ train_run(const struct cuda_opts *o, int graph, double *step_ms, double *share)
     if (bt_trainer_update(tr, &err) != BT_OK)
       goto out_err;
   }
-  *step_ms = bench_median(ms, o->repeat);
+  *step_ms = bench_median(ms, o->p.repeat);
   /* The kernels' share: one traced step, eager (a replay records no
    * timing events of its own). */
   *share = NAN;
@@ -502,7 +473,7 @@ train_run(const struct cuda_opts *o, int graph, double *step_ms, double *share)
   status = 0;
   goto out;
 out_err:
-  cuda_fail("%s", err.message);
+  bench_fail("%s", err.message);
 out:
   bt_trainer_destroy(tr);
   bt_backend_destroy(be);
@@ -523,20 +494,20 @@ train_bench(const struct cuda_opts *o)
   if (train_run(o, 0, &eager_ms, &share) != 0 ||
       train_run(o, 1, &graph_ms, &unused) != 0)
     return 1;
-  if (o->json)
+  if (o->p.json)
     printf("{\"backend\":\"cuda\",\"model\":\"resmlp\",\"schedule\":\"%s\","
            "\"devices\":%d,\"layers\":%d,\"hidden\":%d,\"batch\":%d,"
            "\"microbatches\":%d,\"step_ms\":%.6g,\"kernel_share\":%.4g,"
            "\"overhead_ms\":%.6g,\"graph_step_ms\":%.6g}\n",
-           o->schedule, o->devices, o->layers, o->hidden, o->batch,
-           o->microbatches, eager_ms, share, eager_ms * (1.0 - share),
+           o->p.schedule, o->p.devices, o->layers, o->hidden, o->batch,
+           o->p.microbatches, eager_ms, share, eager_ms * (1.0 - share),
            graph_ms);
   else
     printf("resmlp L=%d H=%d N=%d m=%d, %s on %d cuda devices\n"
            "  step %.3f ms, kernels %.1f%% of it (pipeline %.3f ms); "
            "CUDA graph %.3f ms\n",
-           o->layers, o->hidden, o->batch, o->microbatches, o->schedule,
-           o->devices, eager_ms, 100.0 * share, eager_ms * (1.0 - share),
+           o->layers, o->hidden, o->batch, o->p.microbatches, o->p.schedule,
+           o->p.devices, eager_ms, 100.0 * share, eager_ms * (1.0 - share),
            graph_ms);
   return 0;
 }
@@ -544,8 +515,8 @@ train_bench(const struct cuda_opts *o)
 int
 bench_cuda(int argc, char **argv)
 {
-  struct cuda_opts o = {"1f1b", NULL, {0}, 2,   8, 20,   0,
-                        20.0,   1.0,  1.0, 1.0, 8, 1024, 4096};
+  struct cuda_opts o = {
+      {"1f1b", 2, 8, 20, 0, 20.0, 1.0, 1.0, 1.0}, NULL, {0}, 8, 1024, 4096};
 
   if (parse(argc, argv, &o) != 0)
     return 2;

@@ -494,7 +494,7 @@ TEST(held_activation_bytes)
  * the devices.  The model itself stays untouched until the pull. */
 static struct bt__train *
 make_trainer(struct bt__resmlp *model, const struct run *r,
-             struct bt_backend *be, int32_t replicas)
+             struct bt_backend *be, int32_t replicas, int32_t graph)
 {
   struct bt__train_config cfg = BT__TRAIN_CONFIG_INIT;
   struct bt__train *t = NULL;
@@ -514,6 +514,7 @@ make_trainer(struct bt__resmlp *model, const struct run *r,
   cfg.threads = r->p * replicas;
   cfg.backend = be;
   cfg.replicas = replicas;
+  cfg.graph = graph;
   rc = bt__train_create(&cfg, &t, &err);
   bt_schedule_destroy(sched);
   if (rc != BT_OK && rc != BT_EUNSUPPORTED)
@@ -563,8 +564,8 @@ TEST(host_backend_matches_cpu)
                      (int)p, ckpt_name[ck], ls, adamw ? "adamw" : "sgd",
                      (int)nr);
             ASSERT_INT_EQ(bt__backend_host_create(p * nr, &be, &err), BT_OK);
-            ta = make_trainer(a, &r, NULL, nr);
-            tb = make_trainer(b, &r, be, nr);
+            ta = make_trainer(a, &r, NULL, nr, 0);
+            tb = make_trainer(b, &r, be, nr, 0);
             if (ta != NULL && tb != NULL) {
               ran++;
               for (int step = 1; step <= 2; step++) {
@@ -644,29 +645,14 @@ TEST(host_backend_graphs)
           struct bt__resmlp *a = make_model(L, 1), *b = make_model(L, 1);
           struct bt_backend *be = NULL;
           struct bt__train *ta, *tb;
-          struct bt__train_config cfg = BT__TRAIN_CONFIG_INIT;
-          bt_schedule_t *sc = NULL;
           struct bt__train_optim o = {0, 0.05f, 0.0f, 0.9f, 0.999f, 1e-8f, 1};
           bt_error_t err;
           float la, lb;
           if (strcmp(r.sched, "interleaved") == 0)
             r.v = 2;
           ASSERT_INT_EQ(bt__backend_host_create(p * nr, &be, &err), BT_OK);
-          ta = make_trainer(a, &r, NULL, nr);
-          ASSERT_INT_EQ(open_schedule(r.sched, p, r.m, &sc), BT_OK);
-          cfg.model = b;
-          cfg.batch = N;
-          cfg.microbatches = r.m;
-          cfg.devices = p;
-          cfg.virtual_stages = r.v;
-          cfg.schedule = sc;
-          cfg.checkpoint = ck;
-          cfg.backend = be;
-          cfg.replicas = nr;
-          cfg.graph = 1;
-          tb = NULL;
-          EXPECT_STATUS(bt__train_create(&cfg, &tb, &err), BT_OK, &err);
-          bt_schedule_destroy(sc);
+          ta = make_trainer(a, &r, NULL, nr, 0);
+          tb = make_trainer(b, &r, be, nr, 1);
           if (ta == NULL || tb == NULL) {
             bt__train_destroy(ta);
             bt__train_destroy(tb);
@@ -734,7 +720,7 @@ TEST(replicas_match_reference)
             snprintf(what, sizeof what, "%s p=%d m=%d ckpt=%s long_skip=%d "
                      "replicas=%d", r.sched, (int)p, (int)m, ckpt_name[ck],
                      ls, (int)nr);
-            t = make_trainer(a, &r, NULL, nr);
+            t = make_trainer(a, &r, NULL, nr, 0);
             if (t != NULL) {
               ran++;
               EXPECT_STATUS(bt__train_step(t, xs, ys, &loss, &err), BT_OK,
