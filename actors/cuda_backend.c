@@ -25,6 +25,8 @@
 
 enum { SHARED_DEVICE, SHARED_PEER, SHARED_HOST };
 
+#define WORKSPACE_BYTES ((size_t)32 << 20)
+
 struct shared_block {
   void *p;
   struct shared_block *next;
@@ -34,6 +36,7 @@ struct cuda_backend {
   struct bt_backend be;
   bt_cuda_devices_t *devs;
   int32_t *gpu;                /* [devices] */
+  void **workspace;            /* [devices]: each cuBLAS handle's own */
   int shared_kind;             /* SHARED_*: how alloc_shared places */
   struct shared_block *shared; /* blocks from alloc_shared */
   char note[160];
@@ -533,7 +536,12 @@ cuda_destroy(struct bt_backend *be)
       cublasDestroy((cublasHandle_t)ctx->cublas);
       ctx->cublas = NULL;
     }
+    if (cb->workspace != NULL && cb->workspace[i] != NULL) {
+      cudaSetDevice(cb->gpu[i]);
+      cudaFree(cb->workspace[i]);
+    }
   }
+  free(cb->workspace);
   bt_cuda_devices_destroy(cb->devs);
   free(be->desc);
   free(cb->gpu);
@@ -608,6 +616,11 @@ bt_cuda_backend_create(const int32_t *gpus, int32_t n, bt_backend_t **out,
     return bt__errorf(err, BT_ENOMEM, "out of memory for the CUDA backend");
   }
   memcpy(cb->gpu, gpus, (size_t)n * sizeof *gpus);
+  cb->workspace = calloc((size_t)n, sizeof *cb->workspace);
+  if (cb->workspace == NULL) {
+    cuda_destroy(be);
+    return bt__errorf(err, BT_ENOMEM, "out of memory for the CUDA backend");
+  }
   rc = bt_cuda_devices_create(gpus, n, be->desc, &cb->devs, err);
   if (rc != BT_OK) {
     cuda_destroy(be);
@@ -621,6 +634,16 @@ bt_cuda_backend_create(const int32_t *gpus, int32_t n, bt_backend_t **out,
     s = cublasCreate(&h);
     if (s == CUBLAS_STATUS_SUCCESS)
       s = cublasSetStream(h, (cudaStream_t)ctx->stream);
+    /* A workspace of the handle's own, allocated here: cuBLAS then never
+     * allocates while a step is captured as a CUDA graph (32 MiB, what
+     * NVIDIA suggests for Hopper). */
+    if (s == CUBLAS_STATUS_SUCCESS &&
+        cudaMalloc(&cb->workspace[i], WORKSPACE_BYTES) != cudaSuccess) {
+      cudaGetLastError();
+      s = CUBLAS_STATUS_ALLOC_FAILED;
+    }
+    if (s == CUBLAS_STATUS_SUCCESS)
+      s = cublasSetWorkspace(h, cb->workspace[i], WORKSPACE_BYTES);
     /* The default math mode keeps fp32 GEMMs in fp32 (TF32 only when
      * asked for), so results match the CPU's within fp32 rounding. */
     ctx->cublas = h;
