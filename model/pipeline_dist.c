@@ -273,7 +273,7 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
 {
   int32_t T0 = bt_graph_task_count(pl->graph), S = pl->S, R = pl->R;
   int32_t *dev = NULL, clip = -1, clip_dev = -1, *scale_rv = NULL;
-  int32_t *norm_id = NULL;
+  int32_t *norm_id = NULL, *red_id = NULL, *red_last = NULL;
   struct lists fin = {0}, rdy = {0};
   char name[BT__PL_NAME_MAX];
   bool ok = false, builtin_red = pl->grad_tensor != NULL;
@@ -358,6 +358,10 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
   /* Reduction: reducer (r, s) sums slice r over the replicas. */
   if (R > 1) {
     int32_t P = builtin_red ? pl->nparts : 1;
+    red_id = malloc((size_t)R * (size_t)S * sizeof *red_id);
+    red_last = malloc((size_t)R * (size_t)pl->p * sizeof *red_last);
+    if (red_id == NULL || red_last == NULL)
+      goto out;
 #define PARTS(s_) (builtin_red ? pl->nparts_s[(s_)] : 1)
     for (int32_t r = 0; r < R; r++)
       for (int32_t s = 0; s < S; s++) {
@@ -367,6 +371,7 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
         id = dag_task(b, DEV(r, s), none, name, role);
         if (id < 0)
           goto out;
+        red_id[(size_t)r * S + s] = id;
         for (int32_t q = 0; q < R; q++) {
           size_t fq = (size_t)q * S + s;
           if (RANK(DEV(q, s)) == RANK(DEV(r, s))) {
@@ -409,6 +414,19 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
         }
       }
 #undef PARTS
+    /* A user's reduce_grads (NCCL, say: its collectives must be issued in
+     * one order on every rank) sees a device's reductions in one order on
+     * every replica: decreasing stage, the order backwards finish. */
+    for (int32_t d = 0; !builtin_red && d < R * pl->p; d++)
+      red_last[d] = -1;
+    for (int32_t r = 0; r < R && !builtin_red; r++)
+      for (int32_t s = S - 1; s >= 0; s--) {
+        int32_t d = DEV(r, s);
+        if (red_last[d] >= 0 &&
+            !dag_edge(b, red_last[d], red_id[(size_t)r * S + s]))
+          goto out;
+        red_last[d] = red_id[(size_t)r * S + s];
+      }
   } else {
     for (int32_t s = 0; s < S; s++)
       for (int j = 0; j < fin.n[s]; j++)
@@ -478,6 +496,8 @@ out:
   free(dev);
   free(scale_rv);
   free(norm_id);
+  free(red_id);
+  free(red_last);
   return ok;
 }
 

@@ -38,6 +38,8 @@ struct toy {
   _Atomic int bw[MAXR][MAXS];      /* backwards (B or W) done */
   _Atomic int tied[MAXR];          /* tie calls done */
   _Atomic int reduced[MAXS];       /* reduce calls done per stage */
+  _Atomic int reduced_by[MAXR][MAXS]; /* replica r's reduce of s done */
+  int32_t p;                       /* devices per replica */
   _Atomic int normed;              /* norm calls done */
   _Atomic int updates;
   _Atomic int ready[MAXR][MAXS];   /* grads_ready calls */
@@ -177,6 +179,12 @@ toy_reduce(const bt_stage_call_t *c, char *errbuf, size_t errlen)
     if (is_tied(s) && atomic_load(&T.tied[q]) != 1)
       toy_fail("reduce %d ran before replica %d's tie", (int)s, (int)q);
   }
+  /* A device's reductions come in decreasing stage order (pipeline.h). */
+  for (int32_t s2 = s + 1; s2 < T.S; s2++)
+    if (s2 % T.p == s % T.p && atomic_load(&T.reduced_by[r][s2]) != 1)
+      toy_fail("replica %d reduced stage %d before stage %d of its device",
+               (int)r, (int)s, (int)s2);
+  atomic_store(&T.reduced_by[r][s], 1);
   for (int i = lo; i < hi; i++) {
     float sum = 0.0f;
     for (int q = 0; q < T.R; q++)
@@ -266,6 +274,7 @@ toy_reset(int32_t R, int32_t S, int32_t m, bool tie)
     }
   T.R = R;
   T.S = S;
+  T.p = S; /* callers with virtual stages say otherwise */
   T.m = m;
   T.tie_a = tie ? 0 : -1;
   T.tie_b = tie ? S - 1 : -1;
@@ -287,6 +296,7 @@ toy_new_step(void)
     for (int s = 0; s < MAXS; s++) {
       atomic_store(&T.bw[r][s], 0);
       atomic_store(&T.ready[r][s], 0);
+      atomic_store(&T.reduced_by[r][s], 0);
     }
   }
   for (int s = 0; s < MAXS; s++)
@@ -372,6 +382,7 @@ check_run(const char *sched, int32_t R, int32_t p, int32_t v, int32_t m,
   double norm2 = 0.0, scale = 1.0;
 
   toy_reset(R, p * v, m, tie);
+  T.p = p;
   if (toy_pipeline(sched, p, v, max_norm, true, &pl, &err) != BT_OK) {
     test_fail(__FILE__, __LINE__, "%s R=%d p=%d: %s", sched, (int)R, (int)p,
               err.message);

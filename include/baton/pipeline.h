@@ -54,7 +54,10 @@
  *                     device.  Together the R calls of stage s all-reduce
  *                     its gradients (each may write every replica's: e.g.
  *                     call r sums slice r of the gradient over replicas in
- *                     replica order and writes it everywhere).
+ *                     replica order and writes it everywhere).  A
+ *                     device's reduce_grads calls come in decreasing stage
+ *                     order on every replica, so collectives (NCCL) pair
+ *                     up.
  *   grad_sqnorm(s)    with max_grad_norm > 0: per stage, on replica 0 after
  *                     its gradients are final; write the stage's squared
  *                     gradient norm into *call->sqnorm (count a tied
