@@ -52,10 +52,16 @@ struct cuda_backend {
 
 /* ---- kernels ------------------------------------------------------------ */
 
+/* The device's stream, with its GPU made current: the trainer also
+ * enqueues from its own thread (zeroing, the optimizer), and a kernel
+ * launched on a stream of another device than the current one fails. */
 static cudaStream_t
 stream_of(void *ctx)
 {
-  return (cudaStream_t)((bt_cuda_ctx_t *)ctx)->stream;
+  const bt_cuda_ctx_t *c = ctx;
+
+  cudaSetDevice(c->gpu);
+  return (cudaStream_t)c->stream;
 }
 
 static cublasHandle_t

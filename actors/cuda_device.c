@@ -155,7 +155,10 @@ cuda_execute(const bt_task_call_t *call, bt_task_fn fn, char *errbuf,
    * here, against this task. */
   e = cudaGetLastError();
   return e == cudaSuccess ? 0
-                          : cuda_error(errbuf, errlen, "a kernel launch", e);
+                          : cuda_error(errbuf, errlen,
+                                       "a kernel launch (or an earlier "
+                                       "asynchronous fault)",
+                                       e);
 }
 
 static int
@@ -456,7 +459,7 @@ bt_cuda_devices_capture_begin(bt_cuda_devices_t *d, bt_error_t *err)
   if (d == NULL || d->capturing)
     return bt__errorf(err, BT_EINVAL, "bt_cuda_devices_capture_begin: %s",
                       d == NULL ? "NULL devices" : "already capturing");
-  for (int32_t i = 0; i < d->n; i++)
+  for (int32_t i = 1; i < d->n; i++)
     if (d->join[i] == NULL) {
       e = cudaSetDevice(d->ctx[i].gpu);
       if (e == cudaSuccess)
@@ -501,8 +504,9 @@ bt_cuda_devices_capture_end(bt_cuda_devices_t *d, bt_error_t *err)
   }
   if (e != cudaSuccess)
     return capture_fail(d, err, "joining", e);
-  cudaSetDevice(d->ctx[0].gpu);
-  e = cudaStreamEndCapture((cudaStream_t)d->ctx[0].stream, &g);
+  e = cudaSetDevice(d->ctx[0].gpu);
+  if (e == cudaSuccess)
+    e = cudaStreamEndCapture((cudaStream_t)d->ctx[0].stream, &g);
   d->capturing = 0;
   if (e != cudaSuccess)
     return capture_fail(d, err, "ending", e);

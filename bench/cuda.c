@@ -130,6 +130,17 @@ parse(int argc, char **argv, struct cuda_opts *o)
   return 0;
 }
 
+/* A JSON number, or null for a figure not measured (NaN). */
+static const char *
+jnum(char *buf, size_t len, double v)
+{
+  if (isfinite(v))
+    snprintf(buf, len, "%.6g", v);
+  else
+    snprintf(buf, len, "null");
+  return buf;
+}
+
 static struct stats
 stats_of(double *v, int n)
 {
@@ -162,6 +173,17 @@ spin_task(const bt_task_call_t *call, char *errbuf, size_t errlen)
     return BT_EIO;
   }
   return 0;
+}
+
+/* Whether every device is on one GPU: task times from timing events
+ * compare only within a GPU (each has its own origin). */
+static int
+one_gpu(const struct cuda_opts *o)
+{
+  for (int i = 1; i < o->p.devices; i++)
+    if (o->gpus[i] != o->gpus[0])
+      return 0;
+  return 1;
 }
 
 /* Device idle gaps of the traced step: for each task, its start minus the
@@ -222,7 +244,8 @@ pipeline_bench(const struct cuda_opts *o)
   bt_runtime_t *rt = NULL;
   bt_exec_t *ex = NULL;
   bt_slice_t *slices = NULL;
-  double *ms = NULL, *host = NULL, *gap = NULL, cost[3 * MAX_GPUS];
+  double *ms = NULL, *host = NULL, *gap = NULL, *replay = NULL;
+  double cost[3 * MAX_GPUS];
   struct stats h = {0}, gs = {0};
   double step_ms, graph_ms = NAN, graph_host_us = NAN;
   int32_t n = 0;
@@ -248,9 +271,11 @@ pipeline_bench(const struct cuda_opts *o)
   n = bt_graph_task_count(g);
   ms = calloc((size_t)o->p.repeat, sizeof *ms);
   host = calloc((size_t)n, sizeof *host);
+  replay = calloc((size_t)o->p.repeat, sizeof *replay);
   gap = calloc((size_t)n, sizeof *gap);
   slices = calloc((size_t)n, sizeof *slices);
-  if (ms == NULL || host == NULL || gap == NULL || slices == NULL) {
+  if (ms == NULL || host == NULL || gap == NULL || slices == NULL ||
+      replay == NULL) {
     bench_fail("out of memory");
     goto out;
   }
@@ -281,7 +306,11 @@ pipeline_bench(const struct cuda_opts *o)
     host[t] = slices[t].end - slices[t].start;
   h = stats_of(host, n);
 
-  /* Trace mode: timing events, the device idle gaps. */
+  /* Trace mode: timing events, the device idle gaps (on one GPU only:
+   * the clocks of several do not compare). */
+  gs.mean = gs.p50 = gs.max = NAN;
+  if (!one_gpu(o))
+    goto traced;
   if (bt_cuda_devices_trace(devs, 1, &err) != BT_OK ||
       bt_cuda_devices_step_begin(devs, &err) != BT_OK ||
       bt_exec_run(ex, &err) != BT_OK ||
@@ -294,6 +323,7 @@ pipeline_bench(const struct cuda_opts *o)
   gs = stats_of(gap, ngap);
   if (bt_cuda_devices_trace(devs, 0, &err) != BT_OK)
     goto out_err;
+traced:
 
   /* The step as one CUDA graph. */
   if (bt_cuda_devices_capture_begin(devs, &err) != BT_OK)
@@ -314,23 +344,25 @@ pipeline_bench(const struct cuda_opts *o)
       goto out_err;
     if (r >= 0) {
       ms[r] = (bench_now_s() - t0) * 1e3;
-      host[r] = (t1 - t0) * 1e6 / n;
+      replay[r] = (t1 - t0) * 1e6 / n;
     }
   }
   graph_ms = bench_median(ms, o->p.repeat);
-  graph_host_us = bench_median(host, o->p.repeat);
+  graph_host_us = bench_median(replay, o->p.repeat);
 
   if (o->p.json) {
+    char g0[32], g1[32], g2[32];
     printf("{\"backend\":\"cuda\",\"schedule\":\"%s\",\"devices\":%d,"
            "\"microbatches\":%d,\"tasks\":%d,\"unit_us\":%g,"
            "\"step_ms\":%.6g,\"sim_step_ms\":%.6g,"
            "\"host_us\":{\"mean\":%.4g,\"p50\":%.4g,\"max\":%.4g},"
-           "\"gap_us\":{\"mean\":%.4g,\"p50\":%.4g,\"max\":%.4g,\"n\":%d},"
+           "\"gap_us\":{\"mean\":%s,\"p50\":%s,\"max\":%s,\"n\":%d},"
            "\"graph_step_ms\":%.6g,\"graph_host_us\":%.4g}\n",
            bt_schedule_name(sched), o->p.devices, o->p.microbatches, (int)n,
            o->p.unit_us, step_ms, bt_sim_makespan(sim) * o->p.unit_us / 1e3,
-           h.mean, h.p50, h.max, gs.mean, gs.p50, gs.max, ngap, graph_ms,
-           graph_host_us);
+           h.mean, h.p50, h.max, jnum(g0, sizeof g0, gs.mean),
+           jnum(g1, sizeof g1, gs.p50), jnum(g2, sizeof g2, gs.max), ngap,
+           graph_ms, graph_host_us);
   } else {
     printf("%s on %d cuda devices, m=%d, %d tasks of %g us units\n",
            bt_schedule_name(sched), o->p.devices, o->p.microbatches, (int)n,
@@ -358,6 +390,7 @@ out:
   bt_schedule_destroy(sched);
   free(ms);
   free(host);
+  free(replay);
   free(gap);
   free(slices);
   return status;
@@ -453,7 +486,7 @@ train_run(const struct cuda_opts *o, int graph, double *step_ms, double *share)
   /* The kernels' share: one traced step, eager (a replay records no
    * timing events of its own). */
   *share = NAN;
-  if (!graph) {
+  if (!graph && one_gpu(o)) {
     if (bt_cuda_devices_trace(devs, 1, &err) != BT_OK ||
         bt_cuda_devices_step_begin(devs, &err) != BT_OK)
       goto out_err;
@@ -494,15 +527,16 @@ train_bench(const struct cuda_opts *o)
   if (train_run(o, 0, &eager_ms, &share) != 0 ||
       train_run(o, 1, &graph_ms, &unused) != 0)
     return 1;
-  if (o->p.json)
+  if (o->p.json) {
+    char s0[32], s1[32];
     printf("{\"backend\":\"cuda\",\"model\":\"resmlp\",\"schedule\":\"%s\","
            "\"devices\":%d,\"layers\":%d,\"hidden\":%d,\"batch\":%d,"
-           "\"microbatches\":%d,\"step_ms\":%.6g,\"kernel_share\":%.4g,"
-           "\"overhead_ms\":%.6g,\"graph_step_ms\":%.6g}\n",
+           "\"microbatches\":%d,\"step_ms\":%.6g,\"kernel_share\":%s,"
+           "\"overhead_ms\":%s,\"graph_step_ms\":%.6g}\n",
            o->p.schedule, o->p.devices, o->layers, o->hidden, o->batch,
-           o->p.microbatches, eager_ms, share, eager_ms * (1.0 - share),
-           graph_ms);
-  else
+           o->p.microbatches, eager_ms, jnum(s0, sizeof s0, share),
+           jnum(s1, sizeof s1, eager_ms * (1.0 - share)), graph_ms);
+  } else
     printf("resmlp L=%d H=%d N=%d m=%d, %s on %d cuda devices\n"
            "  step %.3f ms, kernels %.1f%% of it (pipeline %.3f ms); "
            "CUDA graph %.3f ms\n",

@@ -94,6 +94,10 @@ struct bt_backend {
   void (*destroy)(struct bt_backend *be);
   /* A note for the user about how the backend runs (NULL: none). */
   const char *note;
+  /* Set by the trainer that uses the backend's one captured graph or its
+   * NCCL communicators (a second such trainer is refused); between steps
+   * only. */
+  int claimed;
   /* Data parallelism (NULL where the backend has none).  reduce_init,
    * once before the first step: `replicas` replicas of devices / replicas
    * devices each, and `groups` reductions per step, group g among the

@@ -72,6 +72,7 @@ struct bt__train {
   /* Whole-step graphs: 0 off; else the steps run so far (1: eager, to
    * create every event; 2: captured, then replayed; more: replayed). */
   int32_t graph;
+  int claims;     /* this trainer holds be->claimed */
   char note[320]; /* what the user should know about how it runs */
 };
 
@@ -779,6 +780,18 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
     goto out_free;
   }
   t->graph = cfg->graph ? 1 : 0;
+  if (t->be != NULL && (cfg->graph || cfg->replicas > 1)) {
+    /* One captured graph and one set of communicators per backend. */
+    if (t->be->claimed) {
+      rc = bt__errorf(err, BT_EBUSY,
+                      "another trainer uses this %s backend's CUDA graph or "
+                      "NCCL communicators; give each trainer its own backend",
+                      t->be->name);
+      goto out_free;
+    }
+    t->be->claimed = 1;
+    t->claims = 1;
+  }
   rc = choose_replicas(t, cfg->stage_device, err);
   if (rc != BT_OK)
     goto out_free;
@@ -997,6 +1010,13 @@ device_step(struct bt__train *t, const float *x, const int32_t *y,
         rc = done;
       if (rc == BT_OK)
         rc = be->replay(be, err);
+      if (rc != BT_OK) {
+        /* This step is lost; the next ones run eagerly. */
+        t->graph = 0;
+        snprintf(t->note, sizeof t->note,
+                 "capturing the step as a graph failed, so steps run "
+                 "without graphs from now on");
+      }
     }
   }
   /* The step is enqueued; its asynchronous errors show here. */
@@ -1153,6 +1173,8 @@ bt__train_destroy(struct bt__train *t)
     return;
   bt_pipeline_destroy(t->pl);
   bt_runtime_destroy(t->rt);
+  if (t->claims)
+    t->be->claimed = 0;
   for (int32_t r = 1; t->rep != NULL && r < t->nrep; r++)
     bt__resmlp_destroy(t->rep[r]);
   free(t->rep);

@@ -77,16 +77,19 @@ if [ "$skipped" -eq 0 ]; then
 import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
+    f = lambda v, d=2: "n/a" if v is None else f"{v:.{d}f}"
     if "model" in r:
+        share = r["kernel_share"]
         print(f"  resmlp L={r['layers']} H={r['hidden']} N={r['batch']} on {r['devices']} dev: "
-              f"step {r['step_ms']:.2f} ms, kernels {100*r['kernel_share']:.1f}%, "
-              f"pipeline {r['overhead_ms']:.2f} ms, CUDA graph {r['graph_step_ms']:.2f} ms")
+              f"step {r['step_ms']:.2f} ms, kernels "
+              f"{'n/a' if share is None else f'{100 * share:.1f}%'}, "
+              f"pipeline {f(r['overhead_ms'])} ms, CUDA graph {r['graph_step_ms']:.2f} ms")
     else:
         h, g = r["host_us"], r["gap_us"]
         print(f"  {r['schedule']} p={r['devices']} m={r['microbatches']} ({r['tasks']} tasks): "
               f"step {r['step_ms']:.3f} ms (sim {r['sim_step_ms']:.3f}), host/task "
-              f"{h['mean']:.2f} us (max {h['max']:.2f}), gap {g['mean']:.2f} us "
-              f"(max {g['max']:.2f}), graph {r['graph_step_ms']:.3f} ms, "
+              f"{h['mean']:.2f} us (max {h['max']:.2f}), gap {f(g['mean'])} us "
+              f"(max {f(g['max'])}), graph {r['graph_step_ms']:.3f} ms, "
               f"{r['graph_host_us']:.3f} us/task")
 PY
 fi

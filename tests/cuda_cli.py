@@ -60,7 +60,8 @@ def data_parallel_one_gpu():
     # NCCL refuses two ranks on one GPU: one replica runs, and says so.
     p = run(*SMALL, "--steps", "2", "--dp", "2", "--devices",
             "cuda:0,cuda:0,cuda:0,cuda:0")
-    assert "one GPU per replica" in p.stderr and "running 1 replica" in p.stderr, p.stderr
+    assert ("one GPU per replica" in p.stderr or "without NCCL" in p.stderr) \
+        and "running 1 replica" in p.stderr, p.stderr
 
 
 for sched in ("gpipe", "1f1b", "zb-h1"):

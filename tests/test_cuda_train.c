@@ -171,8 +171,11 @@ compare(const struct shape *sh, const char *sched, int32_t p, int ls,
   (*ran)++;
   for (int step = 1; step <= 6; step++) {
     int adamw = step > 3;
-    struct bt__train_optim o = {adamw,  0.05f, 0.0f,    0.9f,
-                                0.999f, 1e-8f, step - 3};
+    /* AdamW's first steps move a weight by about lr g / (|g| + eps):
+     * eps 1e-6 keeps gradients near the summation noise (cuBLAS and the
+     * CPU add in other orders) from being amplified past TOL. */
+    struct bt__train_optim o = {
+        adamw, adamw ? 0.01f : 0.05f, 0.0f, 0.9f, 0.999f, 1e-6f, step - 3};
     EXPECT_STATUS(bt__train_step(ta, xs, ys, &la, &err), BT_OK, &err);
     EXPECT_STATUS(bt__train_step(tb, xs, ys, &lb, &err), BT_OK, &err);
     if (!(fabs((double)la - (double)lb) <= TOL * fabs((double)la)))
@@ -260,12 +263,14 @@ TEST(cuda_data_parallel)
   ASSERT_INT_EQ(bt_cuda_backend_create(gpus, 2, &be, &err), BT_OK);
   tb = trainer_r(b, &small, "1f1b", 1, 0, be, 0, 2, &rc, &err);
   ASSERT_TRUE(tb != NULL);
-  ta =
-      trainer_r(a, &small, "1f1b", 1, 0, NULL, 0, ngpu >= 2 ? 2 : 1, &rc, &err);
+  ta = trainer_r(a, &small, "1f1b", 1, 0, NULL, 0,
+                 bt__train_note(tb) == NULL ? 2 : 1, &rc, &err);
   ASSERT_TRUE(ta != NULL);
-  if (ngpu < 2) {
+  if (ngpu < 2 || bt__train_note(tb) != NULL) {
+    /* One GPU, or no NCCL: one replica, said. */
     ASSERT_TRUE(bt__train_note(tb) != NULL);
-    EXPECT_STR_CONTAINS(bt__train_note(tb), "one GPU per replica");
+    EXPECT_TRUE(strstr(bt__train_note(tb), "one GPU per replica") != NULL ||
+                strstr(bt__train_note(tb), "without NCCL") != NULL);
     printf("one GPU: %s\n", bt__train_note(tb));
   } else {
     EXPECT_TRUE(bt__train_note(tb) == NULL);

@@ -217,7 +217,7 @@ bt__cu_attention_fwd(float *out, float *scratch, const float *qkv, size_t B,
   float *att = scratch, *q = att + l.att, *k = q + l.head, *v = k + l.head,
         *y = v + l.head;
 
-  if ((st = bt__cu_blas_status(cublasSetStream(cublas, stream))) != BT_OK)
+  if ((st = bt__cu_blas_bind(cublas, stream)) != BT_OK)
     return st;
   permute_kernel<<<bt__cu_blocks(B * T * C, 256), 256, 0, stream>>>(
       q, k, v, qkv, B, T, nh, hs);
@@ -265,7 +265,7 @@ bt__cu_attention_bwd(float *dqkv, float *scratch, const float *dout,
         *dy = v + l.head, *datt = dy + l.head, *dq = datt + l.att,
         *dk = dq + l.head, *dv = dk + l.head;
 
-  if ((st = bt__cu_blas_status(cublasSetStream(cublas, stream))) != BT_OK)
+  if ((st = bt__cu_blas_bind(cublas, stream)) != BT_OK)
     return st;
   /* From the qkv argument, as the CPU kernel reads it, not from what the
    * forward left in the workspace. */

@@ -29,6 +29,20 @@ bt__cu_blas_status(cublasStatus_t s)
   return s == CUBLAS_STATUS_ALLOC_FAILED ? BT_ENOMEM : BT_EIO;
 }
 
+/* Binds the handle to stream unless it already is: cublasSetStream also
+ * resets the handle's workspace to cuBLAS's default pool, which would undo
+ * a workspace set with cublasSetWorkspace (the CUDA backend sets one so
+ * that cuBLAS never allocates inside a captured CUDA graph). */
+static inline bt_status
+bt__cu_blas_bind(cublasHandle_t h, cudaStream_t stream)
+{
+  cudaStream_t now = NULL;
+
+  if (cublasGetStream(h, &now) == CUBLAS_STATUS_SUCCESS && now == stream)
+    return BT_OK;
+  return bt__cu_blas_status(cublasSetStream(h, stream));
+}
+
 /* The status of the launches just made: cudaGetLastError reports a bad
  * launch configuration, and a sticky error of an earlier kernel. */
 static inline bt_status

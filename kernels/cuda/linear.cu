@@ -136,7 +136,7 @@ bt__cu_linear_fwd(float *y, const float *x, const float *w, const float *b,
     return BT_EINVAL;
   if ((st = check_dims(N, IN, OUT)) != BT_OK)
     return st;
-  if ((st = bt__cu_blas_status(cublasSetStream(cublas, stream))) != BT_OK)
+  if ((st = bt__cu_blas_bind(cublas, stream)) != BT_OK)
     return st;
   if (b != NULL) {
     bias_broadcast_kernel<<<bt__cu_blocks(N * OUT, 256), 256, 0, stream>>>(
@@ -162,7 +162,7 @@ bt__cu_linear_bwd_input(float *dx, const float *dy, const float *w, size_t N,
     return BT_EINVAL;
   if ((st = check_dims(N, IN, OUT)) != BT_OK)
     return st;
-  if ((st = bt__cu_blas_status(cublasSetStream(cublas, stream))) != BT_OK)
+  if ((st = bt__cu_blas_bind(cublas, stream)) != BT_OK)
     return st;
   return bwd_input(dx, dy, w, (int)N, (int)IN, (int)OUT, cublas);
 }
@@ -178,7 +178,7 @@ bt__cu_linear_bwd_weight(float *dw, float *db, const float *dy, const float *x,
     return BT_EINVAL;
   if ((st = check_dims(N, IN, OUT)) != BT_OK)
     return st;
-  if ((st = bt__cu_blas_status(cublasSetStream(cublas, stream))) != BT_OK)
+  if ((st = bt__cu_blas_bind(cublas, stream)) != BT_OK)
     return st;
   return bwd_weight(dw, db, dy, x, (int)N, (int)IN, (int)OUT, cublas, stream);
 }
@@ -195,7 +195,7 @@ bt__cu_linear_bwd(float *dx, float *dw, float *db, const float *dy,
     return BT_EINVAL;
   if ((st = check_dims(N, IN, OUT)) != BT_OK)
     return st;
-  if ((st = bt__cu_blas_status(cublasSetStream(cublas, stream))) != BT_OK)
+  if ((st = bt__cu_blas_bind(cublas, stream)) != BT_OK)
     return st;
   if ((st = bwd_input(dx, dy, w, (int)N, (int)IN, (int)OUT, cublas)) != BT_OK)
     return st;
