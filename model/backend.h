@@ -98,6 +98,10 @@ struct bt_backend {
    * NCCL communicators (a second such trainer is refused); between steps
    * only. */
   int claimed;
+  /* Whether reduce may run inside a captured graph (the host backend
+   * records it; NCCL inside one process's multi-GPU graph has not been
+   * tried, so the CUDA backend says no until it has). */
+  int reduce_in_graph;
   /* Data parallelism (NULL where the backend has none).  reduce_init,
    * once before the first step: `replicas` replicas of devices / replicas
    * devices each, and `groups` reductions per step, group g among the

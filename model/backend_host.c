@@ -478,6 +478,7 @@ bt__backend_host_create(int32_t devices, struct bt_backend **out,
   be->sync = host_sync;
   be->destroy = host_destroy;
   be->reduce = host_reduce;
+  be->reduce_in_graph = 1;
   be->capture_begin = host_capture_begin;
   be->capture_end = host_capture_end;
   be->replay = host_replay;

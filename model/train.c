@@ -645,6 +645,12 @@ choose_replicas(struct bt__train *t, const int32_t *stage_device,
   }
   if (rc != BT_OK)
     return bt__errorf(err, rc, "%s", why.message);
+  if (t->graph && !t->be->reduce_in_graph)
+    return bt__errorf(err, BT_EUNSUPPORTED,
+                      "the %s backend does not capture its all-reduce in a "
+                      "graph yet: use graphs with one replica, or replicas "
+                      "without graphs",
+                      t->be->name);
   return BT_OK;
 }
 
