@@ -240,8 +240,10 @@ test_linear(cudaStream_t s, cublasHandle_t h)
     BT_OK_OR_DIE(bt__linear_bwd(dx2.data(), dw2.data(), nullptr, dy.data(),
                                 x.data(), w.data(), N, IN, OUT));
 
-    dbuf<float> x_d(x), w_d(w), b_d(b), dy_d(dy), y_d(N * OUT), dx_d(N * IN),
-        dw_d(dw0), db_d(db0), dw2_d(dw0), dx2_d(N * IN);
+    // dx starts as garbage: the input gradient is written, not added.
+    dbuf<float> x_d(x), w_d(w), b_d(b), dy_d(dy), y_d(N * OUT),
+        dx_d(random_floats(N * IN, -3, 3)), dw_d(dw0), db_d(db0),
+        dw2_d(dw0), dx2_d(random_floats(N * IN, -3, 3));
     BT_OK_OR_DIE(
         bt__cu_linear_fwd(y_d.p, x_d.p, w_d.p, b_d.p, N, IN, OUT, h, s));
     std::vector<float> g_y = y_d.get();
@@ -282,6 +284,8 @@ test_linear(cudaStream_t s, cublasHandle_t h)
                                    w_d.p, N, IN, OUT, h, s));
     CHECK(bitwise_equal(dw2_d.get(), g_dw) && bitwise_equal(db2_d.get(), g_db),
           "linear bwd vs bwd_weight N=%zu", N);
+    CHECK_REL(dx2_d.get(), dx2, "linear bwd dx again N=%zu IN=%zu OUT=%zu", N,
+              IN, OUT);
   }
 }
 

@@ -39,7 +39,7 @@ row_max(const float *z, size_t C, int lane)
 
 #define FWD_THREADS 1024 /* 32 warps: the single block */
 
-static __global__ void
+static __global__ void __launch_bounds__(FWD_THREADS)
 xent_fwd_kernel(float *loss, const float *__restrict__ logits,
                 const int32_t *__restrict__ labels, size_t N, size_t C,
                 size_t total_rows)
