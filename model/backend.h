@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "baton/comm.h"
 #include "baton/runtime.h"
 #include "baton/status.h"
 
@@ -118,6 +119,28 @@ struct bt_backend {
   bt_status (*reduce)(struct bt_backend *be, void *ctx, int32_t group,
                       int32_t replica, int32_t replicas, float *const *grads,
                       size_t n, bt_error_t *err);
+  /* Across processes (NULL where the backend has none): this process
+   * runs the job's devices dev0 .. dev0 + devices - 1.  connect, once at
+   * create: the pairs of job devices (pairs[4 i ..]: from, to, from rank,
+   * to rank) this rank sends to or receives from, in one order on every
+   * rank.  send and recv move one transfer of a pair, called on the
+   * sending and the receiving device's thread (ctx its ctx) in one order
+   * per pair; tag is the transfer's number in the job (0 .. ntags - 1). */
+  bt_status (*connect)(struct bt_backend *be, bt_comm_t *comm, int32_t dev0,
+                       const int32_t *pairs, size_t npairs, int32_t ntags,
+                       bt_error_t *err);
+  bt_status (*send)(struct bt_backend *be, void *ctx, const void *buf,
+                    size_t bytes, int32_t from, int32_t to, int32_t peer,
+                    int32_t tag, bt_error_t *err);
+  bt_status (*recv)(struct bt_backend *be, void *ctx, void *buf, size_t bytes,
+                    int32_t from, int32_t to, int32_t peer, int32_t tag,
+                    bt_error_t *err);
+  /* send and recv only start a transfer (pipeline.h's transport): wait
+   * orders device ctx's next work after receive `tag`; finish, after each
+   * step, completes (or, failed, drops) what is in flight. */
+  bt_status (*wait)(struct bt_backend *be, void *ctx, int32_t tag,
+                    bt_error_t *err);
+  bt_status (*finish)(struct bt_backend *be, int failed, bt_error_t *err);
   /* Whole-step graphs (NULL where the backend has none): between
    * capture_begin and capture_end the step's device work is recorded, not
    * run; replay runs the recorded step (then sync). */

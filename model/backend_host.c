@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../actors/comm.h"
 #include "backend.h"
 #include "error.h"
 
@@ -51,6 +52,9 @@ struct host_backend {
   struct call *rec;
   size_t nrec, caprec;
   int captured;
+  bt_comm_t *comm;          /* across processes: the job (connect) */
+  struct bt__comm_req *req; /* [ntags]: each transfer's request */
+  int32_t ntags;
 };
 
 static struct host_backend *
@@ -432,6 +436,104 @@ host_reduce(struct bt_backend *be, void *ctx, int32_t group, int32_t replica,
   return issue(ctx, &c);
 }
 
+/* Across processes: MPI on the host memory.  send and recv start a
+ * non-blocking transfer (its request kept by tag); wait completes a
+ * receive before its consumer; finish completes the step's sends (or drops
+ * everything after a failed step). */
+static bt_status
+host_connect(struct bt_backend *be, bt_comm_t *comm, int32_t dev0,
+             const int32_t *pairs, size_t npairs, int32_t ntags,
+             bt_error_t *err)
+{
+  struct host_backend *hb = (struct host_backend *)(void *)be;
+
+  (void)dev0;
+  (void)pairs;
+  (void)npairs;
+  free(hb->req);
+  hb->req = calloc((size_t)ntags + 1, sizeof *hb->req);
+  if (hb->req == NULL)
+    return bt__errorf(err, BT_ENOMEM, "out of memory for the transfers");
+  hb->ntags = ntags;
+  hb->comm = comm;
+  return BT_OK;
+}
+
+static bt_status
+host_start(struct host_backend *hb, void *buf, size_t bytes, int32_t peer,
+           int32_t tag, int send, bt_error_t *err)
+{
+  char msg[BT_ERROR_MESSAGE_MAX];
+  bt_status rc;
+
+  if (tag < 0 || tag >= hb->ntags)
+    return bt__errorf(err, BT_EINVAL, "host backend: transfer %d unknown",
+                      (int)tag);
+  /* Each tag is one transfer, started by one device's thread. */
+  rc = send
+           ? bt__comm_isend(hb->comm, buf, bytes, peer, BT__COMM_TAG_XFER + tag,
+                            &hb->req[tag], msg, sizeof msg)
+           : bt__comm_irecv(hb->comm, buf, bytes, peer, BT__COMM_TAG_XFER + tag,
+                            &hb->req[tag], msg, sizeof msg);
+  return rc == BT_OK ? BT_OK : bt__errorf(err, rc, "%s", msg);
+}
+
+static bt_status
+host_send(struct bt_backend *be, void *ctx, const void *buf, size_t bytes,
+          int32_t from, int32_t to, int32_t peer, int32_t tag, bt_error_t *err)
+{
+  (void)ctx;
+  (void)from;
+  (void)to;
+  return host_start((struct host_backend *)(void *)be, (void *)(uintptr_t)buf,
+                    bytes, peer, tag, 1, err);
+}
+
+static bt_status
+host_recv(struct bt_backend *be, void *ctx, void *buf, size_t bytes,
+          int32_t from, int32_t to, int32_t peer, int32_t tag, bt_error_t *err)
+{
+  (void)ctx;
+  (void)from;
+  (void)to;
+  return host_start((struct host_backend *)(void *)be, buf, bytes, peer, tag, 0,
+                    err);
+}
+
+static bt_status
+host_wait(struct bt_backend *be, void *ctx, int32_t tag, bt_error_t *err)
+{
+  struct host_backend *hb = (struct host_backend *)(void *)be;
+  char what[64];
+
+  (void)ctx;
+  if (tag < 0 || tag >= hb->ntags)
+    return bt__errorf(err, BT_EINVAL, "host backend: transfer %d unknown",
+                      (int)tag);
+  snprintf(what, sizeof what, "transfer %d", (int)tag);
+  return bt__comm_wait(hb->comm, &hb->req[tag], what, err);
+}
+
+static bt_status
+host_finish(struct bt_backend *be, int failed, bt_error_t *err)
+{
+  struct host_backend *hb = (struct host_backend *)(void *)be;
+  bt_status rc = BT_OK;
+
+  for (int32_t tag = 0; tag < hb->ntags; tag++) {
+    char what[64];
+    if (!hb->req[tag].active)
+      continue;
+    if (failed || rc != BT_OK) {
+      bt__comm_cancel(hb->comm, &hb->req[tag]);
+      continue;
+    }
+    snprintf(what, sizeof what, "transfer %d", (int)tag);
+    rc = bt__comm_wait(hb->comm, &hb->req[tag], what, err);
+  }
+  return rc;
+}
+
 static void
 host_destroy(struct bt_backend *be)
 {
@@ -440,6 +542,9 @@ host_destroy(struct bt_backend *be)
   if (be == NULL)
     return;
   pthread_mutex_destroy(&hb->lock);
+  for (int32_t tag = 0; hb->req != NULL && tag < hb->ntags; tag++)
+    bt__comm_cancel(hb->comm, &hb->req[tag]);
+  free(hb->req);
   free(hb->rec);
   free(be->desc);
   free(hb);
@@ -479,6 +584,11 @@ bt__backend_host_create(int32_t devices, struct bt_backend **out,
   be->destroy = host_destroy;
   be->reduce = host_reduce;
   be->reduce_in_graph = 1;
+  be->connect = host_connect;
+  be->send = host_send;
+  be->recv = host_recv;
+  be->wait = host_wait;
+  be->finish = host_finish;
   be->capture_begin = host_capture_begin;
   be->capture_end = host_capture_end;
   be->replay = host_replay;

@@ -57,9 +57,9 @@ epilogue_task(struct bt_pipeline *pl, const bt_task_call_t *tc,
     return 0;
   }
   if (pt->what == TASK_SEND)
-    return bt__pl_send_task(pl, pt, errbuf, errlen);
+    return bt__pl_send_task(pl, pt, tc->device_ctx, errbuf, errlen);
   if (pt->what == TASK_RECV)
-    return bt__pl_recv_task(pl, pt, errbuf, errlen);
+    return bt__pl_recv_task(pl, pt, tc->device_ctx, errbuf, errlen);
   if (pt->what == TASK_TIE && pl->tie_tensor != NULL) {
     if (bt__pl_builtin_tie(pl, pt) != 0) {
       snprintf(errbuf, errlen, "tie '%s': the two tensors differ in size",
@@ -120,6 +120,12 @@ bt__pl_task(const bt_task_call_t *tc, char *errbuf, size_t errlen)
 
   if (pt->what != TASK_PLAN)
     return epilogue_task(pl, tc, pt, errbuf, errlen);
+  /* What came from other ranks through a transport: after its receive. */
+  for (int32_t i = pl->consumes_at != NULL ? pl->consumes_at[tc->task] : 0;
+       pl->transport.wait != NULL && i < pl->consumes_at[tc->task + 1]; i++)
+    if ((rc = pl->transport.wait(tc->device_ctx, pl->consumes[i],
+                                 pl->transport.user, errbuf, errlen)) != 0)
+      return rc;
   d = &pl->stage[s];
   at = slot(pl, r, s, k);
   memset(&c, 0, sizeof c);
@@ -174,8 +180,8 @@ bt__pl_task(const bt_task_call_t *tc, char *errbuf, size_t errlen)
       break;
     }
   }
-  if (rc == 0 && tc->task - r * bt_graph_task_count(pl->graph) ==
-                     pl->last_bw[s] &&
+  if (rc == 0 &&
+      tc->task - r * bt_graph_task_count(pl->graph) == pl->last_bw[s] &&
       pl->grads_ready != NULL)
     pl->grads_ready(s, pl->user);
   return rc;
@@ -252,8 +258,8 @@ check_callbacks(const struct bt_pipeline *pl, const char *sched,
 }
 
 static bt_status
-make_plan(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
-          int32_t v, bt_error_t *err)
+make_plan(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg, int32_t v,
+          bt_error_t *err)
 {
   bt_schedule_params_t params = BT_SCHEDULE_PARAMS_INIT;
   double *cost = malloc(3 * (size_t)pl->S * sizeof *cost);
@@ -294,8 +300,8 @@ make_skips(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
     const bt_pipeline_skip_t *k = &cfg->skips[i];
     if (k->name == NULL || k->bytes == 0) {
       free(decls);
-      return bt__errorf(err, BT_EINVAL,
-                        "skip %zu needs a name and bytes > 0", i);
+      return bt__errorf(err, BT_EINVAL, "skip %zu needs a name and bytes > 0",
+                        i);
     }
     decls[2 * i].layer = k->stash_stage;
     decls[2 * i].op = BT_SKIP_STASH;
@@ -312,8 +318,10 @@ make_skips(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
   if (rc != BT_OK && err != NULL) {
     char detail[BT_ERROR_MESSAGE_MAX];
     memcpy(detail, err->message, sizeof detail);
-    bt__errorf(err, rc, "pipeline skips (each \"layer\" below is a stage): "
-               "%s", detail);
+    bt__errorf(err, rc,
+               "pipeline skips (each \"layer\" below is a stage): "
+               "%s",
+               detail);
   }
   return rc;
 }
@@ -349,8 +357,7 @@ make_buffers(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
   pl->out_at = calloc(SM, sizeof *pl->out_at);
   pl->in_at = calloc(SM, sizeof *pl->in_at);
   if (!sk_bytes || !seen_out || !seen_in || !pl->act || !pl->grad ||
-      !pl->skip_pos ||
-      !pl->nout || !pl->nin || !pl->out_at || !pl->in_at)
+      !pl->skip_pos || !pl->nout || !pl->nin || !pl->out_at || !pl->in_at)
     goto nomem;
   for (int32_t s = 0; s < pl->S; s++)
     total += (size_t)pl->m * (round_up(pl->stage[s].output_bytes) +
@@ -435,7 +442,8 @@ nomem:
   free(sk_bytes);
   free(seen_out);
   free(seen_in);
-  return bt__errorf(err, BT_ENOMEM, "out of memory allocating the "
+  return bt__errorf(err, BT_ENOMEM,
+                    "out of memory allocating the "
                     "pipeline's buffers");
 }
 
@@ -461,8 +469,7 @@ find_last_backwards(struct bt_pipeline *pl, bt_error_t *err)
 /* The first version's config ends with `trace`; a caller built against a
  * later header passes a bigger size, one built against this one this size
  * (or more, with padding). */
-#define CONFIG_V1_SIZE                                                        \
-  (offsetof(bt_pipeline_config_t, trace) + sizeof(int32_t))
+#define CONFIG_V1_SIZE (offsetof(bt_pipeline_config_t, trace) + sizeof(int32_t))
 
 /* Copies the caller's config, zero-extending it to this header's layout,
  * and checks it. */
@@ -471,7 +478,8 @@ read_config(const bt_pipeline_config_t *in, bt_pipeline_config_t *cfg,
             bt_error_t *err)
 {
   if (in == NULL || in->size < CONFIG_V1_SIZE)
-    return bt__errorf(err, BT_EINVAL, "bt_pipeline_create needs a config "
+    return bt__errorf(err, BT_EINVAL,
+                      "bt_pipeline_create needs a config "
                       "started from BT_PIPELINE_CONFIG_INIT");
   memset(cfg, 0, sizeof *cfg);
   memcpy(cfg, in, in->size < sizeof *cfg ? in->size : sizeof *cfg);
@@ -518,9 +526,8 @@ read_epilogue(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
                       "callback that all-reduces each stage's gradients, or "
                       "a grad_tensor callback (baton reduces them)",
                       (int)pl->R);
-  if (cfg->nties > 0 &&
-      (cfg->ties == NULL ||
-       (cfg->tie_grads == NULL && cfg->tie_tensor == NULL)))
+  if (cfg->nties > 0 && (cfg->ties == NULL ||
+                         (cfg->tie_grads == NULL && cfg->tie_tensor == NULL)))
     return bt__errorf(err, BT_EINVAL,
                       "%zu ties need the ties array and a tie_grads "
                       "callback that sums each tie's two gradients, or a "
@@ -535,13 +542,27 @@ read_epilogue(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
                       "tie_grads",
                       (int)pl->W);
   if (cfg->buffers_alloc != NULL &&
-      (pl->W > 1 || cfg->grad_tensor != NULL || cfg->tie_tensor != NULL ||
+      (cfg->grad_tensor != NULL || cfg->tie_tensor != NULL ||
        cfg->buffers_free == NULL))
     return bt__errorf(err, BT_EUNSUPPORTED,
                       "buffers outside host memory (buffers_alloc) need "
-                      "buffers_free, and work neither across processes nor "
-                      "with grad_tensor or tie_tensor, whose bytes baton "
-                      "moves on the host: give reduce_grads and tie_grads");
+                      "buffers_free, and do not work with grad_tensor or "
+                      "tie_tensor, whose bytes baton moves on the host: give "
+                      "reduce_grads and tie_grads");
+  if (cfg->transport != NULL) {
+    const bt_pipeline_transport_t *tr = cfg->transport;
+    if (tr->size < sizeof *tr || tr->send == NULL || tr->recv == NULL)
+      return bt__errorf(err, BT_EINVAL,
+                        "a transport needs its size, send and recv");
+    pl->transport = *tr;
+  }
+  if (pl->W > 1 && cfg->buffers_alloc != NULL &&
+      (pl->transport.send == NULL || pl->R > 1 || cfg->nties > 0 ||
+       cfg->max_grad_norm > 0))
+    return bt__errorf(err, BT_EUNSUPPORTED,
+                      "device buffers (buffers_alloc) across processes need "
+                      "a transport, and carry only the plan's edges: one "
+                      "replica, no ties, no clipping");
   if (cfg->grad_tensor != NULL) {
     pl->nparts_s = calloc((size_t)pl->S, sizeof *pl->nparts_s);
     if (pl->nparts_s == NULL)
@@ -594,8 +615,8 @@ start_runtime(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
       return bt__errorf(err, BT_EINVAL,
                         "the runtime has %d devices, but %d replicas x %d "
                         "devices need %d; create it with more",
-                        (int)bt_runtime_devices(pl->rt), (int)pl->R,
-                        (int)pl->p, (int)(pl->R * pl->p));
+                        (int)bt_runtime_devices(pl->rt), (int)pl->R, (int)pl->p,
+                        (int)(pl->R * pl->p));
   } else {
     rc.devices = pl->R * pl->p;
     rc.threads = cfg->threads;
@@ -621,6 +642,8 @@ pipeline_free(struct bt_pipeline *pl)
   free(pl->stage);
   free(pl->last_bw);
   free(pl->tasks);
+  free(pl->consumes_at);
+  free(pl->consumes);
   bt__pl_free_xfers(pl);
   free(pl->nparts_s);
   free(pl->skip_pos);
@@ -682,8 +705,8 @@ bt_pipeline_create(const bt_pipeline_config_t *user_cfg, bt_pipeline_t **out,
     rc = bt__errorf(err, BT_EINVAL,
                     "%d devices (%d replicas x %d) do not split evenly over "
                     "%d ranks; list a multiple of %d devices",
-                    (int)(pl->R * pl->p), (int)pl->R, (int)pl->p,
-                    (int)pl->W, (int)pl->W);
+                    (int)(pl->R * pl->p), (int)pl->R, (int)pl->p, (int)pl->W,
+                    (int)pl->W);
     pipeline_free(pl);
     return rc;
   }
@@ -732,6 +755,14 @@ bt_pipeline_step(bt_pipeline_t *pl, bt_error_t *err)
   if (rc != BT_OK)
     return rc;
   rc = bt_exec_run(pl->exec, err);
+  if (pl->transport.finish != NULL) {
+    char msg[BT_ERROR_MESSAGE_MAX];
+    int f =
+        pl->transport.finish(rc != BT_OK, pl->transport.user, msg, sizeof msg);
+    if (rc == BT_OK && f != 0)
+      rc = bt__errorf(err, f < 0 ? (bt_status)f : BT_EIO,
+                      "finishing the step's transfers: %s", msg);
+  }
   return bt__pl_step_end(pl, rc, err);
 }
 
@@ -782,8 +813,7 @@ bt_pipeline_plan(const bt_pipeline_t *pl)
 }
 
 bt_status
-bt_pipeline_slices(const bt_pipeline_t *pl, bt_slice_t *slices,
-                   size_t *count)
+bt_pipeline_slices(const bt_pipeline_t *pl, bt_slice_t *slices, size_t *count)
 {
   if (pl == NULL || count == NULL)
     return BT_EINVAL;

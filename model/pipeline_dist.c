@@ -37,6 +37,9 @@ struct dag_build {
    * only the message it needs next, not every message of the step. */
   int32_t gate;
   int32_t *dev_last; /* [devices]: the last plan task of each device */
+  /* A transport's pair whose producer and consumer order its transfers
+   * differently (order_transport), or -1. */
+  int32_t bad_from, bad_to;
 };
 
 static bool
@@ -106,17 +109,17 @@ dag_free(struct dag_build *b)
   free(b->dev_last);
 }
 
-static const bt_action_t none = {.stage = -1, .kind = BT_ACT_IDLE,
-                                 .microbatch = -1};
+static const bt_action_t none = {
+    .stage = -1, .kind = BT_ACT_IDLE, .microbatch = -1};
 
 static const char *
 xfer_what(int kind)
 {
-  static const char *names[] = {"activation", "input gradient", "skip",
-                                "skip gradient", "tied gradient",
-                                "tied gradient sum", "gradient slice",
-                                "reduced gradient slice", "gradient norm",
-                                "clip scale"};
+  static const char *names[] = {"activation",     "input gradient",
+                                "skip",           "skip gradient",
+                                "tied gradient",  "tied gradient sum",
+                                "gradient slice", "reduced gradient slice",
+                                "gradient norm",  "clip scale"};
   return names[kind];
 }
 
@@ -143,9 +146,13 @@ xfer_add(struct bt_pipeline *pl, struct dag_build *b, struct pl_xfer x,
     return -1;
   x.from = bt__pl_rank_of(pl, from_dev);
   x.to = bt__pl_rank_of(pl, to_dev);
+  x.from_dev = from_dev;
+  x.to_dev = to_dev;
+  x.producer = npred > 0 ? pred[npred - 1] : -1;
+  x.consumer = -1;
   b->xf[b->nx] = x;
-  snprintf(name, sizeof name, "send %s %d.%d.%d to rank %d",
-           xfer_what(x.kind), (int)x.r, (int)x.s, (int)x.k, (int)x.to);
+  snprintf(name, sizeof name, "send %s %d.%d.%d to rank %d", xfer_what(x.kind),
+           (int)x.r, (int)x.s, (int)x.k, (int)x.to);
   send = dag_task(b, from_dev, none, name, role);
   role.what = TASK_RECV;
   snprintf(name, sizeof name, "recv %s %d.%d.%d from rank %d",
@@ -158,6 +165,8 @@ xfer_add(struct bt_pipeline *pl, struct dag_build *b, struct pl_xfer x,
       return -1;
   if (b->gate >= 0 && !dag_edge(b, b->gate, recv))
     return -1;
+  b->xf[b->nx].send_task = send;
+  b->xf[b->nx].recv_task = recv;
   if (index != NULL)
     *index = (int32_t)b->nx;
   b->nx++;
@@ -185,23 +194,79 @@ static bool
 xfer_into(struct bt_pipeline *pl, struct dag_build *b, struct pl_xfer x,
           int32_t src, int32_t dst)
 {
-  int32_t rv = xfer_add(pl, b, x, b->device[src], b->device[dst], &src, 1,
-                        NULL);
-  return rv >= 0 && dag_edge(b, rv, dst);
+  int32_t ix = -1;
+  int32_t rv = xfer_add(pl, b, x, b->device[src], b->device[dst], &src, 1, &ix);
+  if (rv < 0)
+    return false;
+  b->xf[ix].consumer = dst;
+  return dag_edge(b, rv, dst);
+}
+
+/* A transfer's place in its pair's order. */
+struct xf_key {
+  int32_t from, to, consumer;
+  size_t ix;
+};
+
+static int
+by_pair_then_consumer(const void *pa, const void *pb)
+{
+  const struct xf_key *a = pa, *c = pb;
+
+  if (a->from != c->from)
+    return a->from < c->from ? -1 : 1;
+  if (a->to != c->to)
+    return a->to < c->to ? -1 : 1;
+  if (a->consumer != c->consumer)
+    return a->consumer < c->consumer ? -1 : 1;
+  return a->ix < c->ix ? -1 : a->ix > c->ix;
+}
+
+/* With a transport: the transfers of one (from, to) pair of devices are
+ * moved in one order on both ends, the consumer's plan order (plan tasks
+ * of a device are consecutive in plan order, so task ids compare), by
+ * chaining their send tasks and their receive tasks.  A producer that
+ * orders them otherwise would deadlock the chains: refused. */
+static bool
+order_transport(struct dag_build *b, size_t nplan)
+{
+  struct xf_key *k = malloc((nplan + 1) * sizeof *k);
+  bool ok = true;
+
+  if (k == NULL)
+    return false;
+  for (size_t j = 0; j < nplan; j++)
+    k[j] = (struct xf_key){b->xf[j].from_dev, b->xf[j].to_dev,
+                           b->xf[j].consumer, j};
+  qsort(k, nplan, sizeof *k, by_pair_then_consumer);
+  for (size_t j = 1; ok && j < nplan; j++) {
+    const struct pl_xfer *p = &b->xf[k[j - 1].ix], *x = &b->xf[k[j].ix];
+    if (p->from_dev != x->from_dev || p->to_dev != x->to_dev)
+      continue;
+    if (x->producer < p->producer) {
+      b->bad_from = x->from_dev;
+      b->bad_to = x->to_dev;
+      ok = false;
+      break;
+    }
+    ok = dag_edge(b, p->send_task, x->send_task) &&
+         dag_edge(b, p->recv_task, x->recv_task);
+  }
+  free(k);
+  return ok;
 }
 
 /* A plan edge t -> u of replica r between ranks: what it carries. */
 static bool
-plan_xfers(struct bt_pipeline *pl, struct dag_build *b, int32_t r,
-           int32_t src, int32_t dst)
+plan_xfers(struct bt_pipeline *pl, struct dag_build *b, int32_t r, int32_t src,
+           int32_t dst)
 {
   bt_action_t a = b->action[src], c = b->action[dst];
   size_t nsk = bt_skip_layout_count(pl->skips);
   int32_t k = a.microbatch, T0 = bt_graph_task_count(pl->graph);
 
   /* Plan tasks of one device are consecutive, in plan order. */
-  b->gate = dst % T0 > 0 && b->device[dst - 1] == b->device[dst] ? dst - 1
-                                                                  : -1;
+  b->gate = dst % T0 > 0 && b->device[dst - 1] == b->device[dst] ? dst - 1 : -1;
 
   /* A forward edge carries stage a's output (to the next stage) and the
    * skips stashed at a and popped at c; a backward edge a's input gradient
@@ -217,10 +282,10 @@ plan_xfers(struct bt_pipeline *pl, struct dag_build *b, int32_t r,
   for (size_t i = 0; i < nsk; i++) {
     bt_skip_t sk = bt_skip_layout_get(pl->skips, i);
     if (sk.stash_stage == from && sk.pop_stage == to &&
-        !xfer_into(pl, b,
-                   xf_make(fwd ? XF_SKIPV : XF_SKIPG, r, a.stage, k,
-                           (int32_t)i, 0),
-                   src, dst))
+        !xfer_into(
+            pl, b,
+            xf_make(fwd ? XF_SKIPV : XF_SKIPG, r, a.stage, k, (int32_t)i, 0),
+            src, dst))
       return false;
   }
   return true;
@@ -277,8 +342,7 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
   struct lists fin = {0}, rdy = {0};
   char name[BT__PL_NAME_MAX];
   bool ok = false, builtin_red = pl->grad_tensor != NULL;
-  int cap = 2 + 2 * (int)pl->nties +
-            2 * R * (pl->nparts > 0 ? pl->nparts : 1);
+  int cap = 2 + 2 * (int)pl->nties + 2 * R * (pl->nparts > 0 ? pl->nparts : 1);
 
   dev = malloc((size_t)R * (size_t)S * sizeof *dev);
   scale_rv = malloc((size_t)pl->W * sizeof *scale_rv);
@@ -306,6 +370,8 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
         if (!(cross ? plan_xfers(pl, b, r, src, dst) : dag_edge(b, src, dst)))
           goto out;
       }
+  if (pl->transport.send != NULL && !order_transport(b, b->nx))
+    goto out;
   for (int32_t r = 0; r < R; r++)
     for (int32_t s = 0; s < S; s++) {
       dev[(size_t)r * S + s] = b->device[r * T0 + pl->last_bw[s]];
@@ -317,7 +383,7 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
   for (int32_t t = 0; t < R * T0; t++)
     b->dev_last[b->device[t]] = t;
 #define GATE(d) (b->gate = b->dev_last[(d)])
-#define DEV(r, s) dev[(size_t)(r) * S + (s)]
+#define DEV(r, s) dev[(size_t)(r)*S + (s)]
 #define RANK(d) bt__pl_rank_of(pl, (d))
   /* Ties: on stage_b's device; stage_a's gradient comes over if it lives
    * on another rank, and the sum goes back. */
@@ -400,8 +466,8 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
           for (int32_t part = 0; part < PARTS(s); part++) {
             struct pl_xfer x = xf_make(XF_RED_DOWN, r, s, 0, part, q);
             int32_t rv;
-            x.guard = pl->red_up[(((size_t)q * R + r) * S + s) * (size_t)P +
-                                 part];
+            x.guard =
+                pl->red_up[(((size_t)q * R + r) * S + s) * (size_t)P + part];
             GATE(DEV(q, s));
             rv = xfer_add(pl, b, x, DEV(r, s), DEV(q, s), &id, 1, NULL);
             if (rv < 0)
@@ -454,8 +520,8 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
       } else {
         int32_t rv;
         GATE(clip_dev);
-        rv = xfer_add(pl, b, xf_make(XF_NORM, 0, s, 0, 0, 0),
-                              DEV(0, s), clip_dev, &norm_id[s], 1, NULL);
+        rv = xfer_add(pl, b, xf_make(XF_NORM, 0, s, 0, 0, 0), DEV(0, s),
+                      clip_dev, &norm_id[s], 1, NULL);
         if (rv < 0 || !dag_edge(b, rv, clip))
           goto out;
       }
@@ -501,6 +567,39 @@ out:
   return ok;
 }
 
+/* With a transport: which received transfers each local task consumes
+ * (local[]: build id -> local id), for the transport's wait. */
+static bool
+index_consumers(struct bt_pipeline *pl, const struct dag_build *b,
+                const int32_t *local, int32_t n)
+{
+  int32_t *at = calloc((size_t)n + 1, sizeof *at);
+  int32_t *fill = calloc((size_t)n + 1, sizeof *fill);
+  bool ok = at != NULL && fill != NULL;
+
+  pl->consumes = malloc((b->nx + 1) * sizeof *pl->consumes);
+  ok = ok && pl->consumes != NULL;
+  for (size_t j = 0; ok && j < b->nx; j++)
+    if (b->xf[j].to == pl->me && b->xf[j].consumer >= 0 &&
+        local[b->xf[j].consumer] >= 0)
+      at[local[b->xf[j].consumer] + 1]++;
+  for (int32_t t = 0; ok && t < n; t++)
+    at[t + 1] += at[t];
+  for (size_t j = 0; ok && j < b->nx; j++)
+    if (b->xf[j].to == pl->me && b->xf[j].consumer >= 0 &&
+        local[b->xf[j].consumer] >= 0) {
+      int32_t t = local[b->xf[j].consumer];
+      pl->consumes[at[t] + fill[t]++] = (int32_t)j;
+    }
+  free(fill);
+  if (!ok) {
+    free(at);
+    return false;
+  }
+  pl->consumes_at = at;
+  return true;
+}
+
 bt_status
 bt__pl_build_exec(struct bt_pipeline *pl, int trace, bt_error_t *err)
 {
@@ -510,18 +609,27 @@ bt__pl_build_exec(struct bt_pipeline *pl, int trace, bt_error_t *err)
   int32_t *local = NULL, n = 0;
   size_t ne = 0;
   bt_status st = BT_ENOMEM;
-  size_t nred = (size_t)pl->R * pl->R * pl->S *
-                (size_t)(pl->nparts > 0 ? pl->nparts : 1);
+  size_t nred =
+      (size_t)pl->R * pl->R * pl->S * (size_t)(pl->nparts > 0 ? pl->nparts : 1);
 
   memset(&b, 0, sizeof b);
   b.gate = -1;
+  b.bad_from = b.bad_to = -1;
   pl->red_up = malloc((nred + 1) * sizeof *pl->red_up);
   if (pl->red_up == NULL)
     goto out;
   for (size_t i = 0; i < nred; i++)
     pl->red_up[i] = -1;
-  if (!build_dag(pl, &b))
+  if (!build_dag(pl, &b)) {
+    if (b.bad_from >= 0)
+      st = bt__errorf(err, BT_EPLAN,
+                      "this plan produces the transfers from device %d to "
+                      "device %d in another order than it consumes them; "
+                      "the transport needs one order on both ends (use "
+                      "another schedule, or devices in one process)",
+                      (int)b.bad_from, (int)b.bad_to);
     goto out;
+  }
   /* This rank's tasks, renumbered; every edge between ranks went through a
    * transfer, so the rest join local tasks only. */
   local = malloc(((size_t)b.n + 1) * sizeof *local);
@@ -557,6 +665,8 @@ bt__pl_build_exec(struct bt_pipeline *pl, int trace, bt_error_t *err)
     ne++;
   }
   b.ne = ne;
+  if (pl->transport.send != NULL && !index_consumers(pl, &b, local, n))
+    goto out;
   pl->xf = b.xf;
   pl->nxf = b.nx;
   b.xf = NULL;
@@ -624,6 +734,45 @@ skip_size(const struct bt_pipeline *pl, int32_t r, int32_t i, int32_t k)
   return pl->skip_pool[at + (size_t)pl->skip_pos[i]].bytes;
 }
 
+/* The transport's pairs of devices this rank sends to or receives from,
+ * each once, in transfer order (the same on every rank). */
+static bt_status
+connect_transport(struct bt_pipeline *pl, bt_error_t *err)
+{
+  int32_t *pairs = malloc((4 * pl->nxf + 1) * sizeof *pairs);
+  size_t n = 0;
+  char msg[BT_ERROR_MESSAGE_MAX];
+  int rc;
+
+  if (pairs == NULL)
+    return bt__errorf(err, BT_ENOMEM, "out of memory for the transport");
+  for (size_t j = 0; j < pl->nxf; j++) {
+    const struct pl_xfer *x = &pl->xf[j];
+    bool seen = false;
+    if (x->from != pl->me && x->to != pl->me)
+      continue;
+    for (size_t i = 0; i < n && !seen; i++)
+      seen = pairs[4 * i] == x->from_dev && pairs[4 * i + 1] == x->to_dev;
+    if (seen)
+      continue;
+    pairs[4 * n] = x->from_dev;
+    pairs[4 * n + 1] = x->to_dev;
+    pairs[4 * n + 2] = x->from;
+    pairs[4 * n + 3] = x->to;
+    n++;
+  }
+  msg[0] = '\0';
+  rc = pl->transport.connect != NULL
+           ? pl->transport.connect(pairs, n, (int32_t)pl->nxf,
+                                   pl->transport.user, msg, sizeof msg)
+           : 0;
+  free(pairs);
+  if (rc != 0)
+    return bt__errorf(err, rc < 0 ? (bt_status)rc : BT_EIO,
+                      "connecting the transport: %s", msg);
+  return BT_OK;
+}
+
 bt_status
 bt__pl_resolve_xfers(struct bt_pipeline *pl, bt_error_t *err)
 {
@@ -686,19 +835,19 @@ bt__pl_resolve_xfers(struct bt_pipeline *pl, bt_error_t *err)
         x->staging = malloc(x->bytes);
       break;
     }
-    if (sender && (x->kind == XF_TIE_UP || x->kind == XF_TIE_DOWN ||
-                   x->kind == XF_RED_UP || x->kind == XF_RED_DOWN) &&
+    if (sender &&
+        (x->kind == XF_TIE_UP || x->kind == XF_TIE_DOWN ||
+         x->kind == XF_RED_UP || x->kind == XF_RED_DOWN) &&
         (x->snap = malloc(x->bytes + 1)) == NULL)
       return bt__errorf(err, BT_ENOMEM,
                         "out of memory for the transfers' send copies");
     if (receiver && x->staging == NULL &&
         (x->kind == XF_TIE_UP || x->kind == XF_TIE_DOWN ||
-         x->kind == XF_RED_UP || x->kind == XF_RED_DOWN ||
-         x->kind == XF_SCALE))
+         x->kind == XF_RED_UP || x->kind == XF_RED_DOWN || x->kind == XF_SCALE))
       return bt__errorf(err, BT_ENOMEM,
                         "out of memory for the transfers' staging buffers");
   }
-  return BT_OK;
+  return pl->transport.send != NULL ? connect_transport(pl, err) : BT_OK;
 }
 
 void
@@ -727,11 +876,15 @@ describe(const struct pl_xfer *x, char *buf, size_t n)
 
 int
 bt__pl_send_task(struct bt_pipeline *pl, const struct pl_task *pt,
-                 char *errbuf, size_t errlen)
+                 void *device_ctx, char *errbuf, size_t errlen)
 {
   struct pl_xfer *x = &pl->xf[pt->xfer];
   const void *src = x->buf;
 
+  if (pl->transport.send != NULL)
+    return pl->transport.send(device_ctx, x->buf, x->bytes, x->from_dev,
+                              x->to_dev, x->to, pt->xfer, pl->transport.user,
+                              errbuf, errlen);
   if (x->snap != NULL) {
     memcpy(x->snap, x->buf, x->bytes);
     src = x->snap;
@@ -743,14 +896,19 @@ bt__pl_send_task(struct bt_pipeline *pl, const struct pl_task *pt,
 
 int
 bt__pl_recv_task(struct bt_pipeline *pl, const struct pl_task *pt,
-                 char *errbuf, size_t errlen)
+                 void *device_ctx, char *errbuf, size_t errlen)
 {
   struct pl_xfer *x = &pl->xf[pt->xfer];
   char what[160], msg[400];
-  int done = bt__comm_test(pl->comm, &x->req, errbuf, errlen);
+  int done;
   int32_t peer;
   double now;
 
+  if (pl->transport.send != NULL)
+    return pl->transport.recv(device_ctx, x->buf, x->bytes, x->from_dev,
+                              x->to_dev, x->from, pt->xfer, pl->transport.user,
+                              errbuf, errlen);
+  done = bt__comm_test(pl->comm, &x->req, errbuf, errlen);
   if (done < 0)
     return done;
   if (done && x->guard >= 0) {
@@ -797,9 +955,9 @@ bt__pl_builtin_tie(struct bt_pipeline *pl, const struct pl_task *pt)
 {
   size_t na = 0, nb = 0;
   float *b = pl->tie_tensor(pt->replica, pt->tie, 1, &nb, pl->user);
-  float *a = pt->xfer >= 0 ? (float *)pl->xf[pt->xfer].staging
-                           : pl->tie_tensor(pt->replica, pt->tie, 0, &na,
-                                            pl->user);
+  float *a = pt->xfer >= 0
+                 ? (float *)pl->xf[pt->xfer].staging
+                 : pl->tie_tensor(pt->replica, pt->tie, 0, &na, pl->user);
 
   if (pt->xfer >= 0)
     na = pl->xf[pt->xfer].bytes / sizeof(float);
@@ -828,18 +986,18 @@ bt__pl_builtin_reduce(struct bt_pipeline *pl, const struct pl_task *pt)
     for (size_t j = lo; j < hi; j++) {
       float sum = 0.0f;
       for (int32_t q = 0; q < R; q++) {
-        int32_t ix = pl->red_up[(((size_t)q * R + r) * pl->S + s) *
-                                    (size_t)pl->nparts +
-                                part];
+        int32_t ix =
+            pl->red_up[(((size_t)q * R + r) * pl->S + s) * (size_t)pl->nparts +
+                       part];
         size_t cnt;
         const float *src = ix >= 0 ? (const float *)pl->xf[ix].staging - lo
                                    : part_of(pl, q, s, part, &cnt);
         sum = q == 0 ? src[j] : sum + src[j];
       }
       for (int32_t q = 0; q < R; q++) {
-        int32_t ix = pl->red_up[(((size_t)q * R + r) * pl->S + s) *
-                                    (size_t)pl->nparts +
-                                part];
+        int32_t ix =
+            pl->red_up[(((size_t)q * R + r) * pl->S + s) * (size_t)pl->nparts +
+                       part];
         size_t cnt;
         if (ix < 0)
           part_of(pl, q, s, part, &cnt)[j] = sum;
@@ -863,7 +1021,8 @@ bt__pl_step_begin(struct bt_pipeline *pl, bt_error_t *err)
   for (size_t j = 0; j < pl->nxf; j++) {
     struct pl_xfer *x = &pl->xf[j];
     bt_status rc;
-    if (x->to != pl->me)
+    /* A transport moves the plan's edges itself, in its tasks. */
+    if (x->to != pl->me || pl->transport.send != NULL)
       continue;
     x->wait_since = 0.0;
     rc = bt__comm_irecv(pl->comm, x->staging ? x->staging : x->buf, x->bytes,
@@ -896,11 +1055,12 @@ step_end(struct bt_pipeline *pl, bt_status rc, bt_error_t *err)
     for (size_t j = 0; j < pl->nxf && rc == BT_OK; j++) {
       struct pl_xfer *x = &pl->xf[j];
       char what[200];
-      if (x->from != pl->me)
+      if (x->from != pl->me || pl->transport.send != NULL)
         continue;
-      snprintf(what, sizeof what, "rank %d to receive the %s (replica %d, "
-               "stage %d, microbatch %d)", (int)x->to, xfer_what(x->kind),
-               (int)x->r, (int)x->s, (int)x->k);
+      snprintf(what, sizeof what,
+               "rank %d to receive the %s (replica %d, "
+               "stage %d, microbatch %d)",
+               (int)x->to, xfer_what(x->kind), (int)x->r, (int)x->s, (int)x->k);
       rc = bt__comm_wait(pl->comm, &x->req, what, err);
     }
     if (rc == BT_OK)

@@ -66,6 +66,9 @@ struct pl_xfer {
   size_t bytes;
   struct bt__comm_req req;
   double wait_since;  /* receive: when the task first found it missing */
+  /* Where it runs (job devices) and its two tasks: a transport orders the
+   * transfers of one pair of devices. */
+  int32_t from_dev, to_dev, send_task, recv_task, producer, consumer;
 };
 
 struct bt_pipeline {
@@ -113,6 +116,10 @@ struct bt_pipeline {
   int32_t nparts;             /* most gradient parts of a stage */
   int32_t *nparts_s;          /* [S]: parts of each stage (grad_tensor) */
   int broken;                 /* a step failed across processes */
+  bt_pipeline_transport_t transport; /* send NULL: MPI on the host */
+  /* With a transport: the transfers each local task consumes (CSR over
+   * local task ids: consumes[consumes_at[t] .. consumes_at[t + 1])). */
+  int32_t *consumes_at, *consumes;
 };
 
 static inline size_t
@@ -141,9 +148,9 @@ bt_status bt__pl_resolve_xfers(struct bt_pipeline *pl, bt_error_t *err);
 
 /* The task functions of transfers and of the built-in tie and reduce. */
 int bt__pl_send_task(struct bt_pipeline *pl, const struct pl_task *pt,
-                     char *errbuf, size_t errlen);
+                     void *device_ctx, char *errbuf, size_t errlen);
 int bt__pl_recv_task(struct bt_pipeline *pl, const struct pl_task *pt,
-                     char *errbuf, size_t errlen);
+                     void *device_ctx, char *errbuf, size_t errlen);
 int bt__pl_builtin_tie(struct bt_pipeline *pl, const struct pl_task *pt);
 int bt__pl_builtin_reduce(struct bt_pipeline *pl, const struct pl_task *pt);
 

@@ -72,7 +72,13 @@ struct bt__train {
   /* Whole-step graphs: 0 off; else the steps run so far (1: eager, to
    * create every event; 2: captured, then replayed; more: replayed). */
   int32_t graph;
-  int claims;     /* this trainer holds be->claimed */
+  int claims; /* this trainer holds be->claimed */
+  /* Across processes on a backend: the job's devices this rank runs are
+   * dev0 .. dev0 + be->devices - 1 (the backend's 0 ..); the runtime's
+   * device table (the others idle); the transport of the plan's edges. */
+  int32_t dev0;
+  bt_device_desc_t *rt_desc;
+  bt_pipeline_transport_t transport;
   char note[320]; /* what the user should know about how it runs */
 };
 
@@ -92,6 +98,21 @@ static void
 maybe_perturb(const struct bt__train *t, const bt_stage_call_t *c)
 {
   bt__stages_perturb(t->perturb, c);
+}
+
+/* The backend's index of a job device this rank runs. */
+static int32_t
+bdev(const struct bt__train *t, int32_t device)
+{
+  return device - t->dev0;
+}
+
+/* Whether this rank runs the stage (always, in one process). */
+static bool
+here(const struct bt__train *t, const struct train_stage *st)
+{
+  return t->be == NULL ||
+         (st->device >= t->dev0 && st->device < t->dev0 + t->be->devices);
 }
 
 /* The model as the stage's layer functions see it: on a backend, the view
@@ -407,10 +428,12 @@ alloc_stage(struct bt__train *t, struct train_stage *st, int32_t slots,
       __builtin_add_overflow(total, 5 * round_up(rh), &total))
     goto range;
   st->mb_bytes = per_mb;
+  if (!here(t, st))
+    return BT_OK; /* another rank's: its callbacks never run here */
   st->scratch = calloc((size_t)slots * nl, sizeof *st->scratch);
   st->dropped = calloc((size_t)t->m, sizeof *st->dropped);
   if (t->be != NULL)
-    st->block = t->be->alloc(t->be, st->device, total, err);
+    st->block = t->be->alloc(t->be, bdev(t, st->device), total, err);
   else if ((st->block = aligned_alloc(ALIGN, total)) != NULL)
     memset(st->block, 0, total);
   if (st->scratch == NULL || st->dropped == NULL || st->block == NULL ||
@@ -481,19 +504,32 @@ backend_setup(struct bt__train *t, bt_error_t *err)
   size_t bytes;
   bt_status st_rc;
 
+  /* The job's devices: this rank's are the backend's, the others idle
+   * here (their tasks run on their ranks). */
+  t->rt_desc = calloc((size_t)(t->p * t->nrep), sizeof *t->rt_desc);
+  if (t->rt_desc == NULL)
+    return bt__errorf(err, BT_ENOMEM, "out of memory");
+  for (int32_t d = 0; d < t->p * t->nrep; d++) {
+    if (d >= t->dev0 && d < t->dev0 + be->devices)
+      t->rt_desc[d] = be->desc[bdev(t, d)];
+    else
+      t->rt_desc[d].name = "elsewhere";
+  }
   rc.devices = t->p * t->nrep;
-  rc.device = be->desc;
+  rc.device = t->rt_desc;
   rc.mode = BT_RUNTIME_DEDICATED;
   st_rc = bt_runtime_create(&rc, &t->rt, err);
   if (st_rc != BT_OK)
     return st_rc;
   for (int32_t i = 0; i < t->nrep * t->S; i++) {
     struct train_stage *st = &t->st[i];
+    if (!here(t, st))
+      continue;
     bytes = st->n * sizeof(float);
-    st->dparams = be->alloc(be, st->device, bytes, err);
+    st->dparams = be->alloc(be, bdev(t, st->device), bytes, err);
     if (st->dparams == NULL)
       return BT_ENOMEM;
-    st->dgrads = be->alloc(be, st->device, bytes, err);
+    st->dgrads = be->alloc(be, bdev(t, st->device), bytes, err);
     if (st->dgrads == NULL)
       return BT_ENOMEM;
     /* The view's blocks are based so that element off lands at the
@@ -532,8 +568,10 @@ bt__train_push(struct bt__train *t, bt_error_t *err)
     return BT_OK;
   for (int32_t i = 0; rc == BT_OK && i < t->nrep * t->S; i++) {
     struct train_stage *st = &t->st[i];
-    rc = t->be->upload(t->be, st->device, st->dparams,
-                       t->model->params + st->off, st->n * sizeof(float), err);
+    if (here(t, st))
+      rc =
+          t->be->upload(t->be, bdev(t, st->device), st->dparams,
+                        t->model->params + st->off, st->n * sizeof(float), err);
   }
   return rc;
 }
@@ -548,11 +586,13 @@ bt__train_pull(struct bt__train *t, bt_error_t *err)
   for (int32_t s = 0; rc == BT_OK && s < t->S; s++) {
     struct train_stage *st = &t->st[s];
     size_t bytes = st->n * sizeof(float);
-    rc = t->be->download(t->be, st->device, t->model->params + st->off,
+    if (!here(t, st))
+      continue;
+    rc = t->be->download(t->be, bdev(t, st->device), t->model->params + st->off,
                          st->dparams, bytes, err);
     if (rc == BT_OK)
-      rc = t->be->download(t->be, st->device, t->model->grads + st->off,
-                           st->dgrads, bytes, err);
+      rc = t->be->download(t->be, bdev(t, st->device),
+                           t->model->grads + st->off, st->dgrads, bytes, err);
   }
   return rc;
 }
@@ -569,15 +609,18 @@ bt__train_update(struct bt__train *t, const struct bt__train_optim *o,
                       "the optimizer on the model");
   for (int32_t i = 0; rc == BT_OK && i < t->nrep * t->S; i++) {
     struct train_stage *st = &t->st[i];
-    void *ctx = bt__backend_ctx(t->be, st->device);
+    void *ctx;
     size_t bytes = st->n * sizeof(float);
+    if (!here(t, st))
+      continue;
+    ctx = bt__backend_ctx(t->be, bdev(t, st->device));
     if (!o->adamw) {
       rc = t->K->sgd(ctx, st->dparams, st->dgrads, st->n, o->lr, o->wd);
       continue;
     }
     if (st->dadam_m == NULL) {
-      st->dadam_m = t->be->alloc(t->be, st->device, bytes, err);
-      st->dadam_v = t->be->alloc(t->be, st->device, bytes, err);
+      st->dadam_m = t->be->alloc(t->be, bdev(t, st->device), bytes, err);
+      st->dadam_v = t->be->alloc(t->be, bdev(t, st->device), bytes, err);
       if (st->dadam_m == NULL || st->dadam_v == NULL)
         return bt__errorf(err, BT_ENOMEM,
                           "out of memory for AdamW's moments of stage %d "
@@ -604,13 +647,18 @@ choose_replicas(struct bt__train *t, const int32_t *stage_device,
   bt_error_t why;
   bt_status rc;
 
-  if (t->be != NULL && t->be->devices != t->p * asked)
+  int32_t W = bt_comm_size(t->comm);
+
+  if (t->be != NULL && t->be->devices * W != t->p * asked)
     return bt__errorf(err, BT_EINVAL,
                       "the %s backend has %d devices but the trainer asks "
-                      "for %d (%d replicas x %d); give as many devices as "
+                      "for %d (%d replicas x %d%s); give as many devices as "
                       "the backend has",
-                      t->be->name, (int)t->be->devices, (int)(t->p * asked),
-                      (int)asked, (int)t->p);
+                      t->be->name, (int)t->be->devices, (int)(t->p * asked / W),
+                      (int)asked, (int)t->p,
+                      W > 1 ? ", over the job's ranks" : "");
+  if (t->be != NULL)
+    t->dev0 = bt_comm_rank(t->comm) * t->be->devices;
   if (asked > 1 && bt_comm_size(t->comm) > 1)
     return bt__errorf(err, BT_EUNSUPPORTED,
                       "resmlp's data-parallel replicas run in one process; "
@@ -709,6 +757,80 @@ bt__train_note(const struct bt__train *t)
   return t != NULL && t->note[0] != '\0' ? t->note : NULL;
 }
 
+/* The pipeline's transport, over the backend's (across processes). */
+static int
+tr_connect(const int32_t *pairs, size_t n, int32_t ntags, void *user,
+           char *errbuf, size_t errlen)
+{
+  struct bt__train *t = user;
+  bt_error_t e;
+  bt_status rc;
+
+  memset(&e, 0, sizeof e);
+  rc = t->be->connect(t->be, t->comm, t->dev0, pairs, n, ntags, &e);
+  if (rc != BT_OK)
+    snprintf(errbuf, errlen, "%s", e.message);
+  return rc;
+}
+
+static int
+tr_send(void *ctx, const void *buf, size_t bytes, int32_t from, int32_t to,
+        int32_t peer, int32_t tag, void *user, char *errbuf, size_t errlen)
+{
+  struct bt__train *t = user;
+  bt_error_t e;
+  bt_status rc;
+
+  memset(&e, 0, sizeof e);
+  rc = t->be->send(t->be, ctx, buf, bytes, from, to, peer, tag, &e);
+  if (rc != BT_OK)
+    snprintf(errbuf, errlen, "%s", e.message);
+  return rc;
+}
+
+static int
+tr_recv(void *ctx, void *buf, size_t bytes, int32_t from, int32_t to,
+        int32_t peer, int32_t tag, void *user, char *errbuf, size_t errlen)
+{
+  struct bt__train *t = user;
+  bt_error_t e;
+  bt_status rc;
+
+  memset(&e, 0, sizeof e);
+  rc = t->be->recv(t->be, ctx, buf, bytes, from, to, peer, tag, &e);
+  if (rc != BT_OK)
+    snprintf(errbuf, errlen, "%s", e.message);
+  return rc;
+}
+
+static int
+tr_wait(void *ctx, int32_t tag, void *user, char *errbuf, size_t errlen)
+{
+  struct bt__train *t = user;
+  bt_error_t e;
+  bt_status rc;
+
+  memset(&e, 0, sizeof e);
+  rc = t->be->wait(t->be, ctx, tag, &e);
+  if (rc != BT_OK)
+    snprintf(errbuf, errlen, "%s", e.message);
+  return rc;
+}
+
+static int
+tr_finish(int failed, void *user, char *errbuf, size_t errlen)
+{
+  struct bt__train *t = user;
+  bt_error_t e;
+  bt_status rc;
+
+  memset(&e, 0, sizeof e);
+  rc = t->be->finish(t->be, failed, &e);
+  if (rc != BT_OK)
+    snprintf(errbuf, errlen, "%s", e.message);
+  return rc;
+}
+
 static bt_status
 check_config(const struct bt__train_config *cfg, bt_error_t *err)
 {
@@ -802,11 +924,14 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
   if (rc != BT_OK)
     goto out_free;
   t->R = t->N / ((size_t)t->m * (size_t)t->nrep);
-  if (t->be != NULL && bt_comm_size(t->comm) > 1) {
+  if (t->be != NULL && bt_comm_size(t->comm) > 1 &&
+      (t->be->send == NULL || t->graph)) {
     rc = bt__errorf(err, BT_EUNSUPPORTED,
-                    "the %s backend runs in one process: across processes "
-                    "train on the CPU devices",
-                    t->be->name);
+                    "the %s backend %s across processes; train on the CPU "
+                    "devices there",
+                    t->be->name,
+                    t->be->send == NULL ? "has no transport"
+                                        : "does not capture graphs");
     goto out_free;
   }
   if ((size_t)t->S > t->model->nlayers) {
@@ -891,6 +1016,16 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
     pc.buffers_alloc = buffers_alloc;
     pc.buffers_free = buffers_free;
     pc.buffers_user = t->be;
+    if (bt_comm_size(t->comm) > 1) {
+      t->transport.size = sizeof t->transport;
+      t->transport.connect = tr_connect;
+      t->transport.send = tr_send;
+      t->transport.recv = tr_recv;
+      t->transport.wait = t->be->wait != NULL ? tr_wait : NULL;
+      t->transport.finish = t->be->finish != NULL ? tr_finish : NULL;
+      t->transport.user = t;
+      pc.transport = &t->transport;
+    }
   }
   if (t->model->cfg.long_skip && t->S > 1) {
     skip.name = "h0";
@@ -959,10 +1094,12 @@ upload_inputs(struct bt__train *t, const float *x, const int32_t *y,
   struct bt_backend *be = t->be;
   bt_status rc;
 
-  rc = be->upload(be, t->st[0].device, t->dx, x,
-                  t->N * t->model->cfg.D * sizeof(float), err);
-  if (rc == BT_OK)
-    rc = be->upload(be, t->st[t->S - 1].device, t->dy, y,
+  rc = BT_OK;
+  if (x != NULL && here(t, &t->st[0]))
+    rc = be->upload(be, bdev(t, t->st[0].device), t->dx, x,
+                    t->N * t->model->cfg.D * sizeof(float), err);
+  if (rc == BT_OK && y != NULL && here(t, &t->st[t->S - 1]))
+    rc = be->upload(be, bdev(t, t->st[t->S - 1].device), t->dy, y,
                     t->N * sizeof(int32_t), err);
   t->x = t->dx;
   t->y = t->dy;
@@ -979,7 +1116,9 @@ zero_grads(struct bt__train *t, bt_error_t *err)
 
   for (int32_t i = 0; rc == BT_OK && i < t->nrep * t->S; i++) {
     struct train_stage *st = &t->st[i];
-    rc = t->K->fill(bt__backend_ctx(be, st->device), st->dgrads, 0,
+    if (!here(t, st))
+      continue;
+    rc = t->K->fill(bt__backend_ctx(be, bdev(t, st->device)), st->dgrads, 0,
                     st->n * sizeof(float));
     if (rc != BT_OK)
       rc = bt__errorf(err, rc, "zeroing stage %d's gradients on %s failed",
@@ -1047,8 +1186,8 @@ read_share(struct bt__train *t, int32_t r, int32_t k, bt_error_t *err)
     t->shares[at] = *out;
     return BT_OK;
   }
-  rc = t->be->download(t->be, t->st[r * t->S + t->S - 1].device, &share, out,
-                       sizeof share, err);
+  rc = t->be->download(t->be, bdev(t, t->st[r * t->S + t->S - 1].device),
+                       &share, out, sizeof share, err);
   t->shares[at] = share;
   return rc;
 }
@@ -1094,7 +1233,8 @@ bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
     bt__held_reset(&t->held);
     for (int32_t i = 0; i < t->nrep * t->S; i++) {
       bt__slots_reset(&t->st[i].pool);
-      memset(t->st[i].dropped, 0, (size_t)t->m * sizeof *t->st[i].dropped);
+      if (t->st[i].dropped != NULL)
+        memset(t->st[i].dropped, 0, (size_t)t->m * sizeof *t->st[i].dropped);
     }
   }
   rc = t->be != NULL ? device_step(t, x, y, err) : bt_pipeline_step(t->pl, err);
@@ -1179,6 +1319,7 @@ bt__train_destroy(struct bt__train *t)
     return;
   bt_pipeline_destroy(t->pl);
   bt_runtime_destroy(t->rt);
+  free(t->rt_desc);
   if (t->claims)
     t->be->claimed = 0;
   for (int32_t r = 1; t->rep != NULL && r < t->nrep; r++)
@@ -1195,11 +1336,13 @@ bt__train_destroy(struct bt__train *t)
         free(st->block);
         continue;
       }
-      t->be->free(t->be, st->device, st->block);
-      t->be->free(t->be, st->device, st->dparams);
-      t->be->free(t->be, st->device, st->dgrads);
-      t->be->free(t->be, st->device, st->dadam_m);
-      t->be->free(t->be, st->device, st->dadam_v);
+      if (!here(t, st))
+        continue;
+      t->be->free(t->be, bdev(t, st->device), st->block);
+      t->be->free(t->be, bdev(t, st->device), st->dparams);
+      t->be->free(t->be, bdev(t, st->device), st->dgrads);
+      t->be->free(t->be, bdev(t, st->device), st->dadam_m);
+      t->be->free(t->be, bdev(t, st->device), st->dadam_v);
     }
   if (t->be != NULL) {
     t->be->free(t->be, -1, t->dx);

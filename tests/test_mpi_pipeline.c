@@ -13,6 +13,12 @@
  * the weights and gradients of every stage this rank runs, and the loss
  * where this rank has it, must equal the one-process run's bits.
  *
+ * A device backend across processes: the resmlp trainer on the host test
+ * backend (its own "device" memory) with the pipeline's transport between
+ * ranks (chained send and receive tasks, one order per pair of devices)
+ * equals the CPU trainer in one process, bitwise, over two steps with SGD
+ * on the devices.
+ *
  * Then faults: a stage that fails on one rank ends the step on every rank,
  * the failing one naming its task and the others naming the failed rank,
  * and the job refuses further steps. */
@@ -23,9 +29,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "baton/baton.h"
 #include "baton/comm.h"
+#include "resmlp.h"
 #include "test.h"
+#include "train.h"
 
 #define D 4
 #define MAXR 2
@@ -330,6 +339,114 @@ TEST(spread_equals_one_process)
           }
   if (bt_comm_rank(comm) == 0)
     printf("  %d configurations over %d ranks\n", n, (int)W);
+}
+
+/* The resmlp trainer on a backend across processes (the transport). */
+static struct bt__train *
+resmlp_trainer(struct bt__resmlp *m, const char *sched, int32_t ckpt,
+               struct bt_backend *be, bt_comm_t *c)
+{
+  struct bt__train_config cfg = BT__TRAIN_CONFIG_INIT;
+  struct bt__train *t = NULL;
+  bt_schedule_t *s = NULL;
+  bt_error_t err = {0};
+  bt_status rc;
+
+  if (bt_schedule_builtin(sched, &s, &err) != BT_OK)
+    return NULL;
+  cfg.model = m;
+  cfg.batch = 16;
+  cfg.microbatches = 4;
+  cfg.devices = 4;
+  cfg.virtual_stages = strcmp(sched, "interleaved") == 0 ? 2 : 1;
+  cfg.schedule = s;
+  cfg.checkpoint = ckpt;
+  cfg.threads = 4;
+  cfg.backend = be;
+  cfg.comm = c;
+  rc = bt__train_create(&cfg, &t, &err);
+  bt_schedule_destroy(s);
+  if (rc != BT_OK)
+    test_fail(__FILE__, __LINE__, "%s: %s", sched, err.message);
+  return t;
+}
+
+TEST(backend_transport_equals_one_process)
+{
+  static const char *scheds[] = {"gpipe", "1f1b", "zb-h1", "interleaved"};
+  struct bt__resmlp_config mc = {6, 8, 3, 6, true};
+  int32_t W = bt_comm_size(comm), me = bt_comm_rank(comm);
+  float x[16 * 6];
+  int32_t y[16];
+  int n = 0;
+
+  if (4 % W != 0)
+    return;
+  for (int i = 0; i < 16 * 6; i++)
+    x[i] = (float)((i * 37) % 17) / 8.0f - 1.0f;
+  for (int i = 0; i < 16; i++)
+    y[i] = i % 3;
+  for (size_t si = 0; si < 4; si++)
+    for (int32_t ck = 0; ck < 3; ck += 2) {
+      struct bt__resmlp *a = NULL, *b = NULL;
+      struct bt_backend *be = NULL;
+      struct bt__train *ta, *tb;
+      struct bt__train_optim o = {0, 0.1f, 0.0f, 0.9f, 0.999f, 1e-8f, 1};
+      bt_error_t err = {0};
+      float la, lb;
+      ASSERT_INT_EQ(bt__resmlp_create(&mc, 3, &a, &err), BT_OK);
+      ASSERT_INT_EQ(bt__resmlp_create(&mc, 3, &b, &err), BT_OK);
+      ASSERT_INT_EQ(bt__backend_host_create(4 / W, &be, &err), BT_OK);
+      ta = resmlp_trainer(a, scheds[si], ck, NULL, NULL);
+      tb = resmlp_trainer(b, scheds[si], ck, be, comm);
+      for (int step = 0; ta != NULL && tb != NULL && step < 2; step++) {
+        int nx, ny;
+        bt__train_needs(tb, &nx, &ny);
+        EXPECT_STATUS(bt__train_step(ta, x, y, &la, &err), BT_OK, &err);
+        EXPECT_STATUS(
+            bt__train_step(tb, nx ? x : NULL, ny ? y : NULL, &lb, &err),
+            BT_OK, &err);
+        EXPECT_STATUS(bt__train_pull(tb, &err), BT_OK, &err);
+        if (memcmp(&la, &lb, sizeof la) != 0)
+          test_fail(__FILE__, __LINE__, "%s ckpt %d step %d rank %d: loss "
+                    "%.9g, one process %.9g", scheds[si], (int)ck, step,
+                    (int)me, (double)lb, (double)la);
+        /* This rank's stages: their parameters and gradients. */
+        for (int32_t s = 0; s < bt__train_stages(tb); s++) {
+          if (bt__train_stage_rank(tb, s) != me)
+            continue;
+          for (size_t l = 0; l < a->nlayers; l++) {
+            size_t lo, hi;
+            if (bt__train_stage_of_layer(tb, l) != s)
+              continue;
+            lo = a->tensors[a->layer_tensor[l]].offset;
+            hi = l + 1 < a->nlayers
+                     ? a->tensors[a->layer_tensor[l + 1]].offset
+                     : a->nparams;
+            if (memcmp(a->grads + lo, b->grads + lo,
+                       (hi - lo) * sizeof(float)) != 0 ||
+                memcmp(a->params + lo, b->params + lo,
+                       (hi - lo) * sizeof(float)) != 0)
+              test_fail(__FILE__, __LINE__, "%s ckpt %d step %d rank %d: "
+                        "layer %zu differs", scheds[si], (int)ck, step,
+                        (int)me, l);
+          }
+        }
+        EXPECT_INT_EQ(bt__resmlp_sgd(a, o.lr), BT_OK);
+        EXPECT_STATUS(bt__train_update(tb, &o, &err), BT_OK, &err);
+      }
+      if (ta != NULL && tb != NULL)
+        n++;
+      bt__train_destroy(ta);
+      bt__train_destroy(tb);
+      bt_backend_destroy(be);
+      bt__resmlp_destroy(a);
+      bt__resmlp_destroy(b);
+    }
+  if (me == 0)
+    printf("  backend transport: %d configurations over %d ranks\n", n,
+           (int)W);
+  EXPECT_INT_EQ(n, 8);
 }
 
 /* A stage that fails on one rank: the step ends everywhere, named. */

@@ -207,6 +207,40 @@ typedef float *(*bt_pipeline_tie_tensor_fn)(int32_t replica, int32_t tie,
                                             int32_t side, size_t *count,
                                             void *user);
 
+/* How the bytes of an edge between ranks move when the buffers are device
+ * memory (buffers_alloc with comm): instead of MPI on the host, the send
+ * task calls send on the producer's device thread (ctx: its device_ctx)
+ * and the receive task calls recv on the consumer's.  Both only start the
+ * move (e.g. ncclSend / ncclRecv enqueued on a stream of the pair): a
+ * device that waited inside a receive could not run the send its peer
+ * waits for.  wait (optional) runs on the consumer's device thread right
+ * before the stage callback that reads the transfer, and makes that work
+ * come after the receive (a stream wait on its event); finish (optional)
+ * runs after every step on the stepping thread, to complete or (failed)
+ * drop what is still in flight.  baton calls both ends of one (from, to)
+ * pair of devices in one order, the consumer's plan order, and refuses a
+ * plan whose producer orders them otherwise; tag is the transfer's number
+ * in the job, the same on both ranks.  connect runs once at create with
+ * every pair of devices this rank sends to or receives from (pairs[4 i
+ * ..]: from device, to device, from rank, to rank; devices as the job
+ * numbers them), in one order on every rank, and ntags (tags are 0 ..
+ * ntags - 1): set up the channels there.  Callbacks return 0 or a bt_status with a sentence in errbuf. */
+typedef struct bt_pipeline_transport {
+  size_t size; /* sizeof(bt_pipeline_transport_t) */
+  int (*connect)(const int32_t *pairs, size_t npairs, int32_t ntags,
+                 void *user, char *errbuf, size_t errlen);
+  int (*send)(void *device_ctx, const void *buf, size_t bytes, int32_t from,
+              int32_t to, int32_t peer_rank, int32_t tag, void *user,
+              char *errbuf, size_t errlen);
+  int (*recv)(void *device_ctx, void *buf, size_t bytes, int32_t from,
+              int32_t to, int32_t peer_rank, int32_t tag, void *user,
+              char *errbuf, size_t errlen);
+  int (*wait)(void *device_ctx, int32_t tag, void *user, char *errbuf,
+              size_t errlen);
+  int (*finish)(int failed, void *user, char *errbuf, size_t errlen);
+  void *user;
+} bt_pipeline_transport_t;
+
 /* A parameter held by two stages of each replica (see tie_grads above).
  * The name is copied. */
 typedef struct bt_pipeline_tie {
@@ -252,17 +286,22 @@ typedef struct bt_pipeline_config {
    * Otherwise buffers_alloc returns one zeroed block of `bytes` that every
    * device's tasks may read and write (e.g. GPU memory, peer-accessible),
    * or NULL; baton never reads or writes it from the host, and frees it
-   * with buffers_free at destroy.  Not with comm, grad_tensor or
-   * tie_tensor (baton moves those bytes on the host). */
+   * with buffers_free at destroy.  Not with grad_tensor or tie_tensor
+   * (baton moves those bytes on the host); with comm only given a
+   * transport. */
   void *(*buffers_alloc)(size_t bytes, void *buffers_user);
   void (*buffers_free)(void *block, void *buffers_user);
   void *buffers_user;
+  /* Appended in version 5: moves edges between ranks on the devices (see
+   * bt_pipeline_transport_t); with comm and buffers_alloc, for the plan's
+   * edges only (one replica, no ties, no clipping across ranks). */
+  const bt_pipeline_transport_t *transport;
 } bt_pipeline_config_t;
 
 #define BT_PIPELINE_CONFIG_INIT                                               \
   { sizeof(bt_pipeline_config_t), 0, NULL, 1, 0, 1, NULL, NULL, NULL, 0,      \
     NULL, 0, NULL, NULL, 0, 1, NULL, 0, NULL, NULL, NULL, 0.0, NULL, NULL,    \
-    NULL, NULL, NULL, NULL, NULL }
+    NULL, NULL, NULL, NULL, NULL, NULL }
 
 typedef struct bt_pipeline bt_pipeline_t;
 
