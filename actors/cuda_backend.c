@@ -27,6 +27,16 @@ enum { SHARED_DEVICE, SHARED_PEER, SHARED_HOST };
 
 #define WORKSPACE_BYTES ((size_t)32 << 20)
 
+#ifdef BATON_HAVE_NCCL
+/* A pair of devices on two ranks (cuda_connect). */
+struct xpair {
+  int32_t from, to, local; /* job devices; this rank's backend device */
+  ncclComm_t comm;         /* two ranks: the sender is 0 */
+  cudaStream_t stream;
+  cudaEvent_t ready; /* a send's: its producer's work */
+};
+#endif
+
 struct shared_block {
   void *p;
   struct shared_block *next;
@@ -41,6 +51,12 @@ struct cuda_backend {
   struct shared_block *shared; /* blocks from alloc_shared */
   char note[160];
 #ifdef BATON_HAVE_NCCL
+  /* Across processes (cuda_connect): the pairs, and each received
+   * transfer's event (by tag). */
+  struct xpair *pairs;
+  size_t npairs;
+  cudaEvent_t *xdone;
+  int32_t ntags;
   /* Data parallelism: one communicator per (group, replica), made by
    * ncclCommInitAll per group; events that put a device's reduce on its
    * send stream and the device's later work after it. */
@@ -356,7 +372,21 @@ cuda_download(struct bt_backend *be, int32_t d, void *dst, const void *src,
 static bt_status
 cuda_sync(struct bt_backend *be, bt_error_t *err)
 {
-  return bt_cuda_devices_sync(cb_of(be)->devs, err);
+  struct cuda_backend *cb = cb_of(be);
+  bt_status rc = bt_cuda_devices_sync(cb->devs, err);
+
+#ifdef BATON_HAVE_NCCL
+  /* The transfers between ranks run on the pairs' own streams. */
+  for (size_t i = 0; rc == BT_OK && i < cb->npairs; i++) {
+    cudaError_t e = cudaSetDevice(cb->gpu[cb->pairs[i].local]);
+    if (e == cudaSuccess)
+      e = cudaStreamSynchronize(cb->pairs[i].stream);
+    if (e != cudaSuccess)
+      rc = cuda_fail(err, "a transfer between ranks",
+                     cb->gpu[cb->pairs[i].local], e);
+  }
+#endif
+  return rc;
 }
 
 static bt_status
@@ -523,6 +553,251 @@ cuda_reduce(struct bt_backend *be, void *ctx, int32_t group, int32_t replica,
 #endif
 }
 
+/* ---- across processes (NCCL) --------------------------------------------
+ * One two-rank communicator per pair of devices this rank sends to or
+ * receives from (the sender is its rank 0), bootstrapped by sending the
+ * sender's ncclUniqueId over the job's MPI, in the pipeline's pair order
+ * (the same on every rank, so the blocking inits meet); each pair moves on
+ * its own stream, so pairs never queue behind one another.  A send waits
+ * for its producer's work (an event of the compute stream); a receive
+ * records an event per transfer that its consumer's stream waits for. */
+
+#ifdef BATON_HAVE_NCCL
+static struct xpair *
+pair_of(struct cuda_backend *cb, int32_t from, int32_t to)
+{
+  for (size_t i = 0; i < cb->npairs; i++)
+    if (cb->pairs[i].from == from && cb->pairs[i].to == to)
+      return &cb->pairs[i];
+  return NULL;
+}
+
+static void
+free_pairs(struct cuda_backend *cb, int abort)
+{
+  for (size_t i = 0; cb->pairs != NULL && i < cb->npairs; i++) {
+    struct xpair *p = &cb->pairs[i];
+    cudaSetDevice(cb->gpu[p->local]);
+    if (p->comm != NULL)
+      abort ? ncclCommAbort(p->comm) : ncclCommDestroy(p->comm);
+    if (p->stream != NULL)
+      cudaStreamDestroy(p->stream);
+    if (p->ready != NULL)
+      cudaEventDestroy(p->ready);
+  }
+  for (int32_t t = 0; cb->xdone != NULL && t < cb->ntags; t++)
+    if (cb->xdone[t] != NULL)
+      cudaEventDestroy(cb->xdone[t]);
+  free(cb->pairs);
+  free(cb->xdone);
+  cb->pairs = NULL;
+  cb->xdone = NULL;
+  cb->npairs = 0;
+  cb->ntags = 0;
+}
+#endif
+
+static bt_status
+cuda_connect(struct bt_backend *be, bt_comm_t *comm, int32_t dev0,
+             const int32_t *pairs, size_t npairs, int32_t ntags,
+             bt_error_t *err)
+{
+#ifdef BATON_HAVE_NCCL
+  struct cuda_backend *cb = cb_of(be);
+  int32_t me = bt_comm_rank(comm);
+
+  free_pairs(cb, 0);
+  cb->pairs = calloc(npairs + 1, sizeof *cb->pairs);
+  cb->xdone = calloc((size_t)ntags + 1, sizeof *cb->xdone);
+  if (cb->pairs == NULL || cb->xdone == NULL) {
+    free_pairs(cb, 0);
+    return bt__errorf(err, BT_ENOMEM, "out of memory for NCCL's pairs");
+  }
+  cb->ntags = ntags;
+  for (size_t i = 0; i < npairs; i++) {
+    struct xpair *p = &cb->pairs[i];
+    int sender = pairs[4 * i + 2] == me;
+    int32_t peer = sender ? pairs[4 * i + 3] : pairs[4 * i + 2];
+    ncclUniqueId id;
+    ncclResult_t nr = ncclSuccess;
+    cudaError_t e;
+    bt_status rc;
+
+    cb->npairs = i + 1;
+    p->from = pairs[4 * i];
+    p->to = pairs[4 * i + 1];
+    p->local = (sender ? p->from : p->to) - dev0;
+    if (p->local < 0 || p->local >= be->devices) {
+      free_pairs(cb, 0);
+      return bt__errorf(err, BT_EINVAL, "device %d is not one of this rank's",
+                        (int)(sender ? p->from : p->to));
+    }
+    if (sender && (nr = ncclGetUniqueId(&id)) != ncclSuccess) {
+      free_pairs(cb, 0);
+      return bt__errorf(err, BT_EIO, "ncclGetUniqueId: %s",
+                        ncclGetErrorString(nr));
+    }
+    /* The pair's index is the same on both ranks: its tag. */
+    rc = sender ? bt_comm_send(comm, &id, sizeof id, peer, (int32_t)i, err)
+                : bt_comm_recv(comm, &id, sizeof id, peer, (int32_t)i, err);
+    if (rc != BT_OK) {
+      free_pairs(cb, 0);
+      return rc;
+    }
+    e = cudaSetDevice(cb->gpu[p->local]);
+    if (e == cudaSuccess)
+      e = cudaStreamCreateWithFlags(&p->stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess)
+      e = cudaEventCreateWithFlags(&p->ready, cudaEventDisableTiming);
+    if (e != cudaSuccess) {
+      free_pairs(cb, 0);
+      return cuda_fail(err, "creating a transfer stream", cb->gpu[p->local], e);
+    }
+    nr = ncclCommInitRank(&p->comm, 2, id, sender ? 0 : 1);
+    if (nr != ncclSuccess) {
+      p->comm = NULL;
+      free_pairs(cb, 0);
+      return bt__errorf(err, BT_EIO,
+                        "NCCL could not connect device %d to device %d "
+                        "(rank %d): %s",
+                        (int)pairs[4 * i], (int)pairs[4 * i + 1], (int)peer,
+                        ncclGetErrorString(nr));
+    }
+  }
+  return BT_OK;
+#else
+  (void)be;
+  (void)comm;
+  (void)dev0;
+  (void)pairs;
+  (void)npairs;
+  (void)ntags;
+  return bt__errorf(err, BT_EUNSUPPORTED,
+                    "this baton was built without NCCL: CUDA devices across "
+                    "processes need it");
+#endif
+}
+
+static bt_status
+cuda_send(struct bt_backend *be, void *ctx, const void *buf, size_t bytes,
+          int32_t from, int32_t to, int32_t peer, int32_t tag, bt_error_t *err)
+{
+#ifdef BATON_HAVE_NCCL
+  struct cuda_backend *cb = cb_of(be);
+  struct xpair *p = pair_of(cb, from, to);
+  cudaStream_t compute = stream_of(ctx);
+  cudaError_t e;
+  ncclResult_t nr;
+
+  (void)peer;
+  (void)tag;
+  if (p == NULL || p->comm == NULL)
+    return bt__errorf(err, BT_EINVAL, "no NCCL pair from device %d to %d",
+                      (int)from, (int)to);
+  e = cudaEventRecord(p->ready, compute);
+  if (e == cudaSuccess)
+    e = cudaStreamWaitEvent(p->stream, p->ready, 0);
+  if (e != cudaSuccess)
+    return cuda_fail(err, "ordering a send", cb->gpu[p->local], e);
+  nr = ncclSend(buf, bytes, ncclUint8, 1, p->comm, p->stream);
+  return nr == ncclSuccess
+             ? BT_OK
+             : bt__errorf(err, BT_EIO, "ncclSend to device %d: %s", (int)to,
+                          ncclGetErrorString(nr));
+#else
+  (void)be;
+  (void)ctx;
+  (void)buf;
+  (void)bytes;
+  (void)from;
+  (void)to;
+  (void)peer;
+  (void)tag;
+  return bt__errorf(err, BT_EUNSUPPORTED, "built without NCCL");
+#endif
+}
+
+static bt_status
+cuda_recv(struct bt_backend *be, void *ctx, void *buf, size_t bytes,
+          int32_t from, int32_t to, int32_t peer, int32_t tag, bt_error_t *err)
+{
+#ifdef BATON_HAVE_NCCL
+  struct cuda_backend *cb = cb_of(be);
+  struct xpair *p = pair_of(cb, from, to);
+  cudaError_t e = cudaSuccess;
+  ncclResult_t nr;
+
+  (void)peer;
+  (void)stream_of(ctx); /* makes the device current */
+  if (p == NULL || p->comm == NULL || tag < 0 || tag >= cb->ntags)
+    return bt__errorf(err, BT_EINVAL, "no NCCL pair from device %d to %d",
+                      (int)from, (int)to);
+  nr = ncclRecv(buf, bytes, ncclUint8, 0, p->comm, p->stream);
+  if (nr != ncclSuccess)
+    return bt__errorf(err, BT_EIO, "ncclRecv from device %d: %s", (int)from,
+                      ncclGetErrorString(nr));
+  /* Each transfer's event is made and recorded by its receiving device's
+   * thread only. */
+  if (cb->xdone[tag] == NULL)
+    e = cudaEventCreateWithFlags(&cb->xdone[tag], cudaEventDisableTiming);
+  if (e == cudaSuccess)
+    e = cudaEventRecord(cb->xdone[tag], p->stream);
+  return e == cudaSuccess
+             ? BT_OK
+             : cuda_fail(err, "recording a receive", cb->gpu[p->local], e);
+#else
+  (void)be;
+  (void)ctx;
+  (void)buf;
+  (void)bytes;
+  (void)from;
+  (void)to;
+  (void)peer;
+  (void)tag;
+  return bt__errorf(err, BT_EUNSUPPORTED, "built without NCCL");
+#endif
+}
+
+static bt_status
+cuda_wait(struct bt_backend *be, void *ctx, int32_t tag, bt_error_t *err)
+{
+#ifdef BATON_HAVE_NCCL
+  struct cuda_backend *cb = cb_of(be);
+  const bt_cuda_ctx_t *c = ctx;
+  cudaError_t e;
+
+  if (tag < 0 || tag >= cb->ntags || cb->xdone[tag] == NULL)
+    return bt__errorf(err, BT_EINVAL, "transfer %d was not received", (int)tag);
+  e = cudaStreamWaitEvent(stream_of(ctx), cb->xdone[tag], 0);
+  return e == cudaSuccess ? BT_OK
+                          : cuda_fail(err, "waiting for a receive", c->gpu, e);
+#else
+  (void)be;
+  (void)ctx;
+  (void)tag;
+  return bt__errorf(err, BT_EUNSUPPORTED, "built without NCCL");
+#endif
+}
+
+/* After a step: the pairs' streams are waited for by the sync; after a
+ * failed one, NCCL's transfers to a peer that stopped would never end, so
+ * the pairs are aborted (the pipeline refuses further steps anyway). */
+static bt_status
+cuda_finish(struct bt_backend *be, int failed, bt_error_t *err)
+{
+#ifdef BATON_HAVE_NCCL
+  (void)err;
+  if (failed)
+    free_pairs(cb_of(be), 1);
+  return BT_OK;
+#else
+  (void)be;
+  (void)failed;
+  (void)err;
+  return BT_OK;
+#endif
+}
+
 static void
 cuda_destroy(struct bt_backend *be)
 {
@@ -532,6 +807,7 @@ cuda_destroy(struct bt_backend *be)
     return;
 #ifdef BATON_HAVE_NCCL
   free_comms(cb);
+  free_pairs(cb, 0);
 #endif
   while (cb->shared != NULL)
     cuda_free(be, -1, cb->shared->p);
@@ -610,6 +886,11 @@ bt_cuda_backend_create(const int32_t *gpus, int32_t n, bt_backend_t **out,
   be->download = cuda_download;
   be->sync = cuda_sync;
   be->destroy = cuda_destroy;
+  be->connect = cuda_connect;
+  be->send = cuda_send;
+  be->recv = cuda_recv;
+  be->wait = cuda_wait;
+  be->finish = cuda_finish;
   be->reduce_init = cuda_reduce_init;
   be->reduce = cuda_reduce;
   be->capture_begin = cuda_capture_begin;

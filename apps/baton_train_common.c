@@ -53,7 +53,7 @@ on_stop(int sig)
       write(STDERR_FILENO, mid, sizeof mid - 1) < 0)
     _exit(1);
   if (what[0] != '\0' && (write(STDERR_FILENO, wait, sizeof wait - 1) < 0 ||
-                           write(STDERR_FILENO, what, strlen(what)) < 0))
+                          write(STDERR_FILENO, what, strlen(what)) < 0))
     _exit(1);
   if (write(STDERR_FILENO, "\n", 1) < 0)
     _exit(1);
@@ -66,8 +66,7 @@ install_stop_handler(const bt_comm_t *comm)
   struct sigaction sa;
 
   stop_comm = comm;
-  snprintf(stop_prefix, sizeof stop_prefix, "baton-train: rank %d: ",
-           job_rank);
+  snprintf(stop_prefix, sizeof stop_prefix, "baton-train: rank %d: ", job_rank);
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_stop;
   sigemptyset(&sa.sa_mask);
@@ -104,8 +103,10 @@ parse_int(const char *opt, const char *s, int min, int *out)
   errno = 0;
   v = strtol(s, &end, 10);
   if (errno != 0 || end == s || *end != '\0' || v < min || v > 100000000)
-    return fail(EXIT_USAGE, "%s needs a whole number >= %d (got '%s'); see "
-                "--help", opt, min, s);
+    return fail(EXIT_USAGE,
+                "%s needs a whole number >= %d (got '%s'); see "
+                "--help",
+                opt, min, s);
   *out = (int)v;
   return 0;
 }
@@ -149,9 +150,10 @@ check_output(const char *opt, const char *path)
     dir[slash - path] = '\0';
   }
   if (access(dir, W_OK | X_OK) != 0)
-    return fail(EXIT_USAGE, "%s %s: cannot write in directory '%s' (%s); "
-                "create it or pick another path", opt, path, dir,
-                strerror(errno));
+    return fail(EXIT_USAGE,
+                "%s %s: cannot write in directory '%s' (%s); "
+                "create it or pick another path",
+                opt, path, dir, strerror(errno));
   return 0;
 }
 
@@ -186,8 +188,8 @@ write_timeline(const char *path, int svg, const bt_timeline_t *tl)
   snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
   f = fopen(tmp, "w");
   if (f == NULL)
-    return fail(EXIT_RUNTIME, "cannot create %s: %s ; check the directory",
-                tmp, strerror(errno));
+    return fail(EXIT_RUNTIME, "cannot create %s: %s ; check the directory", tmp,
+                strerror(errno));
   st = svg ? bt_timeline_write_svg(f, tl, 1, &err)
            : bt_timeline_write_chrome(f, tl, 1, &err);
   if (fclose(f) != 0 && st == BT_OK) {
@@ -215,7 +217,8 @@ write_dump(const struct options *o, bt_model_t *model,
   bt_st_tensor_t *t = calloc(nlead + 2 * np, sizeof *t);
   char **names = calloc(2 * np + 1, sizeof *names), seed[32], steps[32];
   const char *meta[] = {"producer", "baton-train", "schedule", o->schedule,
-                        "seed", seed, "step", "0", "steps", steps, NULL};
+                        "seed",     seed,          "step",     "0",
+                        "steps",    steps,         NULL};
   bt_error_t err;
   int rc = EXIT_RUNTIME;
 
@@ -305,8 +308,8 @@ checkpoint_name(int mode)
 }
 
 int
-job_slices(const struct options *o, const bt_trainer_t *tr,
-           bt_slice_t **out, size_t *count)
+job_slices(const struct options *o, const bt_trainer_t *tr, bt_slice_t **out,
+           size_t *count)
 {
   bt_slice_t *mine = NULL, *all = NULL;
   size_t n = 0, total;
@@ -383,17 +386,18 @@ make_cuda_backend(const struct options *o, bt_backend_t **out)
 {
 #ifdef BATON_HAVE_CUDA
   int32_t gpus[MAX_DEVICES];
+  /* This rank's share of the job's devices (names local to the rank). */
+  int share = o->ndevices / job_ranks;
   bt_error_t err;
   bt_status st;
 
   if (!bt_cuda_available())
     return fail(EXIT_USAGE, "--devices lists cuda devices, but no GPU is "
-                "usable here; use cpu:K devices");
-  for (int i = 0; i < o->ndevices; i++)
-    gpus[i] = o->device_ids[i];
+                            "usable here; use cpu:K devices");
+  for (int i = 0; i < share; i++)
+    gpus[i] = o->device_ids[job_rank * share + i];
   if (backend == NULL &&
-      (st = bt_cuda_backend_create(gpus, o->ndevices, &backend, &err)) !=
-          BT_OK)
+      (st = bt_cuda_backend_create(gpus, share, &backend, &err)) != BT_OK)
     return fail(st == BT_EINVAL ? EXIT_USAGE : EXIT_RUNTIME,
                 "cannot start the CUDA devices: %s", err.message);
   *out = backend;
@@ -402,7 +406,7 @@ make_cuda_backend(const struct options *o, bt_backend_t **out)
   (void)o;
   (void)out;
   return fail(EXIT_USAGE, "this baton-train was built without CUDA; use "
-              "cpu:K devices, or build where the CUDA toolkit is");
+                          "cpu:K devices, or build where the CUDA toolkit is");
 #endif
 }
 
@@ -433,7 +437,7 @@ create_trainer(const struct options *o, bt_model_t *model,
   tc->cuda_graph = o->cuda_graph;
   if (o->cuda_graph && !o->cuda)
     return fail(EXIT_USAGE, "--cuda-graph needs cuda devices (--devices "
-                "cuda:0,...)");
+                            "cuda:0,...)");
   if (o->cuda) {
     int rc = make_cuda_backend(o, &tc->backend);
     if (rc != 0)
@@ -468,8 +472,8 @@ step_log_add(struct step_log *lg, int step, bt_status st, const char *why,
       fputc('\n', stderr);
     if (st != BT_OK)
       return fail(EXIT_RUNTIME, "step %d failed: %s", step + 1, why);
-    return fail(EXIT_RUNTIME, "step %d: the loss is %g ; lower --lr",
-                step + 1, (double)loss);
+    return fail(EXIT_RUNTIME, "step %d: the loss is %g ; lower --lr", step + 1,
+                (double)loss);
   }
   if (step == 0)
     lg->first_loss = loss;
