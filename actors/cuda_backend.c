@@ -553,6 +553,7 @@ cuda_reduce(struct bt_backend *be, void *ctx, int32_t group, int32_t replica,
 #endif
 }
 
+#ifdef BATON_HAVE_NCCL
 /* ---- across processes (NCCL) --------------------------------------------
  * One two-rank communicator per pair of devices this rank sends to or
  * receives from (the sender is its rank 0), bootstrapped by sending the
@@ -562,7 +563,6 @@ cuda_reduce(struct bt_backend *be, void *ctx, int32_t group, int32_t replica,
  * for its producer's work (an event of the compute stream); a receive
  * records an event per transfer that its consumer's stream waits for. */
 
-#ifdef BATON_HAVE_NCCL
 static struct xpair *
 pair_of(struct cuda_backend *cb, int32_t from, int32_t to)
 {
@@ -595,14 +595,12 @@ free_pairs(struct cuda_backend *cb, int abort)
   cb->npairs = 0;
   cb->ntags = 0;
 }
-#endif
 
 static bt_status
 cuda_connect(struct bt_backend *be, bt_comm_t *comm, int32_t dev0,
              const int32_t *pairs, size_t npairs, int32_t ntags,
              bt_error_t *err)
 {
-#ifdef BATON_HAVE_NCCL
   struct cuda_backend *cb = cb_of(be);
   int32_t me = bt_comm_rank(comm);
 
@@ -665,24 +663,12 @@ cuda_connect(struct bt_backend *be, bt_comm_t *comm, int32_t dev0,
     }
   }
   return BT_OK;
-#else
-  (void)be;
-  (void)comm;
-  (void)dev0;
-  (void)pairs;
-  (void)npairs;
-  (void)ntags;
-  return bt__errorf(err, BT_EUNSUPPORTED,
-                    "this baton was built without NCCL: CUDA devices across "
-                    "processes need it");
-#endif
 }
 
 static bt_status
 cuda_send(struct bt_backend *be, void *ctx, const void *buf, size_t bytes,
           int32_t from, int32_t to, int32_t peer, int32_t tag, bt_error_t *err)
 {
-#ifdef BATON_HAVE_NCCL
   struct cuda_backend *cb = cb_of(be);
   struct xpair *p = pair_of(cb, from, to);
   cudaStream_t compute = stream_of(ctx);
@@ -704,24 +690,12 @@ cuda_send(struct bt_backend *be, void *ctx, const void *buf, size_t bytes,
              ? BT_OK
              : bt__errorf(err, BT_EIO, "ncclSend to device %d: %s", (int)to,
                           ncclGetErrorString(nr));
-#else
-  (void)be;
-  (void)ctx;
-  (void)buf;
-  (void)bytes;
-  (void)from;
-  (void)to;
-  (void)peer;
-  (void)tag;
-  return bt__errorf(err, BT_EUNSUPPORTED, "built without NCCL");
-#endif
 }
 
 static bt_status
 cuda_recv(struct bt_backend *be, void *ctx, void *buf, size_t bytes,
           int32_t from, int32_t to, int32_t peer, int32_t tag, bt_error_t *err)
 {
-#ifdef BATON_HAVE_NCCL
   struct cuda_backend *cb = cb_of(be);
   struct xpair *p = pair_of(cb, from, to);
   cudaError_t e = cudaSuccess;
@@ -745,23 +719,11 @@ cuda_recv(struct bt_backend *be, void *ctx, void *buf, size_t bytes,
   return e == cudaSuccess
              ? BT_OK
              : cuda_fail(err, "recording a receive", cb->gpu[p->local], e);
-#else
-  (void)be;
-  (void)ctx;
-  (void)buf;
-  (void)bytes;
-  (void)from;
-  (void)to;
-  (void)peer;
-  (void)tag;
-  return bt__errorf(err, BT_EUNSUPPORTED, "built without NCCL");
-#endif
 }
 
 static bt_status
 cuda_wait(struct bt_backend *be, void *ctx, int32_t tag, bt_error_t *err)
 {
-#ifdef BATON_HAVE_NCCL
   struct cuda_backend *cb = cb_of(be);
   const bt_cuda_ctx_t *c = ctx;
   cudaError_t e;
@@ -771,12 +733,6 @@ cuda_wait(struct bt_backend *be, void *ctx, int32_t tag, bt_error_t *err)
   e = cudaStreamWaitEvent(stream_of(ctx), cb->xdone[tag], 0);
   return e == cudaSuccess ? BT_OK
                           : cuda_fail(err, "waiting for a receive", c->gpu, e);
-#else
-  (void)be;
-  (void)ctx;
-  (void)tag;
-  return bt__errorf(err, BT_EUNSUPPORTED, "built without NCCL");
-#endif
 }
 
 /* After a step: the pairs' streams are waited for by the sync; after a
@@ -785,18 +741,12 @@ cuda_wait(struct bt_backend *be, void *ctx, int32_t tag, bt_error_t *err)
 static bt_status
 cuda_finish(struct bt_backend *be, int failed, bt_error_t *err)
 {
-#ifdef BATON_HAVE_NCCL
   (void)err;
   if (failed)
     free_pairs(cb_of(be), 1);
   return BT_OK;
-#else
-  (void)be;
-  (void)failed;
-  (void)err;
-  return BT_OK;
-#endif
 }
+#endif /* BATON_HAVE_NCCL */
 
 static void
 cuda_destroy(struct bt_backend *be)
@@ -886,11 +836,14 @@ bt_cuda_backend_create(const int32_t *gpus, int32_t n, bt_backend_t **out,
   be->download = cuda_download;
   be->sync = cuda_sync;
   be->destroy = cuda_destroy;
+#ifdef BATON_HAVE_NCCL
+  /* Across processes: without NCCL the trainer refuses (no transport). */
   be->connect = cuda_connect;
   be->send = cuda_send;
   be->recv = cuda_recv;
   be->wait = cuda_wait;
   be->finish = cuda_finish;
+#endif
   be->reduce_init = cuda_reduce_init;
   be->reduce = cuda_reduce;
   be->capture_begin = cuda_capture_begin;

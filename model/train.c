@@ -734,21 +734,27 @@ grad_tensor(int32_t replica, int32_t stage, int32_t part, size_t *count,
   return st->model->grads + st->off;
 }
 
+/* A backend call's status as a callback returns it: the message into
+ * errbuf. */
+static int
+said(bt_status rc, const bt_error_t *e, char *errbuf, size_t errlen)
+{
+  if (rc != BT_OK)
+    snprintf(errbuf, errlen, "%s", e->message);
+  return rc;
+}
+
 /* On a backend: the (replica, stage) share of the stage's all-reduce. */
 static int
 reduce_grads(const bt_stage_call_t *c, char *errbuf, size_t errlen)
 {
   struct bt__train *t = c->user;
   struct train_stage *st0 = &t->st[c->stage];
-  bt_error_t e;
-  bt_status rc;
+  bt_error_t e = {0};
 
-  memset(&e, 0, sizeof e);
-  rc = t->be->reduce(t->be, c->device_ctx, c->stage, c->replica, t->nrep,
-                     st0->peers, st0->n, &e);
-  if (rc != BT_OK)
-    snprintf(errbuf, errlen, "%s", e.message);
-  return rc;
+  return said(t->be->reduce(t->be, c->device_ctx, c->stage, c->replica, t->nrep,
+                            st0->peers, st0->n, &e),
+              &e, errbuf, errlen);
 }
 
 const char *
@@ -763,14 +769,10 @@ tr_connect(const int32_t *pairs, size_t n, int32_t ntags, void *user,
            char *errbuf, size_t errlen)
 {
   struct bt__train *t = user;
-  bt_error_t e;
-  bt_status rc;
+  bt_error_t e = {0};
 
-  memset(&e, 0, sizeof e);
-  rc = t->be->connect(t->be, t->comm, t->dev0, pairs, n, ntags, &e);
-  if (rc != BT_OK)
-    snprintf(errbuf, errlen, "%s", e.message);
-  return rc;
+  return said(t->be->connect(t->be, t->comm, t->dev0, pairs, n, ntags, &e), &e,
+              errbuf, errlen);
 }
 
 static int
@@ -778,14 +780,10 @@ tr_send(void *ctx, const void *buf, size_t bytes, int32_t from, int32_t to,
         int32_t peer, int32_t tag, void *user, char *errbuf, size_t errlen)
 {
   struct bt__train *t = user;
-  bt_error_t e;
-  bt_status rc;
+  bt_error_t e = {0};
 
-  memset(&e, 0, sizeof e);
-  rc = t->be->send(t->be, ctx, buf, bytes, from, to, peer, tag, &e);
-  if (rc != BT_OK)
-    snprintf(errbuf, errlen, "%s", e.message);
-  return rc;
+  return said(t->be->send(t->be, ctx, buf, bytes, from, to, peer, tag, &e), &e,
+              errbuf, errlen);
 }
 
 static int
@@ -793,42 +791,28 @@ tr_recv(void *ctx, void *buf, size_t bytes, int32_t from, int32_t to,
         int32_t peer, int32_t tag, void *user, char *errbuf, size_t errlen)
 {
   struct bt__train *t = user;
-  bt_error_t e;
-  bt_status rc;
+  bt_error_t e = {0};
 
-  memset(&e, 0, sizeof e);
-  rc = t->be->recv(t->be, ctx, buf, bytes, from, to, peer, tag, &e);
-  if (rc != BT_OK)
-    snprintf(errbuf, errlen, "%s", e.message);
-  return rc;
+  return said(t->be->recv(t->be, ctx, buf, bytes, from, to, peer, tag, &e), &e,
+              errbuf, errlen);
 }
 
 static int
 tr_wait(void *ctx, int32_t tag, void *user, char *errbuf, size_t errlen)
 {
   struct bt__train *t = user;
-  bt_error_t e;
-  bt_status rc;
+  bt_error_t e = {0};
 
-  memset(&e, 0, sizeof e);
-  rc = t->be->wait(t->be, ctx, tag, &e);
-  if (rc != BT_OK)
-    snprintf(errbuf, errlen, "%s", e.message);
-  return rc;
+  return said(t->be->wait(t->be, ctx, tag, &e), &e, errbuf, errlen);
 }
 
 static int
 tr_finish(int failed, void *user, char *errbuf, size_t errlen)
 {
   struct bt__train *t = user;
-  bt_error_t e;
-  bt_status rc;
+  bt_error_t e = {0};
 
-  memset(&e, 0, sizeof e);
-  rc = t->be->finish(t->be, failed, &e);
-  if (rc != BT_OK)
-    snprintf(errbuf, errlen, "%s", e.message);
-  return rc;
+  return said(t->be->finish(t->be, failed, &e), &e, errbuf, errlen);
 }
 
 static bt_status
