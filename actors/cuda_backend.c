@@ -432,39 +432,41 @@ free_comms(struct cuda_backend *cb)
 #endif
 
 static bt_status
-cuda_reduce_init(struct bt_backend *be, int32_t replicas, int32_t groups,
-                 const int32_t *group_device, bt_error_t *err)
+cuda_reduce_init(struct bt_backend *be, bt_comm_t *comm, int32_t dev0,
+                 int32_t replicas, int32_t groups, const int32_t *group_device,
+                 bt_error_t *err)
 {
 #ifdef BATON_HAVE_NCCL
   struct cuda_backend *cb = cb_of(be);
-  int32_t p = replicas > 0 ? be->devices / replicas : 0;
-  int *devlist = NULL;
+  int32_t W = bt_comm_size(comm), me = bt_comm_rank(comm);
+  int32_t p = replicas > 0 ? be->devices * W / replicas : 0;
   ncclResult_t nr = ncclSuccess;
   cudaError_t e = cudaSuccess;
+  bt_status rc = BT_OK;
 
-  if (replicas < 2 || be->devices % replicas != 0 || groups < 1)
+#define LOCAL(dev_) ((dev_) >= dev0 && (dev_) < dev0 + be->devices)
+  if (replicas < 2 || (be->devices * W) % replicas != 0 || groups < 1)
     return bt__errorf(err, BT_EINVAL,
-                      "%d replicas do not split the backend's %d devices",
-                      (int)replicas, (int)be->devices);
-  /* NCCL refuses two ranks of one communicator on one GPU. */
+                      "%d replicas do not split the job's %d devices",
+                      (int)replicas, (int)(be->devices * W));
+  /* NCCL refuses two ranks of one communicator on one GPU (here checked
+   * within this process; across processes NCCL's init says so). */
   for (int32_t g = 0; g < groups; g++)
     for (int32_t r = 0; r < replicas; r++)
-      for (int32_t q = 0; q < r; q++)
-        if (cb->gpu[r * p + group_device[g]] ==
-            cb->gpu[q * p + group_device[g]])
+      for (int32_t q = 0; q < r; q++) {
+        int32_t dr = r * p + group_device[g], dq = q * p + group_device[g];
+        if (LOCAL(dr) && LOCAL(dq) && cb->gpu[dr - dev0] == cb->gpu[dq - dev0])
           return bt__errorf(err, BT_EUNSUPPORTED,
                             "NCCL needs one GPU per replica, but replicas "
                             "%d and %d both run device %d on cuda:%d",
                             (int)q, (int)r, (int)group_device[g],
-                            (int)cb->gpu[r * p + group_device[g]]);
+                            (int)cb->gpu[dr - dev0]);
+      }
   free_comms(cb);
   cb->comms = calloc((size_t)groups * (size_t)replicas, sizeof *cb->comms);
   cb->ready = calloc((size_t)be->devices, sizeof *cb->ready);
   cb->done = calloc((size_t)be->devices, sizeof *cb->done);
-  devlist = malloc((size_t)replicas * sizeof *devlist);
-  if (cb->comms == NULL || cb->ready == NULL || cb->done == NULL ||
-      devlist == NULL) {
-    free(devlist);
+  if (cb->comms == NULL || cb->ready == NULL || cb->done == NULL) {
     free_comms(cb);
     return bt__errorf(err, BT_ENOMEM, "out of memory for NCCL");
   }
@@ -477,16 +479,52 @@ cuda_reduce_init(struct bt_backend *be, int32_t replicas, int32_t groups,
     if (e == cudaSuccess)
       e = cudaEventCreateWithFlags(&cb->done[i], cudaEventDisableTiming);
   }
-  for (int32_t g = 0; g < groups && e == cudaSuccess && nr == ncclSuccess;
+  /* One communicator per group over its replicas: the rank of replica 0's
+   * device makes the id and sends it to the group's other ranks; each rank
+   * then joins with its replicas, in group order on every rank. */
+  for (int32_t g = 0;
+       g < groups && e == cudaSuccess && nr == ncclSuccess && rc == BT_OK;
        g++) {
+    int32_t lead = group_device[g] / be->devices, member = 0;
+    ncclUniqueId id;
     for (int32_t r = 0; r < replicas; r++)
-      devlist[r] = cb->gpu[r * p + group_device[g]];
-    nr = ncclCommInitAll(&cb->comms[(size_t)g * (size_t)replicas], replicas,
-                         devlist);
+      member |= LOCAL(r * p + group_device[g]);
+    if (!member)
+      continue;
+    if (me == lead)
+      nr = ncclGetUniqueId(&id);
+    for (int32_t r = 0; r < replicas && nr == ncclSuccess && rc == BT_OK; r++) {
+      int32_t rank = (r * p + group_device[g]) / be->devices, seen = 0;
+      for (int32_t q = 0; q < r; q++)
+        seen |= (q * p + group_device[g]) / be->devices == rank;
+      if (seen || rank == lead)
+        continue;
+      if (me == lead)
+        rc = bt_comm_send(comm, &id, sizeof id, rank, g, err);
+      else if (me == rank)
+        rc = bt_comm_recv(comm, &id, sizeof id, lead, g, err);
+    }
+    if (nr != ncclSuccess || rc != BT_OK)
+      break;
+    nr = ncclGroupStart();
+    for (int32_t r = 0; r < replicas && nr == ncclSuccess; r++) {
+      int32_t d = r * p + group_device[g];
+      if (!LOCAL(d))
+        continue;
+      cudaSetDevice(cb->gpu[d - dev0]);
+      nr = ncclCommInitRank(&cb->comms[(size_t)g * (size_t)replicas + r],
+                            replicas, id, r);
+    }
+    if (nr == ncclSuccess)
+      nr = ncclGroupEnd();
+    else
+      ncclGroupEnd();
   }
-  free(devlist);
-  if (e != cudaSuccess || nr != ncclSuccess) {
+#undef LOCAL
+  if (e != cudaSuccess || nr != ncclSuccess || rc != BT_OK) {
     free_comms(cb);
+    if (rc != BT_OK)
+      return rc;
     if (e != cudaSuccess)
       return cuda_fail(err, "creating NCCL's events", cb->gpu[0], e);
     return bt__errorf(err, BT_EIO, "NCCL could not start: %s",
@@ -495,6 +533,8 @@ cuda_reduce_init(struct bt_backend *be, int32_t replicas, int32_t groups,
   return BT_OK;
 #else
   (void)be;
+  (void)comm;
+  (void)dev0;
   (void)replicas;
   (void)groups;
   (void)group_device;

@@ -104,18 +104,20 @@ struct bt_backend {
    * tried, so the CUDA backend says no until it has). */
   int reduce_in_graph;
   /* Data parallelism (NULL where the backend has none).  reduce_init,
-   * once before the first step: `replicas` replicas of devices / replicas
-   * devices each, and `groups` reductions per step, group g among the
-   * replicas' devices number group_device[g] (within a replica); what it
-   * cannot run is BT_EUNSUPPORTED, with the reason.  reduce is the task of
+   * once before the first step: `replicas` replicas of p devices each
+   * (the job's; this rank runs dev0 .. dev0 + devices - 1, comm the job or
+   * NULL), and `groups` reductions per step, group g among the replicas'
+   * devices number group_device[g] (within a replica); what it cannot run
+   * is BT_EUNSUPPORTED, with the reason.  Across ranks, the replicas of a
+   * group each call reduce on their own rank: a collective.  reduce is the task of
    * (replica, group) on that replica's device ctx: together the replicas'
    * calls of one group sum grads[0 .. replicas) (n floats each, replica
    * r's on its device) into every one of them.  Each group reduces once
    * per step, so the replicas' calls pair up whatever order a device runs
    * its groups in. */
-  bt_status (*reduce_init)(struct bt_backend *be, int32_t replicas,
-                           int32_t groups, const int32_t *group_device,
-                           bt_error_t *err);
+  bt_status (*reduce_init)(struct bt_backend *be, bt_comm_t *comm,
+                           int32_t dev0, int32_t replicas, int32_t groups,
+                           const int32_t *group_device, bt_error_t *err);
   bt_status (*reduce)(struct bt_backend *be, void *ctx, int32_t group,
                       int32_t replica, int32_t replicas, float *const *grads,
                       size_t n, bt_error_t *err);

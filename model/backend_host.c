@@ -55,6 +55,8 @@ struct host_backend {
   bt_comm_t *comm;          /* across processes: the job (connect) */
   struct bt__comm_req *req; /* [ntags]: each transfer's request */
   int32_t ntags;
+  /* Data parallelism across processes (reduce_init): the job's layout. */
+  int32_t dev0, p, replicas, groups, *group_device;
 };
 
 static struct host_backend *
@@ -419,20 +421,95 @@ reduce_slice(float *const *grads, int32_t replica, int32_t replicas, size_t n)
   }
 }
 
+static bt_status
+host_reduce_init(struct bt_backend *be, bt_comm_t *comm, int32_t dev0,
+                 int32_t replicas, int32_t groups, const int32_t *group_device,
+                 bt_error_t *err)
+{
+  struct host_backend *hb = (struct host_backend *)(void *)be;
+  int32_t W = bt_comm_size(comm);
+
+  free(hb->group_device);
+  hb->group_device = malloc((size_t)groups * sizeof *hb->group_device);
+  if (hb->group_device == NULL)
+    return bt__errorf(err, BT_ENOMEM, "out of memory");
+  memcpy(hb->group_device, group_device, (size_t)groups * sizeof *group_device);
+  hb->comm = W > 1 ? comm : NULL;
+  hb->dev0 = dev0;
+  hb->p = be->devices * W / replicas;
+  hb->replicas = replicas;
+  hb->groups = groups;
+  return BT_OK;
+}
+
+/* Across processes: replica r's call sends its gradients to every other
+ * replica (over MPI, to itself too when on this rank: another replica's
+ * call may be overwriting its own already), receives theirs, and writes
+ * the sum in replica order (float) into its own: every replica gets the
+ * bits of the one-process reduce. */
+static bt_status
+reduce_mpi(struct host_backend *hb, int32_t group, int32_t replica, float *mine,
+           size_t n, bt_error_t *err)
+{
+  int32_t R = hb->replicas;
+  float *all = malloc((size_t)R * n * sizeof *all + 1);
+  struct bt__comm_req *req = calloc(2 * (size_t)R, sizeof *req);
+  char msg[BT_ERROR_MESSAGE_MAX];
+  bt_status rc = BT_OK;
+
+  if (all == NULL || req == NULL) {
+    free(all);
+    free(req);
+    return bt__errorf(err, BT_ENOMEM, "out of memory for a reduce");
+  }
+  memcpy(all + (size_t)replica * n, mine, n * sizeof *mine);
+  for (int32_t q = 0; q < R && rc == BT_OK; q++) {
+    int32_t peer = (q * hb->p + hb->group_device[group]) / hb->be.devices;
+    int32_t base = BT__COMM_TAG_USER + (1 << 22) + group * R * R;
+    if (q == replica)
+      continue;
+    rc = bt__comm_isend(hb->comm, all + (size_t)replica * n, n * sizeof *mine,
+                        peer, base + replica * R + q, &req[2 * q], msg,
+                        sizeof msg);
+    if (rc == BT_OK)
+      rc = bt__comm_irecv(hb->comm, all + (size_t)q * n, n * sizeof *mine, peer,
+                          base + q * R + replica, &req[2 * q + 1], msg,
+                          sizeof msg);
+    if (rc != BT_OK)
+      bt__errorf(err, rc, "%s", msg);
+  }
+  for (int32_t i = 0; i < 2 * R; i++)
+    if (rc == BT_OK)
+      rc = bt__comm_wait(hb->comm, &req[i], "another replica's gradients", err);
+    else
+      bt__comm_cancel(hb->comm, &req[i]);
+  for (size_t i = 0; rc == BT_OK && i < n; i++) {
+    float sum = all[i];
+    for (int32_t q = 1; q < R; q++)
+      sum += all[(size_t)q * n + i];
+    mine[i] = sum;
+  }
+  free(all);
+  free(req);
+  return rc;
+}
+
 /* The reduce task: recorded like a kernel while capturing (a GPU's
  * all-reduce is a kernel on a stream, captured with the step). */
 static bt_status
 host_reduce(struct bt_backend *be, void *ctx, int32_t group, int32_t replica,
             int32_t replicas, float *const *grads, size_t n, bt_error_t *err)
 {
+  struct host_backend *hb = (struct host_backend *)(void *)be;
   struct call c = {.op = OP_REDUCE,
                    .a = {(void *)(uintptr_t)grads},
                    .z = {n, (size_t)replica, (size_t)replicas}};
 
-  (void)be;
-  (void)group;
-  if (grads == NULL || replica < 0 || replica >= replicas)
+  if (grads == NULL || replica < 0 || replica >= replicas ||
+      grads[replica] == NULL)
     return bt__errorf(err, BT_EINVAL, "host backend: a bad reduce");
+  if (hb->comm != NULL)
+    return reduce_mpi(hb, group, replica, grads[replica], n, err);
   return issue(ctx, &c);
 }
 
@@ -545,6 +622,7 @@ host_destroy(struct bt_backend *be)
   for (int32_t tag = 0; hb->req != NULL && tag < hb->ntags; tag++)
     bt__comm_cancel(hb->comm, &hb->req[tag]);
   free(hb->req);
+  free(hb->group_device);
   free(hb->rec);
   free(be->desc);
   free(hb);
@@ -583,6 +661,7 @@ bt__backend_host_create(int32_t devices, struct bt_backend **out,
   be->sync = host_sync;
   be->destroy = host_destroy;
   be->reduce = host_reduce;
+  be->reduce_init = host_reduce_init;
   be->reduce_in_graph = 1;
   be->connect = host_connect;
   be->send = host_send;

@@ -533,8 +533,9 @@ read_epilogue(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
                       "callback that sums each tie's two gradients, or a "
                       "tie_tensor callback (baton sums them)",
                       cfg->nties);
-  if (pl->W > 1 && ((pl->R > 1 && cfg->grad_tensor == NULL) ||
-                    (cfg->nties > 0 && cfg->tie_tensor == NULL)))
+  if (pl->W > 1 &&
+      ((pl->R > 1 && cfg->grad_tensor == NULL && cfg->transport == NULL) ||
+       (cfg->nties > 0 && cfg->tie_tensor == NULL)))
     return bt__errorf(err, BT_EINVAL,
                       "across %d processes baton moves the gradients it "
                       "reduces and ties itself: give grad_tensor (replicas) "
@@ -557,12 +558,12 @@ read_epilogue(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
     pl->transport = *tr;
   }
   if (pl->W > 1 && cfg->buffers_alloc != NULL &&
-      (pl->transport.send == NULL || pl->R > 1 || cfg->nties > 0 ||
-       cfg->max_grad_norm > 0))
+      (pl->transport.send == NULL || cfg->nties > 0 || cfg->max_grad_norm > 0))
     return bt__errorf(err, BT_EUNSUPPORTED,
                       "device buffers (buffers_alloc) across processes need "
-                      "a transport, and carry only the plan's edges: one "
-                      "replica, no ties, no clipping");
+                      "a transport, and carry only the plan's edges and the "
+                      "replicas' reduce_grads (a collective): no ties, no "
+                      "clipping");
   if (cfg->grad_tensor != NULL) {
     pl->nparts_s = calloc((size_t)pl->S, sizeof *pl->nparts_s);
     if (pl->nparts_s == NULL)

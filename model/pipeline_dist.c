@@ -194,11 +194,19 @@ static bool
 xfer_into(struct bt_pipeline *pl, struct dag_build *b, struct pl_xfer x,
           int32_t src, int32_t dst)
 {
-  int32_t ix = -1;
+  int32_t ix = -1, T0 = bt_graph_task_count(pl->graph);
   int32_t rv = xfer_add(pl, b, x, b->device[src], b->device[dst], &src, 1, &ix);
   if (rv < 0)
     return false;
   b->xf[ix].consumer = dst;
+  /* With a transport the send only starts the move, in the device's
+   * order: it comes before the producer's next task on the device, so no
+   * later work (a wait for the peer, say) can stand before the send the
+   * peer waits for.  Plan tasks of a device are consecutive. */
+  if (pl->transport.send != NULL && src % T0 + 1 < T0 &&
+      b->device[src + 1] == b->device[src] &&
+      !dag_edge(b, b->xf[ix].send_task, src + 1))
+    return false;
   return dag_edge(b, rv, dst);
 }
 
@@ -342,6 +350,7 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
   struct lists fin = {0}, rdy = {0};
   char name[BT__PL_NAME_MAX];
   bool ok = false, builtin_red = pl->grad_tensor != NULL;
+  bool collective = !builtin_red && pl->transport.send != NULL;
   int cap = 2 + 2 * (int)pl->nties + 2 * R * (pl->nparts > 0 ? pl->nparts : 1);
 
   dev = malloc((size_t)R * (size_t)S * sizeof *dev);
@@ -445,6 +454,10 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
               goto out;
             continue;
           }
+          /* With a transport, reduce_grads is a collective: each rank's
+           * call meets the others' itself. */
+          if (collective)
+            continue;
           for (int32_t part = 0; part < PARTS(s); part++) {
             int32_t rv, ix;
             struct pl_xfer x = xf_make(XF_RED_UP, r, s, 0, part, q);
@@ -463,6 +476,8 @@ build_dag(struct bt_pipeline *pl, struct dag_build *b)
             lists_add(&rdy, (size_t)q * S + s, id);
             continue;
           }
+          if (collective)
+            continue;
           for (int32_t part = 0; part < PARTS(s); part++) {
             struct pl_xfer x = xf_make(XF_RED_DOWN, r, s, 0, part, q);
             int32_t rv;

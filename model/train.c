@@ -18,6 +18,7 @@
 struct train_stage {
   struct bt__train *t;
   int32_t s, r;             /* stage, data-parallel replica */
+  int32_t rank;             /* the rank that runs it (0 in one process) */
   struct bt__resmlp *model; /* the replica's model (on the CPU) */
   size_t first, last;       /* layers [first, last] */
   bool stash_h0;            /* long skip leaves this stage (it has layer 0) */
@@ -646,7 +647,6 @@ choose_replicas(struct bt__train *t, const int32_t *stage_device,
   int32_t asked = t->nrep;
   bt_error_t why;
   bt_status rc;
-
   int32_t W = bt_comm_size(t->comm);
 
   if (t->be != NULL && t->be->devices * W != t->p * asked)
@@ -659,11 +659,11 @@ choose_replicas(struct bt__train *t, const int32_t *stage_device,
                       W > 1 ? ", over the job's ranks" : "");
   if (t->be != NULL)
     t->dev0 = bt_comm_rank(t->comm) * t->be->devices;
-  if (asked > 1 && bt_comm_size(t->comm) > 1)
+  if (asked > 1 && W > 1 && t->be != NULL && t->be->send == NULL)
     return bt__errorf(err, BT_EUNSUPPORTED,
-                      "resmlp's data-parallel replicas run in one process; "
-                      "across processes use one replica (gpt has --dp "
-                      "across processes)");
+                      "the %s backend's replicas run in one process here: "
+                      "across processes it needs a transport",
+                      t->be->name);
   if (asked == 1 || t->be == NULL)
     return BT_OK;
   if (t->be->reduce == NULL)
@@ -680,7 +680,7 @@ choose_replicas(struct bt__train *t, const int32_t *stage_device,
       return bt__errorf(err, BT_ENOMEM, "out of memory");
     for (int32_t s = 0; s < t->S; s++)
       dev[s] = stage_device != NULL ? stage_device[s] : s % t->p;
-    rc = t->be->reduce_init(t->be, asked, t->S, dev, &why);
+    rc = t->be->reduce_init(t->be, t->comm, t->dev0, asked, t->S, dev, &why);
     free(dev);
   }
   if (rc == BT_EUNSUPPORTED) {
@@ -957,6 +957,8 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
     st->device =
         st->r * t->p +
         (cfg->stage_device != NULL ? cfg->stage_device[s] : s % cfg->devices);
+    st->rank =
+        bt__stages_rank(t->comm, cfg->stage_device, s, st->r, t->p, t->nrep);
     st->inner_h0 = ls && t->S == 1;
     st->stash_h0 = ls && t->S > 1 && s == 0;
     st->pop_h0 = ls && t->S > 1 && s == t->S - 1;
@@ -1043,8 +1045,7 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
     goto out_free;
   }
   for (int32_t s = 0; s < t->S; s++)
-    t->stage_rank[s] =
-        bt__stages_rank(t->comm, cfg->stage_device, s, 0, t->p, 1);
+    t->stage_rank[s] = t->st[s].rank; /* replica 0's owns the parameters */
   free(desc);
   *out = t;
   return BT_OK;
@@ -1060,8 +1061,12 @@ bt__train_needs(const struct bt__train *t, int *x, int *y)
 {
   int32_t me = bt_comm_rank(t->comm);
 
-  *x = t->stage_rank[0] == me;
-  *y = t->stage_rank[t->S - 1] == me;
+  /* Any replica's first and last stage. */
+  *x = *y = 0;
+  for (int32_t r = 0; r < t->nrep; r++) {
+    *x |= t->st[r * t->S].rank == me;
+    *y |= t->st[r * t->S + t->S - 1].rank == me;
+  }
 }
 
 int32_t
@@ -1078,13 +1083,15 @@ upload_inputs(struct bt__train *t, const float *x, const int32_t *y,
   struct bt_backend *be = t->be;
   bt_status rc;
 
+  /* Given where some replica's first (last) stage runs here (the caller
+   * passes them per bt__train_needs); the buffers are this rank's, shared
+   * by its devices. */
   rc = BT_OK;
-  if (x != NULL && here(t, &t->st[0]))
-    rc = be->upload(be, bdev(t, t->st[0].device), t->dx, x,
-                    t->N * t->model->cfg.D * sizeof(float), err);
-  if (rc == BT_OK && y != NULL && here(t, &t->st[t->S - 1]))
-    rc = be->upload(be, bdev(t, t->st[t->S - 1].device), t->dy, y,
-                    t->N * sizeof(int32_t), err);
+  if (x != NULL)
+    rc = be->upload(be, 0, t->dx, x, t->N * t->model->cfg.D * sizeof(float),
+                    err);
+  if (rc == BT_OK && y != NULL)
+    rc = be->upload(be, 0, t->dy, y, t->N * sizeof(int32_t), err);
   t->x = t->dx;
   t->y = t->dy;
   return rc;
@@ -1157,6 +1164,29 @@ device_step(struct bt__train *t, const float *x, const int32_t *y,
   return rc;
 }
 
+/* On the CPU across processes, a stage whose replica 0 runs elsewhere: the
+ * model takes the reduced gradients of a replica that runs here (every
+ * replica's are the same sum), so the optimizer on the model steps this
+ * rank's replicas right. */
+static void
+adopt_replica_grads(struct bt__train *t)
+{
+  int32_t me = bt_comm_rank(t->comm);
+
+  for (int32_t s = 0; s < t->S; s++) {
+    if (t->st[s].rank == me)
+      continue;
+    for (int32_t r = 1; r < t->nrep; r++) {
+      struct train_stage *st = &t->st[r * t->S + s];
+      if (st->rank != me)
+        continue;
+      memcpy(t->model->grads + st->off, st->model->grads + st->off,
+             st->n * sizeof(float));
+      break;
+    }
+  }
+}
+
 /* Replica r's microbatch k's loss share, from its last stage's output. */
 static bt_status
 read_share(struct bt__train *t, int32_t r, int32_t k, bt_error_t *err)
@@ -1225,9 +1255,14 @@ bt__train_step(struct bt__train *t, const float *x, const int32_t *y,
   t->x = NULL;
   t->y = NULL;
   if (rc == BT_OK) {
+    /* The shares of this rank's replicas; the others' add up to the
+     * job's loss across ranks. */
     for (int32_t i = 0; need_y && i < t->nrep * t->m && rc == BT_OK; i++)
-      rc = read_share(t, i / t->m, i % t->m, err);
+      if (t->st[(i / t->m) * t->S + t->S - 1].rank == bt_comm_rank(t->comm))
+        rc = read_share(t, i / t->m, i % t->m, err);
   }
+  if (rc == BT_OK && t->be == NULL && t->nrep > 1)
+    adopt_replica_grads(t);
   if (rc == BT_OK) {
     /* In microbatch order, in float, as the reference adds them. */
     rc = bt__stages_loss(t->comm, t->shares, (size_t)(t->nrep * t->m), loss,
