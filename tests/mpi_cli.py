@@ -2,8 +2,9 @@
 """baton-train across processes (issue 8), end to end under mpirun.
 
   1. For gpipe, 1f1b and zb-h1, with 2 and 4 ranks: resmlp with --long-skip
-     (the skip crosses ranks) and gpt (tied wte across the first and the
-     last rank, --dp 2) write a --dump byte-identical to one process's, and
+     (the skip crosses ranks), resmlp with --dp 2 (the all-reduce crosses
+     ranks) and gpt (tied wte across the first and the last rank, --dp 2)
+     write a --dump byte-identical to one process's, and
      a few steps later report the same loss (and, for gpt, validation
      perplexity and sampled text).
   2. A checkpoint saved by 4 ranks (shards + index) loads in one process
@@ -70,7 +71,13 @@ def configs(tmp):
     gpt_tie = ["--model", "gpt", "--data", text, "--layers", "2", "--embd",
                "16", "--heads", "2", "--seq", "8", "--batch", "8",
                "--microbatches", "4", "--generate", "24"]
-    return {"resmlp": resmlp, "gpt": gpt, "gpt-tie": gpt_tie}
+    # Two replicas of two stages: with 2 ranks each rank a replica, with 4
+    # the replicas' all-reduce and the pipeline's edges both cross ranks.
+    resmlp_dp = ["--data", "synthetic", "--long-skip", "--layers", "2",
+                 "--hidden", "16", "--batch", "16", "--microbatches", "2",
+                 "--dp", "2", "--balance", "2,2"]
+    return {"resmlp": resmlp, "resmlp-dp": resmlp_dp, "gpt": gpt,
+            "gpt-tie": gpt_tie}
 
 
 def test_equal_to_one_process(tmp):
