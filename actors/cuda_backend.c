@@ -58,8 +58,8 @@ struct cuda_backend {
   cudaEvent_t *xdone;
   int32_t ntags;
   /* Data parallelism: one communicator per (group, replica), made by
-   * ncclCommInitAll per group; events that put a device's reduce on its
-   * send stream and the device's later work after it. */
+   * ncclCommInitRank per group (cuda_reduce_init); events that put a device's
+   * reduce on its send stream and the device's later work after it. */
   ncclComm_t *comms; /* [groups * replicas] */
   int32_t groups, replicas;
   cudaEvent_t *ready, *done; /* [devices] */
