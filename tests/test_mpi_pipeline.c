@@ -22,12 +22,14 @@
  * Then faults: a stage that fails on one rank ends the step on every rank,
  * the failing one naming its task and the others naming the failed rank,
  * and the job refuses further steps. */
+#define _DEFAULT_SOURCE /* mkstemps */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "baton/baton.h"
@@ -464,6 +466,55 @@ TEST(backend_transport_equals_one_process)
   if (me == 0)
     printf("  backend transport: %d configurations over %d ranks\n", n, (int)W);
   EXPECT_INT_EQ(n, 20);
+}
+
+/* A plan whose producer sends a pair of devices' transfers in another
+ * order than the consumer takes them: through a transport (which moves
+ * them in one order) it would deadlock, so create refuses it, naming the
+ * devices.  Device 0 runs F1 before F0; device 1 takes F0 first. */
+TEST(transport_refuses_crossed_order)
+{
+  struct bt__resmlp_config mc = {6, 8, 3, 2, false};
+  struct bt__train_config cfg = BT__TRAIN_CONFIG_INIT;
+  struct bt__resmlp *m = NULL;
+  struct bt_backend *be = NULL;
+  struct bt__train *t = NULL;
+  bt_schedule_t *s = NULL;
+  bt_error_t err = {0};
+  char path[] = "/tmp/test_mpi_crossed_XXXXXX.csv";
+  int fd;
+  FILE *f;
+
+  if (bt_comm_size(comm) != 2)
+    return;
+  fd = mkstemps(path, 4);
+  ASSERT_TRUE(fd >= 0);
+  f = fdopen(fd, "w");
+  ASSERT_TRUE(f != NULL);
+  fputs("# baton plan v1: devices=2 stages=2 microbatches=2\n"
+        "0F1,0F0,0B0,0B1\n"
+        "1F0,1F1,1B0,1B1\n",
+        f);
+  fclose(f);
+  ASSERT_INT_EQ(bt_schedule_open(path, &s, &err), BT_OK);
+  ASSERT_INT_EQ(bt__resmlp_create(&mc, 3, &m, &err), BT_OK);
+  ASSERT_INT_EQ(bt__backend_host_create(1, &be, &err), BT_OK);
+  cfg.model = m;
+  cfg.batch = 4;
+  cfg.microbatches = 2;
+  cfg.devices = 2;
+  cfg.schedule = s;
+  cfg.backend = be;
+  cfg.comm = comm;
+  EXPECT_STATUS(bt__train_create(&cfg, &t, &err), BT_EPLAN, &err);
+  EXPECT_STR_CONTAINS(err.message, "from device 0 to device 1");
+  if (bt_comm_rank(comm) == 0)
+    printf("  crossed plan: %s\n", err.message);
+  bt__train_destroy(t);
+  bt_backend_destroy(be);
+  bt__resmlp_destroy(m);
+  bt_schedule_destroy(s);
+  remove(path);
 }
 
 /* A stage that fails on one rank: the step ends everywhere, named. */
