@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -19,6 +20,7 @@
 #endif
 
 #include "../model/backend.h"
+#include "comm.h"
 #include "baton/cuda.h"
 #include "cuda_kernels.h"
 #include "error.h"
@@ -53,6 +55,7 @@ struct cuda_backend {
 #ifdef BATON_HAVE_NCCL
   /* Across processes (cuda_connect): the pairs, and each received
    * transfer's event (by tag). */
+  bt_comm_t *job;
   struct xpair *pairs;
   size_t npairs;
   cudaEvent_t *xdone;
@@ -443,6 +446,7 @@ cuda_reduce_init(struct bt_backend *be, bt_comm_t *comm, int32_t dev0,
   ncclResult_t nr = ncclSuccess;
   cudaError_t e = cudaSuccess;
   bt_status rc = BT_OK;
+  void **warm = NULL; /* a few bytes per device for the first collective */
 
 #define LOCAL(dev_) ((dev_) >= dev0 && (dev_) < dev0 + be->devices)
   if (replicas < 2 || (be->devices * W) % replicas != 0 || groups < 1)
@@ -472,6 +476,11 @@ cuda_reduce_init(struct bt_backend *be, bt_comm_t *comm, int32_t dev0,
   }
   cb->groups = groups;
   cb->replicas = replicas;
+  warm = calloc((size_t)be->devices, sizeof *warm);
+  if (warm == NULL) {
+    free_comms(cb);
+    return bt__errorf(err, BT_ENOMEM, "out of memory for NCCL");
+  }
   for (int32_t i = 0; i < be->devices && e == cudaSuccess; i++) {
     e = cudaSetDevice(cb->gpu[i]);
     if (e == cudaSuccess)
@@ -519,7 +528,42 @@ cuda_reduce_init(struct bt_backend *be, bt_comm_t *comm, int32_t dev0,
       nr = ncclGroupEnd();
     else
       ncclGroupEnd();
+    /* NCCL connects a communicator at its first collective, blocking the
+     * callers until every rank has made it: do that here, in group order,
+     * not on the devices' threads during a step. */
+    if (nr == ncclSuccess)
+      nr = ncclGroupStart();
+    for (int32_t r = 0; r < replicas && nr == ncclSuccess; r++) {
+      int32_t d = r * p + group_device[g];
+      const bt_cuda_ctx_t *c;
+      if (!LOCAL(d))
+        continue;
+      c = be->desc[d - dev0].ctx;
+      cudaSetDevice(c->gpu);
+      if (warm[d - dev0] == NULL &&
+          cudaMalloc(&warm[d - dev0], 4) != cudaSuccess) {
+        nr = ncclUnhandledCudaError;
+        break;
+      }
+      nr = ncclAllReduce(warm[d - dev0], warm[d - dev0], 1, ncclUint8, ncclSum,
+                         cb->comms[(size_t)g * (size_t)replicas + r],
+                         (cudaStream_t)c->send_stream);
+    }
+    if (nr == ncclSuccess)
+      nr = ncclGroupEnd();
+    for (int32_t d = 0; d < be->devices && nr == ncclSuccess; d++) {
+      const bt_cuda_ctx_t *c = be->desc[d].ctx;
+      cudaSetDevice(c->gpu);
+      if (cudaStreamSynchronize((cudaStream_t)c->send_stream) != cudaSuccess)
+        nr = ncclUnhandledCudaError;
+    }
   }
+  for (int32_t d = 0; d < be->devices; d++)
+    if (warm[d] != NULL) {
+      cudaSetDevice(cb->gpu[d]);
+      cudaFree(warm[d]);
+    }
+  free(warm);
 #undef LOCAL
   if (e != cudaSuccess || nr != ncclSuccess || rc != BT_OK) {
     free_comms(cb);
@@ -643,8 +687,10 @@ cuda_connect(struct bt_backend *be, bt_comm_t *comm, int32_t dev0,
 {
   struct cuda_backend *cb = cb_of(be);
   int32_t me = bt_comm_rank(comm);
+  void *one = NULL; /* a byte for each pair's first transfer */
 
   free_pairs(cb, 0);
+  cb->job = comm;
   cb->pairs = calloc(npairs + 1, sizeof *cb->pairs);
   cb->xdone = calloc((size_t)ntags + 1, sizeof *cb->xdone);
   if (cb->pairs == NULL || cb->xdone == NULL) {
@@ -654,32 +700,34 @@ cuda_connect(struct bt_backend *be, bt_comm_t *comm, int32_t dev0,
   cb->ntags = ntags;
   for (size_t i = 0; i < npairs; i++) {
     struct xpair *p = &cb->pairs[i];
-    int sender = pairs[4 * i + 2] == me;
-    int32_t peer = sender ? pairs[4 * i + 3] : pairs[4 * i + 2];
+    int sender = pairs[5 * i + 2] == me;
+    int32_t peer = sender ? pairs[5 * i + 3] : pairs[5 * i + 2];
+    int32_t local = (sender ? pairs[5 * i] : pairs[5 * i + 1]) - dev0;
     ncclUniqueId id;
     ncclResult_t nr = ncclSuccess;
     cudaError_t e;
     bt_status rc;
 
-    cb->npairs = i + 1;
-    p->from = pairs[4 * i];
-    p->to = pairs[4 * i + 1];
-    p->local = (sender ? p->from : p->to) - dev0;
-    if (p->local < 0 || p->local >= be->devices) {
-      free_pairs(cb, 0);
+    if (local < 0 || local >= be->devices) {
+      free_pairs(cb, 1);
       return bt__errorf(err, BT_EINVAL, "device %d is not one of this rank's",
-                        (int)(sender ? p->from : p->to));
+                        (int)(local + dev0));
     }
+    cb->npairs = i + 1;
+    p->from = pairs[5 * i];
+    p->to = pairs[5 * i + 1];
+    p->local = local;
     if (sender && (nr = ncclGetUniqueId(&id)) != ncclSuccess) {
-      free_pairs(cb, 0);
+      free_pairs(cb, 1);
       return bt__errorf(err, BT_EIO, "ncclGetUniqueId: %s",
                         ncclGetErrorString(nr));
     }
-    /* The pair's index is the same on both ranks: its tag. */
-    rc = sender ? bt_comm_send(comm, &id, sizeof id, peer, (int32_t)i, err)
-                : bt_comm_recv(comm, &id, sizeof id, peer, (int32_t)i, err);
+    /* The pair's number in the job is the same on both ranks: the tag. */
+    rc = sender
+             ? bt_comm_send(comm, &id, sizeof id, peer, pairs[5 * i + 4], err)
+             : bt_comm_recv(comm, &id, sizeof id, peer, pairs[5 * i + 4], err);
     if (rc != BT_OK) {
-      free_pairs(cb, 0);
+      free_pairs(cb, 1);
       return rc;
     }
     e = cudaSetDevice(cb->gpu[p->local]);
@@ -687,21 +735,36 @@ cuda_connect(struct bt_backend *be, bt_comm_t *comm, int32_t dev0,
       e = cudaStreamCreateWithFlags(&p->stream, cudaStreamNonBlocking);
     if (e == cudaSuccess)
       e = cudaEventCreateWithFlags(&p->ready, cudaEventDisableTiming);
+    if (e == cudaSuccess && one == NULL)
+      e = cudaMalloc(&one, 1);
     if (e != cudaSuccess) {
-      free_pairs(cb, 0);
+      free_pairs(cb, 1);
+      if (one != NULL)
+        cudaFree(one);
       return cuda_fail(err, "creating a transfer stream", cb->gpu[p->local], e);
     }
     nr = ncclCommInitRank(&p->comm, 2, id, sender ? 0 : 1);
+    /* NCCL connects a pair at its first transfer, blocking the caller
+     * until the peer makes its own: do that here, in the job's pair
+     * order, not on a device's thread in the middle of a step. */
+    if (nr == ncclSuccess)
+      nr = sender ? ncclSend(one, 1, ncclUint8, 1, p->comm, p->stream)
+                  : ncclRecv(one, 1, ncclUint8, 0, p->comm, p->stream);
+    if (nr == ncclSuccess && cudaStreamSynchronize(p->stream) != cudaSuccess)
+      nr = ncclUnhandledCudaError;
     if (nr != ncclSuccess) {
-      p->comm = NULL;
-      free_pairs(cb, 0);
+      free_pairs(cb, 1);
+      if (one != NULL)
+        cudaFree(one);
       return bt__errorf(err, BT_EIO,
                         "NCCL could not connect device %d to device %d "
                         "(rank %d): %s",
-                        (int)pairs[4 * i], (int)pairs[4 * i + 1], (int)peer,
+                        (int)pairs[5 * i], (int)pairs[5 * i + 1], (int)peer,
                         ncclGetErrorString(nr));
     }
   }
+  if (one != NULL)
+    cudaFree(one);
   return BT_OK;
 }
 
@@ -775,17 +838,63 @@ cuda_wait(struct bt_backend *be, void *ctx, int32_t tag, bt_error_t *err)
                           : cuda_fail(err, "waiting for a receive", c->gpu, e);
 }
 
-/* After a step: the pairs' streams are waited for by the sync; after a
- * failed one, NCCL's transfers to a peer that stopped would never end, so
- * the pairs are aborted (the pipeline refuses further steps anyway). */
+/* After a step: its transfers and all-reduces (on the pairs' and the
+ * devices' send streams) must end, but a peer that failed or stopped
+ * would leave them waiting forever inside NCCL.  So poll them, watching
+ * the job for a failed peer and the comm's timeout; on a failure abort
+ * every communicator (NCCL's way out of a hung operation), after which
+ * the pipeline refuses further steps. */
 static bt_status
 cuda_finish(struct bt_backend *be, int failed, bt_error_t *err)
 {
-  (void)err;
-  if (failed)
-    free_pairs(cb_of(be), 1);
-  return BT_OK;
+  struct cuda_backend *cb = cb_of(be);
+  double start = bt__comm_now();
+  char msg[BT_ERROR_MESSAGE_MAX];
+
+  for (int busy = !failed; busy;) {
+    int32_t peer;
+    busy = 0;
+    for (size_t i = 0; i < cb->npairs && !busy; i++) {
+      cudaSetDevice(cb->gpu[cb->pairs[i].local]);
+      busy = cudaStreamQuery(cb->pairs[i].stream) == cudaErrorNotReady;
+    }
+    for (int32_t d = 0; d < be->devices && !busy; d++) {
+      const bt_cuda_ctx_t *c = be->desc[d].ctx;
+      cudaSetDevice(c->gpu);
+      busy = cudaStreamQuery((cudaStream_t)c->send_stream) == cudaErrorNotReady;
+    }
+    if (!busy)
+      break;
+    if ((peer = bt__comm_peer_failure(cb->job, msg, sizeof msg)) >= 0) {
+      bt__errorf(err, BT_EPEER, "rank %d failed: %s", (int)peer, msg);
+      failed = 1;
+      break;
+    }
+    if (bt__comm_now() - start > bt_comm_timeout(cb->job)) {
+      bt__errorf(err, BT_ETIMEDOUT,
+                 "timed out after %g s waiting for the step's transfers "
+                 "between ranks",
+                 bt_comm_timeout(cb->job));
+      failed = 1;
+      break;
+    }
+    {
+      struct timespec ts = {0, 50000};
+      nanosleep(&ts, NULL);
+    }
+  }
+  (void)cudaGetLastError();
+  if (!failed)
+    return BT_OK;
+  free_pairs(cb, 1);
+  for (int32_t i = 0; cb->comms != NULL && i < cb->groups * cb->replicas; i++)
+    if (cb->comms[i] != NULL) {
+      ncclCommAbort(cb->comms[i]);
+      cb->comms[i] = NULL;
+    }
+  return err != NULL && err->status != BT_OK ? err->status : BT_EPEER;
 }
+
 #endif /* BATON_HAVE_NCCL */
 
 static void

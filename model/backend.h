@@ -123,9 +123,9 @@ struct bt_backend {
                       size_t n, bt_error_t *err);
   /* Across processes (NULL where the backend has none): this process
    * runs the job's devices dev0 .. dev0 + devices - 1.  connect, once at
-   * create: the pairs of job devices (pairs[4 i ..]: from, to, from rank,
-   * to rank) this rank sends to or receives from, in one order on every
-   * rank.  send and recv move one transfer of a pair, called on the
+   * create: the pairs of job devices (pairs[5 i ..]: from, to, from rank,
+   * to rank, the pair's number in the job) this rank sends to or receives
+   * from, in the job's pair order.  send and recv move one transfer of a pair, called on the
    * sending and the receiving device's thread (ctx its ctx) in one order
    * per pair; tag is the transfer's number in the job (0 .. ntags - 1). */
   bt_status (*connect)(struct bt_backend *be, bt_comm_t *comm, int32_t dev0,

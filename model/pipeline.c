@@ -557,13 +557,16 @@ read_epilogue(struct bt_pipeline *pl, const bt_pipeline_config_t *cfg,
                         "a transport needs its size, send and recv");
     pl->transport = *tr;
   }
-  if (pl->W > 1 && cfg->buffers_alloc != NULL &&
-      (pl->transport.send == NULL || cfg->nties > 0 || cfg->max_grad_norm > 0))
+  if (pl->W > 1 &&
+      ((cfg->buffers_alloc != NULL && pl->transport.send == NULL) ||
+       (pl->transport.send != NULL &&
+        (cfg->nties > 0 || cfg->max_grad_norm > 0 || cfg->grad_tensor != NULL ||
+         cfg->tie_tensor != NULL))))
     return bt__errorf(err, BT_EUNSUPPORTED,
                       "device buffers (buffers_alloc) across processes need "
-                      "a transport, and carry only the plan's edges and the "
-                      "replicas' reduce_grads (a collective): no ties, no "
-                      "clipping");
+                      "a transport, and a transport carries only the plan's "
+                      "edges and the replicas' reduce_grads (a collective): "
+                      "no ties, no clipping, no grad_tensor or tie_tensor");
   if (cfg->grad_tensor != NULL) {
     pl->nparts_s = calloc((size_t)pl->S, sizeof *pl->nparts_s);
     if (pl->nparts_s == NULL)

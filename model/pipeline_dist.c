@@ -750,32 +750,45 @@ skip_size(const struct bt_pipeline *pl, int32_t r, int32_t i, int32_t k)
 }
 
 /* The transport's pairs of devices this rank sends to or receives from,
- * each once, in transfer order (the same on every rank). */
+ * each once, in transfer order; each with its number among the job's
+ * pairs (first appearance over every transfer: the same on every rank). */
 static bt_status
 connect_transport(struct bt_pipeline *pl, bt_error_t *err)
 {
-  int32_t *pairs = malloc((4 * pl->nxf + 1) * sizeof *pairs);
-  size_t n = 0;
+  int32_t *pairs = malloc((5 * pl->nxf + 1) * sizeof *pairs);
+  int32_t *all = malloc((2 * pl->nxf + 1) * sizeof *all);
+  size_t n = 0, nall = 0;
   char msg[BT_ERROR_MESSAGE_MAX];
   int rc;
 
-  if (pairs == NULL)
+  if (pairs == NULL || all == NULL) {
+    free(pairs);
+    free(all);
     return bt__errorf(err, BT_ENOMEM, "out of memory for the transport");
+  }
   for (size_t j = 0; j < pl->nxf; j++) {
     const struct pl_xfer *x = &pl->xf[j];
-    bool seen = false;
+    size_t at = 0;
+    while (at < nall &&
+           !(all[2 * at] == x->from_dev && all[2 * at + 1] == x->to_dev))
+      at++;
+    if (at == nall) {
+      all[2 * nall] = x->from_dev;
+      all[2 * nall + 1] = x->to_dev;
+      nall++;
+    } else {
+      continue; /* seen: listed already if it is this rank's */
+    }
     if (x->from != pl->me && x->to != pl->me)
       continue;
-    for (size_t i = 0; i < n && !seen; i++)
-      seen = pairs[4 * i] == x->from_dev && pairs[4 * i + 1] == x->to_dev;
-    if (seen)
-      continue;
-    pairs[4 * n] = x->from_dev;
-    pairs[4 * n + 1] = x->to_dev;
-    pairs[4 * n + 2] = x->from;
-    pairs[4 * n + 3] = x->to;
+    pairs[5 * n] = x->from_dev;
+    pairs[5 * n + 1] = x->to_dev;
+    pairs[5 * n + 2] = x->from;
+    pairs[5 * n + 3] = x->to;
+    pairs[5 * n + 4] = (int32_t)at;
     n++;
   }
+  free(all);
   msg[0] = '\0';
   rc = pl->transport.connect != NULL
            ? pl->transport.connect(pairs, n, (int32_t)pl->nxf,

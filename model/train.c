@@ -683,6 +683,9 @@ choose_replicas(struct bt__train *t, const int32_t *stage_device,
     rc = t->be->reduce_init(t->be, t->comm, t->dev0, asked, t->S, dev, &why);
     free(dev);
   }
+  if (rc == BT_EUNSUPPORTED && W > 1)
+    /* Across processes every rank would have to agree to fall back. */
+    return bt__errorf(err, rc, "%s", why.message);
   if (rc == BT_EUNSUPPORTED) {
     t->nrep = 1;
     snprintf(t->note, sizeof t->note,

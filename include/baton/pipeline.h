@@ -221,10 +221,11 @@ typedef float *(*bt_pipeline_tie_tensor_fn)(int32_t replica, int32_t tie,
  * pair of devices in one order, the consumer's plan order, and refuses a
  * plan whose producer orders them otherwise; tag is the transfer's number
  * in the job, the same on both ranks.  connect runs once at create with
- * every pair of devices this rank sends to or receives from (pairs[4 i
- * ..]: from device, to device, from rank, to rank; devices as the job
- * numbers them), in one order on every rank, and ntags (tags are 0 ..
- * ntags - 1): set up the channels there.  Callbacks return 0 or a bt_status with a sentence in errbuf. */
+ * every pair of devices this rank sends to or receives from (pairs[5 i
+ * ..]: from device, to device, from rank, to rank, and the pair's number
+ * in the job, the same on both ranks; devices as the job numbers them),
+ * in the job's pair order, and ntags (tags are 0 .. ntags - 1): set up
+ * the channels there.  Callbacks return 0 or a bt_status with a sentence in errbuf. */
 typedef struct bt_pipeline_transport {
   size_t size; /* sizeof(bt_pipeline_transport_t) */
   int (*connect)(const int32_t *pairs, size_t npairs, int32_t ntags,
@@ -293,8 +294,10 @@ typedef struct bt_pipeline_config {
   void (*buffers_free)(void *block, void *buffers_user);
   void *buffers_user;
   /* Appended in version 5: moves edges between ranks on the devices (see
-   * bt_pipeline_transport_t); with comm and buffers_alloc, for the plan's
-   * edges only (one replica, no ties, no clipping across ranks). */
+   * bt_pipeline_transport_t), with comm: the plan's edges, and the
+   * replicas' reduce_grads becomes a collective (each replica's call
+   * meets the others' itself); no ties, no clipping, no grad_tensor or
+   * tie_tensor. */
   const bt_pipeline_transport_t *transport;
 } bt_pipeline_config_t;
 
