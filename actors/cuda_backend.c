@@ -71,16 +71,12 @@ struct cuda_backend {
 
 /* ---- kernels ------------------------------------------------------------ */
 
-/* The device's stream, with its GPU made current: the trainer also
- * enqueues from its own thread (zeroing, the optimizer), and a kernel
- * launched on a stream of another device than the current one fails. */
+/* The device's stream.  Its GPU is current: inside a task the actor made
+ * it so, outside one cuda_host_ctx did. */
 static cudaStream_t
 stream_of(void *ctx)
 {
-  const bt_cuda_ctx_t *c = ctx;
-
-  cudaSetDevice(c->gpu);
-  return (cudaStream_t)c->stream;
+  return (cudaStream_t)((bt_cuda_ctx_t *)ctx)->stream;
 }
 
 static cublasHandle_t
@@ -370,6 +366,15 @@ cuda_download(struct bt_backend *be, int32_t d, void *dst, const void *src,
               size_t bytes, bt_error_t *err)
 {
   return cuda_move(be, d, dst, src, bytes, 0, err);
+}
+
+/* A kernel launched on a stream of another device than the current one
+ * fails: the trainer's own thread makes the device current first. */
+static void *
+cuda_host_ctx(struct bt_backend *be, int32_t d)
+{
+  cudaSetDevice(cb_of(be)->gpu[d]);
+  return be->desc[d].ctx;
 }
 
 static bt_status
@@ -805,7 +810,7 @@ cuda_recv(struct bt_backend *be, void *ctx, void *buf, size_t bytes,
   ncclResult_t nr;
 
   (void)peer;
-  (void)stream_of(ctx); /* makes the device current */
+  (void)ctx; /* the pair's stream, on the device the actor made current */
   if (p == NULL || p->comm == NULL || tag < 0 || tag >= cb->ntags)
     return bt__errorf(err, BT_EINVAL, "no NCCL pair from device %d to %d",
                       (int)from, (int)to);
@@ -984,6 +989,7 @@ bt_cuda_backend_create(const int32_t *gpus, int32_t n, bt_backend_t **out,
   be->upload = cuda_upload;
   be->download = cuda_download;
   be->sync = cuda_sync;
+  be->host_ctx = cuda_host_ctx;
   be->destroy = cuda_destroy;
 #ifdef BATON_HAVE_NCCL
   /* Across processes: without NCCL the trainer refuses (no transport). */

@@ -9,7 +9,7 @@
  *
  * Kernels (struct bt__kern): the CPU launchers' contracts
  * (kernels/cpu/kernels.h) with one more first argument, the device's ctx
- * (call->device_ctx inside a task; bt__backend_ctx outside one).  On an
+ * (call->device_ctx inside a task; be->host_ctx outside one).  On an
  * asynchronous backend they are enqueued on that device's stream and
  * return once enqueued; pointers are the backend's device memory.
  *
@@ -88,6 +88,10 @@ struct bt_backend {
                       const void *src, size_t bytes, bt_error_t *err);
   bt_status (*download)(struct bt_backend *be, int32_t d, void *dst,
                         const void *src, size_t bytes, bt_error_t *err);
+  /* Device d's ctx for kernels the trainer calls outside a task (zeroing,
+   * the optimizer), on the calling thread: makes the device current
+   * there (inside a task the device's actor already has). */
+  void *(*host_ctx)(struct bt_backend *be, int32_t d);
   /* Waits for every device's work: the end of a step.  The first
    * asynchronous error, named. */
   bt_status (*sync)(struct bt_backend *be, bt_error_t *err);
@@ -151,12 +155,6 @@ struct bt_backend {
   bt_status (*replay)(struct bt_backend *be, bt_error_t *err);
 };
 
-/* Device d's ctx for kernels called outside a task. */
-static inline void *
-bt__backend_ctx(const struct bt_backend *be, int32_t d)
-{
-  return be->desc[d].ctx;
-}
 
 /* A test backend on the host: its own malloc'd "device" memory for every
  * tensor, the CPU kernels, CPU devices in the runtime.  It runs every

@@ -395,6 +395,12 @@ host_move(struct bt_backend *be, int32_t d, void *dst, const void *src,
   return BT_OK;
 }
 
+static void *
+host_ctx(struct bt_backend *be, int32_t d)
+{
+  return be->desc[d].ctx;
+}
+
 static bt_status
 host_sync(struct bt_backend *be, bt_error_t *err)
 {
@@ -659,6 +665,7 @@ bt__backend_host_create(int32_t devices, struct bt_backend **out,
   be->upload = host_move;
   be->download = host_move;
   be->sync = host_sync;
+  be->host_ctx = host_ctx;
   be->destroy = host_destroy;
   be->reduce = host_reduce;
   be->reduce_init = host_reduce_init;

@@ -49,7 +49,6 @@ struct bt__train {
   int32_t m, S, p, checkpoint;
   uint64_t perturb;
   bt_comm_t *comm;
-  int32_t *stage_rank;     /* [S] */
   int32_t nrep;            /* data-parallel replicas */
   struct bt__resmlp **rep; /* [nrep]: rep[0] = model, others copies */
   double *shares;          /* [nrep * m]: the loss shares of the last step,
@@ -614,7 +613,7 @@ bt__train_update(struct bt__train *t, const struct bt__train_optim *o,
     size_t bytes = st->n * sizeof(float);
     if (!here(t, st))
       continue;
-    ctx = bt__backend_ctx(t->be, bdev(t, st->device));
+    ctx = t->be->host_ctx(t->be, bdev(t, st->device));
     if (!o->adamw) {
       rc = t->K->sgd(ctx, st->dparams, st->dgrads, st->n, o->lr, o->wd);
       continue;
@@ -910,6 +909,9 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
   rc = choose_replicas(t, cfg->stage_device, err);
   if (rc != BT_OK)
     goto out_free;
+  /* What the backend says of itself reaches the user the same way. */
+  if (t->be != NULL && t->be->note != NULL && t->note[0] == '\0')
+    snprintf(t->note, sizeof t->note, "%s", t->be->note);
   t->R = t->N / ((size_t)t->m * (size_t)t->nrep);
   if (t->be != NULL && bt_comm_size(t->comm) > 1 &&
       (t->be->send == NULL || t->graph)) {
@@ -1041,14 +1043,11 @@ bt__train_create(const struct bt__train_config *cfg, struct bt__train **out,
     if (rc != BT_OK)
       goto out_free;
   }
-  t->stage_rank = calloc((size_t)t->S, sizeof *t->stage_rank);
   t->shares = calloc((size_t)(t->nrep * t->m), sizeof *t->shares);
-  if (t->stage_rank == NULL || t->shares == NULL) {
+  if (t->shares == NULL) {
     rc = bt__errorf(err, BT_ENOMEM, "out of memory creating the trainer");
     goto out_free;
   }
-  for (int32_t s = 0; s < t->S; s++)
-    t->stage_rank[s] = t->st[s].rank; /* replica 0's owns the parameters */
   free(desc);
   *out = t;
   return BT_OK;
@@ -1075,7 +1074,8 @@ bt__train_needs(const struct bt__train *t, int *x, int *y)
 int32_t
 bt__train_stage_rank(const struct bt__train *t, int32_t s)
 {
-  return t != NULL && s >= 0 && s < t->S ? t->stage_rank[s] : -1;
+  /* Replica 0's owns the parameters. */
+  return t != NULL && s >= 0 && s < t->S ? t->st[s].rank : -1;
 }
 
 /* On a backend: x and y into the device buffers (the step reads those). */
@@ -1112,7 +1112,7 @@ zero_grads(struct bt__train *t, bt_error_t *err)
     struct train_stage *st = &t->st[i];
     if (!here(t, st))
       continue;
-    rc = t->K->fill(bt__backend_ctx(be, bdev(t, st->device)), st->dgrads, 0,
+    rc = t->K->fill(be->host_ctx(be, bdev(t, st->device)), st->dgrads, 0,
                     st->n * sizeof(float));
     if (rc != BT_OK)
       rc = bt__errorf(err, rc, "zeroing stage %d's gradients on %s failed",
@@ -1372,7 +1372,6 @@ bt__train_destroy(struct bt__train *t)
   }
   free(t->st);
   free(t->layer_stage);
-  free(t->stage_rank);
   free(t->shares);
   bt__held_free(&t->held);
   free(t);
