@@ -33,6 +33,16 @@ int bench_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * them, -1 a bad value (said). */
 int bench_pipe_option(struct bench_pipe *o, const char *opt, const char *v);
 
+/* A backend's own option (v NULL: a flag without value): 1 taken, 0 not
+ * one of its own, -1 a bad value (said). */
+typedef int (*bench_option_fn)(void *o, const char *opt, const char *v);
+
+/* Parses a runtime backend's command line: --json, --backend (must be
+ * name), struct bench_pipe's options, then own's; an unknown option is
+ * refused listing the common flags and `flags`.  0, or 1 (said). */
+int bench_parse(int argc, char **argv, struct bench_pipe *p, const char *name,
+                const char *flags, bench_option_fn own, void *o);
+
 /* The schedule's plan for o; 0, or 1 (err set, or out of memory). */
 int bench_pipe_plan(const struct bench_pipe *o, const bt_schedule_t *sched,
                     bt_plan_t **out, bt_error_t *err);

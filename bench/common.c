@@ -21,6 +21,44 @@ bench_fail(const char *fmt, ...)
 }
 
 int
+bench_parse(int argc, char **argv, struct bench_pipe *p, const char *name,
+            const char *flags, bench_option_fn own, void *o)
+{
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    int taken;
+    if (strcmp(a, "--json") == 0) {
+      p->json = 1;
+      continue;
+    }
+    if ((taken = own(o, a, NULL)) != 0) { /* one of the backend's flags */
+      if (taken < 0)
+        return 1;
+      continue;
+    }
+    if (v == NULL)
+      return bench_fail("%s needs a value", a);
+    i++;
+    if (strcmp(a, "--backend") == 0) {
+      if (strcmp(v, name) != 0)
+        return bench_fail("--backend %s: this entry runs %s only", v, name);
+      continue;
+    }
+    taken = bench_pipe_option(p, a, v);
+    if (taken == 0)
+      taken = own(o, a, v);
+    if (taken < 0)
+      return 1;
+    if (taken == 0)
+      return bench_fail("--backend %s: unknown option '%s'; flags: "
+                        "--schedule --devices --microbatches --cost "
+                        "--unit-us --repeat --json %s",
+                        name, a, flags);
+  }
+  return 0;
+}
+
+int
 bench_pipe_option(struct bench_pipe *o, const char *a, const char *v)
 {
   if (strcmp(a, "--schedule") == 0)

@@ -73,46 +73,34 @@ cpu_task(const bt_stage_call_t *c, char *errbuf, size_t errlen)
 }
 
 static int
+cpu_option(void *user, const char *a, const char *v)
+{
+  struct cpu_opts *o = user;
+
+  if (v == NULL) {
+    o->predict |= strcmp(a, "--predict") == 0;
+    return strcmp(a, "--predict") == 0;
+  }
+  if (strcmp(a, "--devices") == 0)
+    o->p.devices = atoi(v);
+  else if (strcmp(a, "--bytes") == 0)
+    o->bytes = (size_t)strtoull(v, NULL, 10);
+  else if (strcmp(a, "--net-latency-us") == 0)
+    o->net_latency_us = atof(v);
+  else if (strcmp(a, "--net-gbps") == 0)
+    o->net_gbps = atof(v);
+  else
+    return 0;
+  return 1;
+}
+
+static int
 parse(int argc, char **argv, struct cpu_opts *o)
 {
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    int taken;
-    if (strcmp(a, "--json") == 0) {
-      o->p.json = 1;
-      continue;
-    }
-    if (strcmp(a, "--predict") == 0) {
-      o->predict = 1;
-      continue;
-    }
-    if (v == NULL)
-      return bench_fail("%s needs a value", a);
-    i++;
-    taken = bench_pipe_option(&o->p, a, v);
-    if (taken < 0)
-      return 1;
-    if (taken > 0)
-      continue;
-    if (strcmp(a, "--backend") == 0) {
-      if (strcmp(v, "cpu") != 0)
-        return bench_fail("--backend %s: this entry runs cpu only", v);
-    } else if (strcmp(a, "--devices") == 0) {
-      o->p.devices = atoi(v);
-    } else if (strcmp(a, "--bytes") == 0) {
-      o->bytes = (size_t)strtoull(v, NULL, 10);
-    } else if (strcmp(a, "--net-latency-us") == 0) {
-      o->net_latency_us = atof(v);
-    } else if (strcmp(a, "--net-gbps") == 0) {
-      o->net_gbps = atof(v);
-    } else {
-      return bench_fail("--backend cpu: unknown option '%s'; flags: "
-                        "--schedule --devices --microbatches --cost --unit-us "
-                        "--bytes --repeat --json --predict --net-latency-us "
-                        "--net-gbps",
-                        a);
-    }
-  }
+  if (bench_parse(argc, argv, &o->p, "cpu",
+                  "--bytes --predict --net-latency-us --net-gbps", cpu_option,
+                  o) != 0)
+    return 1;
   if (o->p.devices < 1 || o->p.microbatches < 1 || o->p.repeat < 1 ||
       !(o->p.unit_us > 0) || o->bytes < 8 || !(o->net_gbps > 0))
     return bench_fail("--backend cpu needs --devices, --microbatches, "

@@ -82,47 +82,39 @@ parse_devices(const char *v, struct cuda_opts *o)
 }
 
 static int
+cuda_option(void *user, const char *a, const char *v)
+{
+  struct cuda_opts *o = user;
+
+  if (v == NULL)
+    return 0; /* no flags of its own */
+  if (strcmp(a, "--devices") == 0)
+    return parse_devices(v, o) != 0 ? -1 : 1;
+  if (strcmp(a, "--model") == 0) {
+    if (strcmp(v, "resmlp") != 0) {
+      bench_fail("--model %s: the cuda backend trains resmlp", v);
+      return -1;
+    }
+    o->model = v;
+  } else if (strcmp(a, "--layers") == 0) {
+    o->layers = atoi(v);
+  } else if (strcmp(a, "--hidden") == 0) {
+    o->hidden = atoi(v);
+  } else if (strcmp(a, "--batch") == 0) {
+    o->batch = atoi(v);
+  } else {
+    return 0;
+  }
+  return 1;
+}
+
+static int
 parse(int argc, char **argv, struct cuda_opts *o)
 {
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    int taken;
-    if (strcmp(a, "--json") == 0) {
-      o->p.json = 1;
-      continue;
-    }
-    if (v == NULL)
-      return bench_fail("%s needs a value", a);
-    i++;
-    taken = bench_pipe_option(&o->p, a, v);
-    if (taken < 0)
-      return 1;
-    if (taken > 0)
-      continue;
-    if (strcmp(a, "--backend") == 0) {
-      if (strcmp(v, "cuda") != 0)
-        return bench_fail("--backend %s: this entry runs cuda only", v);
-    } else if (strcmp(a, "--devices") == 0) {
-      if (parse_devices(v, o) != 0)
-        return 1;
-    } else if (strcmp(a, "--model") == 0) {
-      if (strcmp(v, "resmlp") != 0)
-        return bench_fail("--model %s: the cuda backend trains resmlp", v);
-      o->model = v;
-    } else if (strcmp(a, "--layers") == 0) {
-      o->layers = atoi(v);
-    } else if (strcmp(a, "--hidden") == 0) {
-      o->hidden = atoi(v);
-    } else if (strcmp(a, "--batch") == 0) {
-      o->batch = atoi(v);
-    } else {
-      return bench_fail("--backend cuda: unknown option '%s'; flags: "
-                        "--schedule --devices --microbatches --cost "
-                        "--unit-us --repeat --json --model resmlp --layers "
-                        "--hidden --batch",
-                        a);
-    }
-  }
+  if (bench_parse(argc, argv, &o->p, "cuda",
+                  "--model resmlp --layers --hidden --batch", cuda_option,
+                  o) != 0)
+    return 1;
   if (o->p.devices < 1 || o->p.microbatches < 1 || o->p.repeat < 1 ||
       !(o->p.unit_us > 0) || o->layers < 0 || o->hidden < 1 || o->batch < 1)
     return bench_fail("--backend cuda needs --devices, --microbatches, "
